@@ -1,0 +1,34 @@
+"""slimkit: make deep models small and fast enough to deploy.
+
+    plan = slimkit.Plan.load("recipes/demo.yaml")
+    records = slimkit.compress_(model, plan, slimkit.Context(task=task))
+    slimkit.save(model, "out/model")
+"""
+
+from . import methods  # noqa: F401  (registers every method with the core registry)
+from .core import (
+    ArtifactError,
+    ConfigError,
+    Context,
+    MethodConfig,
+    Plan,
+    Record,
+    SlimkitError,
+    Targets,
+    Task,
+    compress_,
+    method_names,
+    register,
+)
+from .eval import evaluate
+from .export import Artifact, load, save
+from .methods import DynamicInt8, EmbeddingQuant, Finetune, Layers, LogitsKD, Magnitude
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Artifact", "ArtifactError", "ConfigError", "Context", "DynamicInt8", "EmbeddingQuant",
+    "Finetune", "Layers", "LogitsKD", "Magnitude", "MethodConfig", "Plan", "Record",
+    "SlimkitError", "Targets", "Task", "compress_", "evaluate", "load", "method_names",
+    "register", "save",
+]

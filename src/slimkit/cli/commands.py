@@ -1,0 +1,146 @@
+"""The commands behind `slimkit demo|run|eval|report`, each calling the public API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.table import Table
+
+from .. import Context, Plan, SlimkitError, load
+from ..pipeline import run_plan
+from ..tasks.registry import make_task, task_from_spec
+from .progress import console, rich_progress
+
+
+def _stage_line(stage: dict[str, Any]) -> None:
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in stage["metrics"].items())
+    console.print(f"[bold]{stage['name']:<24}[/] {metrics}  {stage['bytes'] / 1024:8.1f} KB")
+
+
+def _summary_table(metrics: dict[str, Any]) -> Table:
+    stages = metrics["stages"]
+    base = stages[0]
+    primary = metrics["primary_metric"]
+    table = Table(title=metrics["title"])
+    for col in ("stage", primary, f"Δ{primary}", "KB", "x smaller", "ms @1", "ms @512",
+                "x faster @512", "peak MB"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for s in stages:
+        lat1 = s["latency_ms"]["1"]["median"]
+        lat512 = s["latency_ms"]["512"]["median"]
+        peak = s.get("peak_memory_mb")
+        table.add_row(
+            s["name"], f"{s['metrics'][primary]:.4f}",
+            f"{s['metrics'][primary] - base['metrics'][primary]:+.4f}",
+            f"{s['bytes'] / 1024:.1f}", f"{base['bytes'] / s['bytes']:.1f}", f"{lat1:.3f}",
+            f"{lat512:.3f}", f"{base['latency_ms']['512']['median'] / lat512:.2f}",
+            f"{peak:.0f}" if peak else "n/a")
+    return table
+
+
+def _finish(metrics: dict[str, Any], out: Path) -> int:
+    console.print(_summary_table(metrics))
+    console.print(f"run directory: {out}  (report.html, report.md, metrics.json, "
+                  f"{metrics['final_artifact']}/)")
+    return 0
+
+
+def _teacher(task: Any, arch: str, seed: int, ctx: Context) -> tuple[torch.nn.Module, float]:
+    from ..tasks.ctr import train_teacher
+
+    start = time.perf_counter()
+    model = train_teacher(task, ctx, arch)
+    return model, time.perf_counter() - start
+
+
+def demo(args: argparse.Namespace) -> int:
+    from ..tasks.ctr.demo_plan import DEMO_PLAN_YAML
+
+    plan = Plan.from_yaml(DEMO_PLAN_YAML)
+    task = make_task("movielens")
+    ctx = Context(task=task, seed=args.seed, progress=rich_progress)
+    out = Path(args.out)
+    model, seconds = (None, 0.0) if args.resume and (out / "progress.json").is_file() \
+        else _teacher(task, args.model, args.seed, ctx)
+    metrics = run_plan(model, task, plan, out, ctx=ctx, resume=args.resume,
+                       baseline_seconds=seconds, on_stage=_stage_line,
+                       title=f"slimkit demo: {args.model} on MovieLens-100k CTR")
+    return _finish(metrics, out)
+
+
+def _load_input_model(path: Path, task: Any, arch: str) -> torch.nn.Module:
+    if path.is_dir():
+        return load(path).model
+    if not path.is_file():
+        raise SlimkitError(f"--model: no such file or directory {str(path)!r}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise SlimkitError(f"--model: cannot read checkpoint {str(path)!r} ({exc})") from None
+    model = task.build_model(arch)
+    try:
+        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    except (RuntimeError, AttributeError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise SlimkitError(f"--model: checkpoint does not fit {arch!r} ({first})") from None
+    return model.eval()
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = Plan.load(args.plan)  # validated before any model or data is touched
+    task = make_task(args.task)
+    ctx = Context(task=task, seed=args.seed, progress=rich_progress)
+    out = Path(args.out)
+    resuming = args.resume and (out / "progress.json").is_file()
+    if resuming:
+        model, seconds = None, 0.0
+    elif args.model:
+        model, seconds = _load_input_model(Path(args.model), task, args.arch), 0.0
+    else:
+        model, seconds = _teacher(task, args.arch, args.seed, ctx)
+    metrics = run_plan(model, task, plan, out, ctx=ctx, resume=args.resume,
+                       baseline_name="input" if args.model else "teacher",
+                       baseline_seconds=seconds, on_stage=_stage_line,
+                       title=f"slimkit run: {Path(args.plan).name} on {task.name}")
+    return _finish(metrics, out)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    artifact = load(args.artifact)
+    task = task_from_spec(artifact.manifest.get("task_spec"))
+    measured = task.evaluate(artifact.model, args.split)
+    recorded = artifact.manifest.get("metrics", {}).get(args.split, {})
+    table = Table(title=f"{args.artifact} on {task.name} ({args.split})")
+    for col in ("metric", "measured", "recorded", "|diff|"):
+        table.add_column(col, justify="right")
+    worst = 0.0
+    for key, value in measured.items():
+        rec = recorded.get(key)
+        diff = abs(value - rec) if rec is not None else None
+        worst = max(worst, diff or 0.0)
+        table.add_row(key, f"{value:.6f}", "n/a" if rec is None else f"{rec:.6f}",
+                      "n/a" if diff is None else f"{diff:.1e}")
+    console.print(table)
+    print(json.dumps({"split": args.split, "measured": measured, "recorded": recorded}))
+    return 0 if worst <= 1e-6 else 1
+
+
+def report(args: argparse.Namespace) -> int:
+    from ..report import write_report
+
+    run_dir = Path(args.run_dir)
+    file = run_dir / "metrics.json"
+    if not file.is_file():
+        raise SlimkitError(f"run_dir: no metrics.json in {str(run_dir)!r}")
+    try:
+        metrics = json.loads(file.read_text())
+    except json.JSONDecodeError:
+        raise SlimkitError(f"run_dir: {str(file)!r} is not valid JSON") from None
+    paths = write_report(run_dir, metrics)
+    console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

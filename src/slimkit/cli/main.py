@@ -1,0 +1,74 @@
+"""`slimkit` entry point: parse arguments, run a command, map user errors to one line + exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..core.errors import SlimkitError
+from . import commands
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, as for every other user error
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_USER_ERROR)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="slimkit", description="Compress deep models: prune, quantize, "
+                     "distill, truncate; evaluate each stage; write a deployable artifact.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    demo = sub.add_parser("demo", help="train a CTR teacher on MovieLens-100k and compress it "
+                          "stage by stage (embedded defaults)")
+    demo.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    demo.add_argument("--model", default="deepfm", choices=["deepfm", "dcnv2"])
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    demo.set_defaults(func=commands.demo)
+
+    run = sub.add_parser("run", help="apply a plan (YAML/JSON) to a model, stage by stage")
+    run.add_argument("plan", help="plan file (.yaml or .json)")
+    run.add_argument("--model", help="input model: an artifact directory (default: train a "
+                     "teacher); never modified")
+    run.add_argument("--task", default="movielens", choices=["movielens", "synthetic"])
+    run.add_argument("--arch", default="deepfm", choices=["deepfm", "dcnv2"],
+                     help="teacher architecture when no --model is given")
+    run.add_argument("--out", default="runs/run", help="run directory (default: runs/run)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    run.set_defaults(func=commands.run)
+
+    ev = sub.add_parser("eval", help="load an artifact, re-measure its quality on its task, and "
+                        "compare with the metrics recorded when it was saved")
+    ev.add_argument("artifact", help="artifact directory (model.safetensors + manifest.json)")
+    ev.add_argument("--split", default="test", choices=["test", "valid"])
+    ev.set_defaults(func=commands.evaluate)
+
+    rep = sub.add_parser("report", help="(re)write report.html and report.md from metrics.json")
+    rep.add_argument("run_dir", help="a run directory holding metrics.json")
+    rep.set_defaults(func=commands.report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except SlimkitError as exc:
+        sys.stderr.write(f"slimkit: error: {exc}\n")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("slimkit: interrupted; run again with --resume to continue\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

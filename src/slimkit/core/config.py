@@ -1,0 +1,83 @@
+"""Method configs and the registry that maps a method name to its config type and apply function.
+
+A method is a frozen keyword-only dataclass (the data) plus one function
+`(model, config, ctx) -> model` registered against it (the behaviour).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from .errors import ConfigError
+from .fields import from_mapping, to_plain
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .context import Context
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MethodConfig:
+    """Base of every method config; subclasses set `method` and override `validate`."""
+
+    method: ClassVar[str] = ""
+    needs_data: ClassVar[bool] = False
+    needs_teacher: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the field and value when a value is out of range."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, **to_plain(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], prefix: str = "") -> MethodConfig:
+        body = {k: v for k, v in data.items() if k != "method"}
+        return from_mapping(cls, body, prefix or cls.method)
+
+
+ApplyFn = Callable[["nn.Module", Any, "Context"], "nn.Module"]
+C = TypeVar("C", bound=type[MethodConfig])
+_REGISTRY: dict[str, tuple[type[MethodConfig], ApplyFn]] = {}
+
+
+def register(config_cls: type[MethodConfig]) -> Callable[[ApplyFn], ApplyFn]:
+    """Decorator: register `fn` as the apply function of `config_cls`."""
+
+    def wrap(fn: ApplyFn) -> ApplyFn:
+        name = config_cls.method
+        if not name:
+            raise TypeError(f"{config_cls.__name__} has no method name")
+        if name in _REGISTRY and _REGISTRY[name][0] is not config_cls:
+            raise TypeError(f"method {name!r} registered twice")
+        _REGISTRY[name] = (config_cls, fn)
+        return fn
+
+    return wrap
+
+
+def lookup(name: Any, field: str = "method") -> tuple[type[MethodConfig], ApplyFn]:
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ConfigError(field, name, "a known method (" + ", ".join(method_names()) + ")")
+    return _REGISTRY[name]
+
+
+def method_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def check_range(field: str, value: float, lo: float, hi: float, *, lo_open: bool = False,
+                hi_open: bool = False) -> None:
+    """Raise ConfigError unless lo <= value <= hi (with optional open ends)."""
+    ok_lo = value > lo if lo_open else value >= lo
+    ok_hi = value < hi if hi_open else value <= hi
+    if not (ok_lo and ok_hi):
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        raise ConfigError(field, value, f"a value in {left}{lo}, {hi}{right}")

@@ -1,0 +1,34 @@
+"""Recovery fine-tuning with the task's own loss."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from ..core import Context, MethodConfig, check_range, register
+from ..train import fit
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Finetune(MethodConfig):
+    method = "finetune"
+    needs_data = True
+    epochs: float = 1.0
+    lr: float = 1e-3
+    batch_size: int = 512
+    weight_decay: float = 0.0
+
+    def validate(self) -> None:
+        check_range("epochs", self.epochs, 0.0, 1000.0, lo_open=True)
+        check_range("lr", self.lr, 0.0, 10.0, lo_open=True)
+        check_range("batch_size", self.batch_size, 1, 1 << 20)
+        check_range("weight_decay", self.weight_decay, 0.0, 10.0)
+
+
+@register(Finetune)
+def apply_finetune(model: nn.Module, config: Finetune, ctx: Context) -> nn.Module:
+    losses = fit(model, ctx.require_task(config.method), ctx, epochs=config.epochs, lr=config.lr,
+                 batch_size=config.batch_size, weight_decay=config.weight_decay, desc="finetune")
+    ctx.info["final_loss"] = round(sum(losses[-20:]) / max(1, len(losses[-20:])), 6)
+    return model

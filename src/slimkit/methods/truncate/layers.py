@@ -1,0 +1,99 @@
+"""Remove whole layers or blocks (depth truncation), chosen by index or by Block Influence, then
+recover with fine-tuning or distillation from the teacher."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from torch import nn
+
+from ...core import Context, MethodConfig, check_range, register
+from ...core.errors import ConfigError, SlimkitError
+from ...graph import drop_blocks, get_submodule
+from ...train import fit
+from ..distill.logits import distill
+from .importance import block_influence
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Layers(MethodConfig):
+    """Drop blocks of the Sequential/ModuleList at `container`: `indices`, or the `drop` blocks
+    with the lowest Block Influence among those whose input and output shapes match."""
+
+    method = "truncate.layers"
+    container: str
+    indices: tuple[int, ...] = ()
+    drop: int = 0
+    recover: Literal["none", "finetune", "distill"] = "finetune"
+    epochs: float = 1.0
+    lr: float = 1e-3
+    batch_size: int = 512
+    temperature: float = 2.0
+    alpha: float = 0.5
+    calibration_batches: int = 8
+
+    @property
+    def needs_data(self) -> bool:  # type: ignore[override]
+        return self.drop > 0 or self.recover != "none"
+
+    @property
+    def needs_teacher(self) -> bool:  # type: ignore[override]
+        return self.recover == "distill"
+
+    def validate(self) -> None:
+        if bool(self.indices) == (self.drop > 0):
+            raise ConfigError("drop", self.drop, "> 0 or a list of indices, not both or neither")
+        check_range("drop", self.drop, 0, 1 << 20)
+        check_range("epochs", self.epochs, 0.0, 1000.0)
+        check_range("lr", self.lr, 0.0, 10.0, lo_open=True)
+        check_range("temperature", self.temperature, 0.0, 100.0, lo_open=True)
+        check_range("alpha", self.alpha, 0.0, 1.0)
+        check_range("calibration_batches", self.calibration_batches, 1, 1 << 20)
+
+
+def _container(model: nn.Module, path: str) -> nn.Module:
+    try:
+        blocks = get_submodule(model, path)
+    except AttributeError:
+        raise ConfigError("container", path, "the name of a submodule of the model") from None
+    if not isinstance(blocks, (nn.Sequential, nn.ModuleList)):
+        raise ConfigError("container", path, "a Sequential or ModuleList")
+    return blocks
+
+
+@register(Layers)
+def apply_layers(model: nn.Module, config: Layers, ctx: Context) -> nn.Module:
+    blocks = _container(model, config.container)
+    n = len(blocks)
+    task = ctx.task
+    if task is not None:
+        batches = [task.inputs(b) for b in task.calibration_batches(config.calibration_batches)]
+        scores, removable = block_influence(model, blocks, batches)
+        ctx.info["block_influence"] = [round(s, 6) for s in scores]
+    elif config.drop > 0:
+        raise SlimkitError("truncate.layers: choosing blocks by importance needs a task")
+    else:
+        removable = [True] * n
+    if config.indices:
+        for i in config.indices:
+            if not 0 <= i < n:
+                raise ConfigError("indices", i, f"an index in [0, {n})")
+            if not removable[i]:
+                raise ConfigError("indices", i, "a block whose input and output shapes match")
+        chosen = sorted(set(config.indices))
+    else:
+        candidates = sorted((s, i) for i, s in enumerate(scores) if removable[i])
+        if len(candidates) < config.drop:
+            raise ConfigError("drop", config.drop,
+                              f"at most {len(candidates)} (removable blocks in {config.container})")
+        chosen = sorted(i for _, i in candidates[:config.drop])
+    drop_blocks(model, config.container, chosen)
+    ctx.info["dropped"] = chosen
+    if config.recover == "finetune" and config.epochs > 0:
+        fit(model, ctx.require_task(config.method), ctx, epochs=config.epochs, lr=config.lr,
+            batch_size=config.batch_size, desc="truncate: recover")
+    elif config.recover == "distill" and config.epochs > 0:
+        distill(model, ctx, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+                temperature=config.temperature, alpha=config.alpha, desc="truncate: distill")
+    return model

@@ -1,0 +1,129 @@
+"""Run a plan stage by stage on a task: compress, evaluate, save an artifact per stage, measure
+deployed latency of every stage in one interleaved run, and write metrics.json plus the report.
+
+Each finished stage is saved before the next starts and `progress.json` lists them, so an
+interrupted run resumes from the last finished stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .core import Context, Plan, SlimkitError, Task, compress_
+from .eval.cost import count_params, latency_interleaved, peak_memory_mb
+from .export import artifact_bytes, load, save
+
+log = logging.getLogger(__name__)
+BATCH_SIZES = (1, 512)
+FINAL = "model"
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic JSON write: a temp file in the same directory, then os.replace."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def stage_dir(out: Path, index: int, name: str) -> Path:
+    return out / "stages" / f"{index:02d}-{name}"
+
+
+def _evaluate_stage(model: nn.Module, task: Task, name: str, steps: list[dict], seconds: float,
+                    info: dict, out: Path, index: int, plan: Plan) -> dict[str, Any]:
+    metrics = task.evaluate(model, "test")
+    stage = {"name": name, "steps": steps, "metrics": metrics, **count_params(model),
+             "seconds": round(seconds, 2), "info": info}
+    path = save(model, stage_dir(out, index, name), plan=plan.to_dict(),
+                metrics={"test": metrics}, extra={"task": task.describe(), "stage": name,
+                       "task_spec": getattr(task, "spec", None)})
+    stage["bytes"] = artifact_bytes(path)
+    stage["artifact"] = str(path.relative_to(out))
+    return stage
+
+
+def run_plan(model: nn.Module | None, task: Task, plan: Plan, out: str | Path, *, ctx: Context,
+             title: str, baseline_name: str = "teacher", baseline_seconds: float = 0.0,
+             resume: bool = False,
+             on_stage: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Apply `plan` one step at a time to `model` (the baseline, stage 0); returns metrics.json."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress_file = out / "progress.json"
+    done: list[dict[str, Any]] = []
+    if resume and progress_file.is_file():
+        saved = json.loads(progress_file.read_text())
+        if saved.get("plan") == plan.to_dict():
+            done = saved["stages"]
+        else:
+            log.warning("plan changed since the interrupted run: starting again")
+    if done:
+        ctx.teacher = load(out / done[0]["artifact"]).model
+        model = load(out / done[-1]["artifact"]).model
+        log.info("resuming after stage %s", done[-1]["name"])
+    else:
+        shutil.rmtree(out / "stages", ignore_errors=True)
+        stage = _evaluate_stage(model, task, baseline_name, [], baseline_seconds, {}, out, 0,
+                                plan)
+        done = [stage]
+        write_json(progress_file, {"plan": plan.to_dict(), "stages": done})
+        if on_stage:
+            on_stage(stage)
+    if model is None:
+        raise SlimkitError(f"--resume: nothing to resume in {str(out)!r}")
+    if ctx.teacher is None:
+        ctx.teacher = copy.deepcopy(model).eval()
+    for index in range(len(done), len(plan.steps) + 1):
+        step = plan.steps[index - 1]
+        start = time.perf_counter()
+        record = compress_(model, Plan(steps=(step,)), ctx)[0]
+        used = {s["name"] for s in done}
+        name = step.method if step.method not in used else f"{step.method}-{index}"
+        stage = _evaluate_stage(model, task, name, [step.to_dict()], time.perf_counter() - start,
+                                record.info, out, index, plan)
+        done.append(stage)
+        write_json(progress_file, {"plan": plan.to_dict(), "stages": done})
+        if on_stage:
+            on_stage(stage)
+    return finish(out, task, plan, done, title=title, ctx=ctx)
+
+
+def finish(out: Path, task: Task, plan: Plan, stages: list[dict[str, Any]], *, title: str,
+           ctx: Context) -> dict[str, Any]:
+    """Reload every stage from its artifact, time them interleaved, check the final reload."""
+    models = {s["name"]: load(out / s["artifact"]).model for s in stages}
+    inputs = {b: task.example_inputs(b) for b in BATCH_SIZES}
+    latency = latency_interleaved(models, inputs, progress=ctx.progress)
+    for stage in stages:
+        per = latency[stage["name"]]
+        stage["latency_ms"] = {b: {"median": v["median"], "p90": v["p90"]} for b, v in per.items()}
+        stage["throughput"] = {b: v["throughput"] for b, v in per.items()}
+        stage["peak_memory_mb"] = peak_memory_mb(out / stage["artifact"], inputs[max(BATCH_SIZES)])
+    final = stages[-1]
+    reloaded = task.evaluate(models[final["name"]], "test")
+    final_dir = out / FINAL
+    shutil.rmtree(final_dir, ignore_errors=True)
+    shutil.copytree(out / final["artifact"], final_dir)
+    metrics = {
+        "title": title, "task": task.describe(), "primary_metric": task.primary_metric,
+        "higher_is_better": task.higher_is_better, "baseline": stages[0]["name"],
+        "plan": plan.to_dict(), "stages": stages, "final_artifact": FINAL,
+        "reload_check": {k: reloaded[k] == final["metrics"][k] for k in reloaded},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json(out / "metrics.json", metrics)
+    from .report import write_report  # matplotlib is imported only when a report is written
+
+    write_report(out, metrics)
+    return metrics

@@ -1,0 +1,60 @@
+"""render_markdown: the stage table as a GitHub Markdown table plus links to chart PNG files."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .charts import CAPTIONS, render_charts
+from .table import build_table, summary
+
+
+def _cell(text: str) -> str:
+    """Escape what would break a table row: pipes split cells and newlines end the row."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _text(text: str) -> str:
+    """Escape Markdown punctuation in free text (title, stage names) so it renders literally."""
+    for ch in "\\`*_[]<>#|":
+        text = text.replace(ch, "\\" + ch)
+    return text.replace("\n", " ")
+
+
+def markdown_table(metrics: Mapping[str, Any]) -> str:
+    table = build_table(metrics)
+    # Text columns left-aligned, numbers right-aligned, as in the HTML table.
+    align = [":---" if i < 2 else "---:" for i in range(len(table.headers))]
+    lines = [
+        "| " + " | ".join(_cell(h) for h in table.headers) + " |",
+        "| " + " | ".join(align) + " |",
+    ]
+    for i, cells in enumerate(table.cells):
+        shown = [_cell(c) for c in cells]
+        if i == table.baseline:
+            shown[0] = f"**{shown[0]}**"
+        lines.append("| " + " | ".join(shown) + " |")
+    return "\n".join(lines)
+
+
+def render_markdown(
+    metrics: Mapping[str, Any],
+    chart_dir_name: str = "charts",
+    *,
+    charts: Mapping[str, bytes] | None = None,
+) -> tuple[str, dict[str, bytes]]:
+    """The report text and the PNG files it links to, keyed by path relative to the report
+    (`<chart_dir_name>/<chart>.png`). Pass `charts` to reuse PNGs already drawn."""
+    if charts is None:
+        charts = render_charts(metrics)
+    title = str(metrics.get("title") or "slimkit report")
+    parts = [f"# {_text(title)}", "", _text(summary(metrics)), "", "## Stages", "",
+             markdown_table(metrics), ""]
+    files: dict[str, bytes] = {}
+    if charts:
+        parts += ["## Charts", ""]
+    for name, png in charts.items():
+        rel = f"{chart_dir_name}/{name}.png"
+        files[rel] = png
+        parts += [f"![{CAPTIONS.get(name, name)}]({rel})", ""]
+    return "\n".join(parts), files

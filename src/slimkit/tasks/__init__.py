@@ -1,0 +1,1 @@
+"""Task adapters: data, reference models and metric wiring; import a subpackage (`ctr`)."""

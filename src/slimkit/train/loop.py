@@ -1,0 +1,68 @@
+"""The fine-tune loop shared by every method that trains.
+
+Masks registered by pruning (`weight_mask` buffers) are re-applied after every optimizer step, so
+zeros stay zeros through any later training in the plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from ..core.context import Context
+from ..core.task import Batch, Task
+
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+
+
+class StepHook(Protocol):
+    def __call__(self, step: int, total: int) -> None: ...
+
+
+def fit(model: nn.Module, task: Task, ctx: Context, *, epochs: float, lr: float,
+        batch_size: int = 512, weight_decay: float = 0.0, loss_fn: LossFn | None = None,
+        on_step: StepHook | None = None, desc: str = "train") -> list[float]:
+    """Train `model` in place with Adam for `epochs` (fractions allowed); returns per-step losses."""
+    loss_fn = loss_fn or (lambda m, b: task.loss(m(*task.inputs(b)), b))
+    params = [p for p in model.parameters() if p.requires_grad and p.is_floating_point()]
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    per_epoch = task.num_train_batches(batch_size)
+    total = max(1, int(round(epochs * per_epoch)))
+    gen = torch.Generator().manual_seed(ctx.seed)
+    losses: list[float] = []
+    model.train()
+    step = 0
+    bar = ctx.progress(range(total), total=total, desc=desc)
+    it = iter(bar)
+    epoch = 0
+    while step < total:
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+        for batch in task.train_batches(batch_size, seed=seed):
+            if step >= total:
+                break
+            loss = loss_fn(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            apply_masks(model)
+            losses.append(loss.item())
+            step += 1
+            next(it, None)
+            if on_step is not None:
+                on_step(step, total)
+        epoch += 1
+    for _ in it:  # drain so a progress bar closes at 100%
+        pass
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module) -> None:
+    for module in model.modules():
+        mask = getattr(module, "weight_mask", None)
+        if isinstance(mask, torch.Tensor):
+            module.weight.mul_(mask)
