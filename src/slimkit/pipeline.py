@@ -55,7 +55,7 @@ def _evaluate_stage(model: nn.Module, task: Task, name: str, steps: list[dict], 
 
 def run_plan(model: nn.Module | None, task: Task, plan: Plan, out: str | Path, *, ctx: Context,
              title: str, baseline_name: str = "teacher", baseline_seconds: float = 0.0,
-             resume: bool = False,
+             resume: bool = False, measure_memory: bool = True,
              on_stage: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Apply `plan` one step at a time to `model` (the baseline, stage 0); returns metrics.json."""
     out = Path(out)
@@ -96,11 +96,11 @@ def run_plan(model: nn.Module | None, task: Task, plan: Plan, out: str | Path, *
         write_json(progress_file, {"plan": plan.to_dict(), "stages": done})
         if on_stage:
             on_stage(stage)
-    return finish(out, task, plan, done, title=title, ctx=ctx)
+    return finish(out, task, plan, done, title=title, ctx=ctx, measure_memory=measure_memory)
 
 
 def finish(out: Path, task: Task, plan: Plan, stages: list[dict[str, Any]], *, title: str,
-           ctx: Context) -> dict[str, Any]:
+           ctx: Context, measure_memory: bool = True) -> dict[str, Any]:
     """Reload every stage from its artifact, time them interleaved, check the final reload."""
     models = {s["name"]: load(out / s["artifact"]).model for s in stages}
     inputs = {b: task.example_inputs(b) for b in BATCH_SIZES}
@@ -109,7 +109,9 @@ def finish(out: Path, task: Task, plan: Plan, stages: list[dict[str, Any]], *, t
         per = latency[stage["name"]]
         stage["latency_ms"] = {b: {"median": v["median"], "p90": v["p90"]} for b, v in per.items()}
         stage["throughput"] = {b: v["throughput"] for b, v in per.items()}
-        stage["peak_memory_mb"] = peak_memory_mb(out / stage["artifact"], inputs[max(BATCH_SIZES)])
+        if measure_memory:
+            stage["peak_memory_mb"] = peak_memory_mb(out / stage["artifact"],
+                                                     inputs[max(BATCH_SIZES)])
     final = stages[-1]
     reloaded = task.evaluate(models[final["name"]], "test")
     final_dir = out / FINAL

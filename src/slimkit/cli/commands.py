@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from rich.table import Table
 
 from .. import Context, Plan, SlimkitError, load
@@ -91,9 +92,25 @@ def _load_input_model(path: Path, task: Any, arch: str) -> torch.nn.Module:
     return model.eval()
 
 
+def _task_options(pairs: list[str]) -> dict[str, Any]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SlimkitError(f"--task-opt: expected KEY=VALUE, got {pair!r}")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
 def run(args: argparse.Namespace) -> int:
     plan = Plan.load(args.plan)  # validated before any model or data is touched
-    task = make_task(args.task)
+    options = _task_options(args.task_opt)
+    if args.model and not Path(args.model).exists():
+        raise SlimkitError(f"--model: no such file or directory {args.model!r}")
+    try:
+        task = make_task(args.task, **options)
+    except TypeError as exc:
+        raise SlimkitError(f"--task-opt: {exc}") from None
     ctx = Context(task=task, seed=args.seed, progress=rich_progress)
     out = Path(args.out)
     resuming = args.resume and (out / "progress.json").is_file()

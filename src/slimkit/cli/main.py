@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", help="input model: an artifact directory (default: train a "
                      "teacher); never modified")
     run.add_argument("--task", default="movielens", choices=["movielens", "synthetic"])
+    run.add_argument("--task-opt", action="append", default=[], metavar="KEY=VALUE",
+                     help="task option, e.g. n_rows=5000 for the synthetic task (repeatable)")
     run.add_argument("--arch", default="deepfm", choices=["deepfm", "dcnv2"],
                      help="teacher architecture when no --model is given")
     run.add_argument("--out", default="runs/run", help="run directory (default: runs/run)")

@@ -57,7 +57,8 @@ def save(model: nn.Module, path: str | Path, *, plan: dict[str, Any] | None = No
                     "edits": list(edit_log(model)), "plan": plan, "metrics": metrics or {},
                     **(extra or {}), "tensors": tensors,
                     "weights_sha256": _file_sha256(tmp / WEIGHTS)}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        # Compact JSON: on small models the manifest is a visible share of the bytes.
+        (tmp / MANIFEST).write_text(json.dumps(manifest, separators=(",", ":")))
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
