@@ -10,6 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 T = TypeVar("T")
 console = Console(stderr=True)
+if not console.is_terminal:  # logs and CI: wide enough that stage names are not cut
+    console.width = max(console.width, 140)
 
 
 def rich_progress(items: Iterable[T], total: int | None = None, desc: str = "") -> Iterable[T]:

@@ -27,7 +27,8 @@ def import_object(ref: str) -> Any:
     make `load` import and run arbitrary code.
     """
     module_name, _, attr = ref.partition(":")
-    if not attr or not (module_name.startswith("slimkit.") or module_name == "torch.nn"):
+    allowed = module_name.startswith(("slimkit.", "torch.nn.modules.")) or module_name == "torch.nn"
+    if not attr or not allowed:
         raise ArtifactError(f"manifest: refusing to import {ref!r} (only slimkit.* and torch.nn)")
     try:
         return getattr(importlib.import_module(module_name), attr)

@@ -7,9 +7,9 @@ import dataclasses
 
 from torch import nn
 
-from ...core import Context, MethodConfig, Targets, register
+from ...core import Context, MethodConfig, Targets, check_range, register
 from ...core.errors import SlimkitError
-from ...graph import swap_module
+from ...graph import get_submodule, swap_module
 from .int8_linear import DynamicInt8Linear
 
 
@@ -21,7 +21,24 @@ class DynamicInt8(MethodConfig):
     method = "quantize.dynamic_int8"
     per_channel: bool = True
     reduce_range: bool = True
+    fuse_relu: bool = True
+    min_features: int = 16
     targets: Targets = Targets()
+
+    def validate(self) -> None:
+        check_range("min_features", self.min_features, 1, 1 << 30)
+
+
+def _next_relu(model: nn.Module, name: str) -> str | None:
+    """Name of an nn.ReLU that directly follows `name` inside an nn.Sequential, if any."""
+    parent_name, _, leaf = name.rpartition(".")
+    parent = get_submodule(model, parent_name)
+    if not isinstance(parent, nn.Sequential) or not leaf.isdigit():
+        return None
+    sibling = str(int(leaf) + 1)
+    if isinstance(parent._modules.get(sibling), nn.ReLU):
+        return f"{parent_name}.{sibling}" if parent_name else sibling
+    return None
 
 
 @register(DynamicInt8)
@@ -29,9 +46,21 @@ def apply_dynamic_int8(model: nn.Module, config: DynamicInt8, ctx: Context) -> n
     chosen = config.targets.select(model, ("Linear",))
     if not chosen:
         raise SlimkitError("quantize.dynamic_int8: targets match no Linear module")
+    done, skipped = [], []
     for name, linear in chosen:
+        # Quantizing activations costs a pass over them; a layer this narrow (a 1-output head)
+        # does too little arithmetic to repay it, so it stays fp32.
+        if min(linear.in_features, linear.out_features) < config.min_features:
+            skipped.append(name)
+            continue
+        relu = _next_relu(model, name) if config.fuse_relu else None
         new = DynamicInt8Linear.from_linear(linear, per_channel=config.per_channel,
-                                            reduce_range=config.reduce_range)
+                                            reduce_range=config.reduce_range, relu=relu is not None)
         swap_module(model, name, new, new.spec())
-    ctx.info["quantized"] = [name for name, _ in chosen]
+        if relu is not None:
+            swap_module(model, relu, nn.Identity(), {})
+        done.append(name)
+    ctx.info["quantized"] = done
+    ctx.info["skipped_small"] = skipped
+    ctx.info["fused_relu"] = sum(1 for n in done if get_submodule(model, n).relu)
     return model

@@ -25,14 +25,16 @@ def quantize_weight_int8(weight: torch.Tensor, per_channel: bool) -> tuple[torch
 
 
 class DynamicInt8Linear(nn.Module):
-    """y = x W^T + b with W in INT8 (per output channel) and x quantized per batch to UINT8."""
+    """y = x W^T + b (then ReLU if `relu`) with W in INT8 per output channel and x quantized
+    per batch to UINT8."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 reduce_range: bool = True) -> None:
+                 reduce_range: bool = True, relu: bool = False) -> None:
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
         self.reduce_range = reduce_range
+        self.relu = relu
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
@@ -41,8 +43,9 @@ class DynamicInt8Linear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, per_channel: bool = True,
-                    reduce_range: bool = True) -> DynamicInt8Linear:
-        new = cls(linear.in_features, linear.out_features, linear.bias is not None, reduce_range)
+                    reduce_range: bool = True, relu: bool = False) -> DynamicInt8Linear:
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None, reduce_range,
+                  relu)
         q, scale = quantize_weight_int8(linear.weight, per_channel)
         new.weight.copy_(q)
         new.weight_scale.copy_(scale)
@@ -52,7 +55,8 @@ class DynamicInt8Linear(nn.Module):
 
     def spec(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,
-                "bias": self.bias is not None, "reduce_range": self.reduce_range}
+                "bias": self.bias is not None, "reduce_range": self.reduce_range,
+                "relu": self.relu}
 
     def _invalidate(self) -> None:
         self._packed = None
@@ -73,12 +77,15 @@ class DynamicInt8Linear(nn.Module):
         if self._packed is None:
             self._packed = self._pack()
         shape = x.shape
-        out = torch.ops.quantized.linear_dynamic(
-            x.reshape(-1, shape[-1]).float().contiguous(), self._packed, self.reduce_range)
+        # The fused kernel applies ReLU on the int32 accumulator's output in the same pass.
+        op = torch.ops.quantized.linear_relu_dynamic if self.relu else \
+            torch.ops.quantized.linear_dynamic
+        out = op(x.reshape(-1, shape[-1]).float().contiguous(), self._packed, self.reduce_range)
         return out.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+        relu = ", relu" if self.relu else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8{relu}"
 
     def __deepcopy__(self, memo: dict[int, Any]) -> DynamicInt8Linear:
         # The packed kernel weight is a ScriptObject that cannot be deep-copied; rebuild it lazily.

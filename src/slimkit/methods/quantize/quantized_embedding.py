@@ -1,5 +1,10 @@
 """Embedding / EmbeddingBag with row-wise INT8/INT4/INT2 storage; a lookup de-quantizes only the
-rows it gathers, so memory stays at the packed size (Guan et al. 2019, post-training 4-bit tables)."""
+rows it gathers, so memory stays at the packed size (Guan et al. 2019, post-training 4-bit tables).
+
+Lookups run fbgemm's fused row-wise kernels (quantized::embedding_bag_{byte,4bit,2bit}_rowwise_
+offsets), which read each packed row with its scale and offset appended; that fused layout is
+built lazily from the three stored tensors, so the state dict stays plain and safetensors-ready.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ from torch import nn
 from .rowwise import pack, quantize_rows, unpack
 
 MODES = ("none", "sum", "mean")
+_KERNELS = {8: "embedding_bag_byte_rowwise_offsets", 4: "embedding_bag_4bit_rowwise_offsets",
+            2: "embedding_bag_2bit_rowwise_offsets"}
 
 
 class QuantizedEmbedding(nn.Module):
@@ -30,6 +37,20 @@ class QuantizedEmbedding(nn.Module):
         self.register_buffer("packed", torch.zeros(num_embeddings, width, dtype=torch.uint8))
         self.register_buffer("scale", torch.ones(num_embeddings, dtype=torch.float16))
         self.register_buffer("offset", torch.zeros(num_embeddings, dtype=torch.float16))
+        self._fused: torch.Tensor | None = None
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._invalidate())
+
+    def _invalidate(self) -> None:
+        self._fused = None
+
+    def _fused_rows(self) -> torch.Tensor:
+        if self._fused is None:
+            # The byte kernel takes fp32 scale/offset, the sub-byte kernels fp16 (exact upcast).
+            dtype = torch.float32 if self.bits == 8 else torch.float16
+            scale = self.scale.to(dtype).view(torch.uint8).view(self.num_embeddings, -1)
+            offset = self.offset.to(dtype).view(torch.uint8).view(self.num_embeddings, -1)
+            self._fused = torch.cat([self.packed, scale, offset], dim=1).contiguous()
+        return self._fused
 
     @classmethod
     def from_float(cls, module: nn.Embedding | nn.EmbeddingBag, bits: int) -> QuantizedEmbedding:
@@ -55,19 +76,25 @@ class QuantizedEmbedding(nn.Module):
         return codes.float() * scale + offset
 
     def forward(self, index: torch.Tensor) -> torch.Tensor:
-        out = self.rows(index)
+        kernel = getattr(torch.ops.quantized, _KERNELS[self.bits])
+        flat = index.reshape(-1).contiguous()
         if self.mode == "none":
-            return out
+            # One row per bag: a plain lookup through the same fused kernel.
+            offsets = torch.arange(flat.numel(), dtype=flat.dtype)
+            out = kernel(self._fused_rows(), flat, offsets, False, 0, False, None, None, False)
+            return out.reshape(*index.shape, self.embedding_dim)
         if index.dim() != 2:
             raise ValueError("QuantizedEmbedding bags take 2-D input [batch, bag_len]")
-        keep = torch.ones_like(index, dtype=torch.bool)
+        batch, length = index.shape
+        keep = torch.ones(index.shape, dtype=torch.float32)
         if self.padding_idx is not None:
-            keep = index != self.padding_idx
-        out = (out * keep.unsqueeze(-1)).sum(dim=1)
+            keep = (index != self.padding_idx).float()
         if self.mode == "mean":
             # Empty bags give zeros, as nn.EmbeddingBag does.
-            out = out / keep.sum(dim=1, keepdim=True).clamp(min=1)
-        return out
+            keep = keep / keep.sum(dim=1, keepdim=True).clamp(min=1)
+        offsets = torch.arange(0, batch * length, length, dtype=flat.dtype)
+        return kernel(self._fused_rows(), flat, offsets, False, 0, False, keep.reshape(-1), None,
+                      False)
 
     def dequantized_weight(self) -> torch.Tensor:
         return self.rows(torch.arange(self.num_embeddings))
