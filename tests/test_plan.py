@@ -79,7 +79,8 @@ def test_config_errors_are_value_errors_not_asserts() -> None:
 
 
 def test_targets_select_by_glob_regex_type_and_exclude() -> None:
-    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1)))
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(),
+                          nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1)))
     names = lambda t: [n for n, _ in t.select(model, ("Linear",))]  # noqa: E731
     assert names(Targets()) == ["0", "2.0", "2.1"]
     assert names(Targets(names=("2.*",))) == ["2.0", "2.1"]

@@ -40,7 +40,7 @@ def stage_dir(out: Path, index: int, name: str) -> Path:
     return out / "stages" / f"{index:02d}-{name}"
 
 
-def _evaluate_stage(model: nn.Module, task: Task, name: str, steps: list[dict], seconds: float,
+def _evaluate_stage(model: nn.Module, task: Task, name: str, steps: list[str], seconds: float,
                     info: dict, out: Path, index: int, plan: Plan) -> dict[str, Any]:
     metrics = task.evaluate(model, "test")
     stage = {"name": name, "steps": steps, "metrics": metrics, **count_params(model),
@@ -90,7 +90,7 @@ def run_plan(model: nn.Module | None, task: Task, plan: Plan, out: str | Path, *
         record = compress_(model, Plan(steps=(step,)), ctx)[0]
         used = {s["name"] for s in done}
         name = step.method if step.method not in used else f"{step.method}-{index}"
-        stage = _evaluate_stage(model, task, name, [step.to_dict()], time.perf_counter() - start,
+        stage = _evaluate_stage(model, task, name, [step.summary()], time.perf_counter() - start,
                                 record.info, out, index, plan)
         done.append(stage)
         write_json(progress_file, {"plan": plan.to_dict(), "stages": done})

@@ -46,6 +46,14 @@ def _summary_table(metrics: dict[str, Any]) -> Table:
 
 def _finish(metrics: dict[str, Any], out: Path) -> int:
     console.print(_summary_table(metrics))
+    base, final = metrics["stages"][0], metrics["stages"][-1]
+    primary = metrics["primary_metric"]
+    smaller = base["bytes"] / final["bytes"]
+    faster = base["latency_ms"]["512"]["median"] / final["latency_ms"]["512"]["median"]
+    delta = final["metrics"][primary] - base["metrics"][primary]
+    console.print(f"final vs {base['name']}: {smaller:.1f}x smaller artifact, {faster:.2f}x "
+                  f"faster at batch 512, {primary} {delta:+.4f}; reloaded artifact reproduces "
+                  f"its metrics: {all(metrics['reload_check'].values())}")
     console.print(f"run directory: {out}  (report.html, report.md, metrics.json, "
                   f"{metrics['final_artifact']}/)")
     return 0

@@ -1,4 +1,5 @@
-"""compress_: apply a plan's steps to a model in order, recording what each step changed and cost."""
+"""compress_: apply a plan's steps to a model in order, recording what each step changed
+and cost."""
 
 from __future__ import annotations
 

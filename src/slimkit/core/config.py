@@ -36,6 +36,17 @@ class MethodConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, **to_plain(self)}
 
+    def summary(self) -> str:
+        """`method key=value ...` for the fields that differ from their defaults."""
+        parts = [self.method]
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
+                else f.default
+            if value != default:
+                parts.append(f"{f.name}={to_plain(value)}")
+        return " ".join(parts)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], prefix: str = "") -> MethodConfig:
         body = {k: v for k, v in data.items() if k != "method"}

@@ -1,4 +1,5 @@
-"""User-facing errors: one line that names the field and the value; the CLI maps them to exit code 2."""
+"""User-facing errors: one line that names the field and the value; the CLI maps them to
+exit code 2."""
 
 
 class SlimkitError(ValueError):

@@ -1,4 +1,5 @@
-"""Plans: ordered, versioned lists of method configs that round-trip exactly through YAML and JSON."""
+"""Plans: ordered, versioned lists of method configs that round-trip exactly through YAML
+and JSON."""
 
 from __future__ import annotations
 

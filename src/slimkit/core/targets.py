@@ -32,7 +32,8 @@ class Targets:
                     except re.error:
                         raise ConfigError(f"{field}[{i}]", pat, "a valid regex") from None
 
-    def select(self, model: nn.Module, default_types: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
+    def select(self, model: nn.Module,
+               default_types: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
         """Matching (name, module) pairs in definition order; the root module is never selected."""
         types = self.types or default_types
         chosen = []

@@ -23,7 +23,8 @@ Inputs = tuple[torch.Tensor, ...]
 
 
 def count_params(model: nn.Module) -> dict[str, int]:
-    """Stored numbers (parameters and persistent buffers, quantized codes included) and non-zeros."""
+    """Stored numbers (parameters and persistent buffers, quantized codes included) and
+    non-zeros."""
     tensors = list(model.state_dict().values())
     return {"params": sum(t.numel() for t in tensors),
             "nonzeros": sum(int((t != 0).sum()) for t in tensors)}

@@ -74,7 +74,8 @@ def load(path: str | Path) -> Artifact:
     if not weights.is_file():
         raise ArtifactError(f"artifact: {str(weights)!r} is missing")
     if _file_sha256(weights) != manifest.get("weights_sha256"):
-        raise ArtifactError(f"artifact: {str(weights)!r} fails its checksum (corrupted or tampered)")
+        raise ArtifactError(
+            f"artifact: {str(weights)!r} fails its checksum (corrupted or tampered)")
     try:
         stored = safetensors.torch.load_file(str(weights))
     except Exception as exc:  # safetensors raises several types for a malformed header

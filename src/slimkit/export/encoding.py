@@ -24,7 +24,8 @@ def unpack_bits(bits: torch.Tensor, numel: int) -> torch.Tensor:
 
 
 def digest(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+    raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    return hashlib.sha256(raw).hexdigest()
 
 
 def encode(name: str, tensor: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -51,7 +52,8 @@ def decode(name: str, meta: dict[str, Any], stored: dict[str, torch.Tensor]) -> 
         if part not in stored:
             raise ArtifactError(f"artifact: tensor part {part!r} is missing")
         if digest(stored[part]) != expected:
-            raise ArtifactError(f"artifact: tensor {part!r} fails its checksum (corrupted or tampered)")
+            raise ArtifactError(
+                f"artifact: tensor {part!r} fails its checksum (corrupted or tampered)")
     shape = tuple(meta["shape"])
     if meta["encoding"] == "dense":
         out = stored[name]

@@ -57,7 +57,8 @@ def _bars(ax: Any, rows: list[dict[str, Any]], values: list[float | None], label
     ax.bar(range(len(rows)), heights, bottom=bottom, color=colors, width=0.6,
            yerr=[[0.0] * len(rows), upper], capsize=4 if any(upper) else 0,
            error_kw={"ecolor": P90_COLOR, "elinewidth": 1})
-    ax.set_xticks(range(len(rows)), [r["name"] for r in rows])
+    # Method names are dotted (quantize.dynamic_int8): break at the dot so neighbours never overlap.
+    ax.set_xticks(range(len(rows)), [r["name"].replace(".", ".\n", 1) for r in rows])
     for x, (v, u, text) in enumerate(zip(values, upper, labels, strict=True)):
         ax.annotate("n/a" if v is None else text, (x, bottom if v is None else v + u),
                     xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",

@@ -25,7 +25,8 @@ class StepHook(Protocol):
 def fit(model: nn.Module, task: Task, ctx: Context, *, epochs: float, lr: float,
         batch_size: int = 512, weight_decay: float = 0.0, loss_fn: LossFn | None = None,
         on_step: StepHook | None = None, desc: str = "train") -> list[float]:
-    """Train `model` in place with Adam for `epochs` (fractions allowed); returns per-step losses."""
+    """Train `model` in place with Adam for `epochs` (fractions allowed); returns the
+    per-step losses."""
     loss_fn = loss_fn or (lambda m, b: task.loss(m(*task.inputs(b)), b))
     params = [p for p in model.parameters() if p.requires_grad and p.is_floating_point()]
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)

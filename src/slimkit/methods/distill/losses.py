@@ -24,7 +24,8 @@ def binary_kd(student: torch.Tensor, teacher: torch.Tensor, temperature: float) 
     s, q = student / t, teacher / t
     p_t = torch.sigmoid(q)
     # KL(p_t || p_s) = p_t (log p_t - log p_s) + (1 - p_t)(log(1 - p_t) - log(1 - p_s))
-    kl = p_t * (F.logsigmoid(q) - F.logsigmoid(s)) + (1 - p_t) * (F.logsigmoid(-q) - F.logsigmoid(-s))
+    kl = p_t * (F.logsigmoid(q) - F.logsigmoid(s)) \
+        + (1 - p_t) * (F.logsigmoid(-q) - F.logsigmoid(-s))
     return kl.mean() * t * t
 
 

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 
-def quantize_weight_int8(weight: torch.Tensor, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_weight_int8(weight: torch.Tensor,
+                         per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric INT8: q = round(w / s), s = max|w| / 127 per output row (or per tensor)."""
     w = weight.detach().float()
     amax = w.abs().amax(dim=1) if per_channel else w.abs().amax().expand(w.shape[0])

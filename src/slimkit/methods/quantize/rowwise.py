@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 
-def quantize_rows(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize_rows(weight: torch.Tensor,
+                  bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return (codes uint8 [rows, dim], scale fp16 [rows], offset fp16 [rows]).
 
     Scale and offset are rounded to fp16 *before* the codes are computed, so dequantization with

@@ -1,0 +1,29 @@
+"""Package-level promises: a lean import, the shipped recipe equals the demo's embedded plan."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import slimkit
+from slimkit.tasks.ctr.demo_plan import DEMO_PLAN_YAML
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_import_pulls_no_optional_dependency() -> None:
+    code = ("import sys, slimkit; print(','.join(m for m in ('pandas', 'pyarrow', 'matplotlib', "
+            "'rich', 'yaml_extras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_recipe_file_matches_embedded_demo_plan() -> None:
+    shipped = slimkit.Plan.load(ROOT / "recipes" / "demo.yaml")
+    assert shipped == slimkit.Plan.from_yaml(DEMO_PLAN_YAML)
+
+
+def test_public_api_is_explicit() -> None:
+    for name in slimkit.__all__:
+        assert hasattr(slimkit, name), name
