@@ -116,3 +116,20 @@ def test_help_for_every_command() -> None:
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 0
+
+
+def test_run_from_weights_only_checkpoint(tmp_path: Path) -> None:
+    import torch
+
+    from slimkit.tasks.registry import make_task
+
+    task = make_task("synthetic", n_rows=3000, cardinalities=[100, 80, 5])
+    torch.save(task.build_model("deepfm").state_dict(), tmp_path / "model.pt")
+    before = (tmp_path / "model.pt").read_bytes()
+    (tmp_path / "plan.yaml").write_text("steps: [{method: quantize.dynamic_int8}]\n")
+    argv = ["run", str(tmp_path / "plan.yaml"), "--model", str(tmp_path / "model.pt"), *TASK,
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert [s["name"] for s in metrics["stages"]] == ["input", "quantize.dynamic_int8"]
+    assert (tmp_path / "model.pt").read_bytes() == before

@@ -1,7 +1,14 @@
 """Core: torch only. Method configs and registry, Targets, Context, Plan, compress_, Record."""
 
 from .compress import Record, compress_, edit_log
-from .config import MethodConfig, check_range, lookup, method_names, register
+from .config import (
+    MethodConfig,
+    check_range,
+    check_training,
+    lookup,
+    method_names,
+    register,
+)
 from .context import Context
 from .errors import ArtifactError, ConfigError, SlimkitError
 from .plan import Plan
@@ -10,6 +17,6 @@ from .task import Batch, Task
 
 __all__ = [
     "ArtifactError", "Batch", "ConfigError", "Context", "MethodConfig", "Plan", "Record",
-    "SlimkitError", "Targets", "Task", "check_range", "compress_", "edit_log", "lookup",
-    "method_names", "register",
+    "SlimkitError", "Targets", "Task", "check_range", "check_training", "compress_", "edit_log",
+    "lookup", "method_names", "register",
 ]

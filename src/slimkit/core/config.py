@@ -92,3 +92,11 @@ def check_range(field: str, value: float, lo: float, hi: float, *, lo_open: bool
         left = "(" if lo_open else "["
         right = ")" if hi_open else "]"
         raise ConfigError(field, value, f"a value in {left}{lo}, {hi}{right}")
+
+
+def check_training(config: Any, *, allow_zero_epochs: bool = False) -> None:
+    """Shared range checks of the training knobs that several methods carry."""
+    check_range("epochs", config.epochs, 0.0, 1000.0, lo_open=not allow_zero_epochs)
+    check_range("lr", config.lr, 0.0, 10.0, lo_open=True)
+    check_range("batch_size", config.batch_size, 1, 1 << 20)
+    check_range("weight_decay", getattr(config, "weight_decay", 0.0), 0.0, 10.0)

@@ -6,7 +6,7 @@ import dataclasses
 
 from torch import nn
 
-from ..core import Context, MethodConfig, check_range, register
+from ..core import Context, MethodConfig, check_training, register
 from ..train import fit
 
 
@@ -20,10 +20,7 @@ class Finetune(MethodConfig):
     weight_decay: float = 0.0
 
     def validate(self) -> None:
-        check_range("epochs", self.epochs, 0.0, 1000.0, lo_open=True)
-        check_range("lr", self.lr, 0.0, 10.0, lo_open=True)
-        check_range("batch_size", self.batch_size, 1, 1 << 20)
-        check_range("weight_decay", self.weight_decay, 0.0, 10.0)
+        check_training(self)
 
 
 @register(Finetune)

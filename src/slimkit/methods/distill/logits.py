@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ...core import Batch, Context, MethodConfig, Task, check_range, register
+from ...core import Batch, Context, MethodConfig, Task, check_range, check_training, register
 from ...core.errors import SlimkitError
 from ...train import fit
 from .losses import is_binary, kd_loss
@@ -33,10 +33,7 @@ class LogitsKD(MethodConfig):
     def validate(self) -> None:
         check_range("temperature", self.temperature, 0.0, 100.0, lo_open=True)
         check_range("alpha", self.alpha, 0.0, 1.0)
-        check_range("epochs", self.epochs, 0.0, 1000.0, lo_open=True)
-        check_range("lr", self.lr, 0.0, 10.0, lo_open=True)
-        check_range("batch_size", self.batch_size, 1, 1 << 20)
-        check_range("weight_decay", self.weight_decay, 0.0, 10.0)
+        check_training(self)
 
 
 def distill_loss_fn(teacher: nn.Module, task: Task, *, temperature: float, alpha: float,

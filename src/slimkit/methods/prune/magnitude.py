@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ...core import Context, MethodConfig, Targets, check_range, register
+from ...core import Context, MethodConfig, Targets, check_range, check_training, register
 from ...core.errors import ConfigError, SlimkitError
 from ...graph import mark_masked
 from ...train import fit
@@ -40,9 +40,7 @@ class Magnitude(MethodConfig):
     def validate(self) -> None:
         check_range("sparsity", self.sparsity, 0.0, 1.0, hi_open=True)
         check_range("initial_sparsity", self.initial_sparsity, 0.0, self.sparsity)
-        check_range("epochs", self.epochs, 0.0, 1000.0)
-        check_range("lr", self.lr, 0.0, 10.0, lo_open=True)
-        check_range("batch_size", self.batch_size, 1, 1 << 20)
+        check_training(self, allow_zero_epochs=True)
         check_range("update_every", self.update_every, 1, 1 << 30)
         if self.schedule == "gradual" and self.epochs <= 0:
             raise ConfigError("epochs", self.epochs, "> 0 with schedule 'gradual'")

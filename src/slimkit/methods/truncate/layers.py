@@ -8,7 +8,7 @@ from typing import Literal
 
 from torch import nn
 
-from ...core import Context, MethodConfig, check_range, register
+from ...core import Context, MethodConfig, check_range, check_training, register
 from ...core.errors import ConfigError, SlimkitError
 from ...graph import drop_blocks, get_submodule
 from ...train import fit
@@ -45,8 +45,7 @@ class Layers(MethodConfig):
         if bool(self.indices) == (self.drop > 0):
             raise ConfigError("drop", self.drop, "> 0 or a list of indices, not both or neither")
         check_range("drop", self.drop, 0, 1 << 20)
-        check_range("epochs", self.epochs, 0.0, 1000.0)
-        check_range("lr", self.lr, 0.0, 10.0, lo_open=True)
+        check_training(self, allow_zero_epochs=True)
         check_range("temperature", self.temperature, 0.0, 100.0, lo_open=True)
         check_range("alpha", self.alpha, 0.0, 1.0)
         check_range("calibration_batches", self.calibration_batches, 1, 1 << 20)
