@@ -38,6 +38,8 @@ class QuantizedEmbedding(nn.Module):
         self.register_buffer("scale", torch.ones(num_embeddings, dtype=torch.float16))
         self.register_buffer("offset", torch.zeros(num_embeddings, dtype=torch.float16))
         self._fused: torch.Tensor | None = None
+        self._kernel = getattr(torch.ops.quantized, _KERNELS[bits])
+        self._offsets: dict[tuple[int, int], torch.Tensor] = {}
         self.register_load_state_dict_post_hook(lambda module, _keys: module._invalidate())
 
     def _invalidate(self) -> None:
@@ -75,12 +77,23 @@ class QuantizedEmbedding(nn.Module):
         offset = self.offset[index].float().unsqueeze(-1)
         return codes.float() * scale + offset
 
+    def _bag_offsets(self, bags: int, length: int, dtype: torch.dtype) -> torch.Tensor:
+        # Cached per shape: at batch 1 building offsets costs as much as the lookup itself.
+        key = (bags, length)
+        offsets = self._offsets.get(key)
+        if offsets is None or offsets.dtype != dtype:
+            if len(self._offsets) > 16:
+                self._offsets.clear()
+            offsets = torch.arange(0, bags * length, length, dtype=dtype)
+            self._offsets[key] = offsets
+        return offsets
+
     def forward(self, index: torch.Tensor) -> torch.Tensor:
-        kernel = getattr(torch.ops.quantized, _KERNELS[self.bits])
+        kernel = self._kernel
         flat = index.reshape(-1).contiguous()
         if self.mode == "none":
             # One row per bag: a plain lookup through the same fused kernel.
-            offsets = torch.arange(flat.numel(), dtype=flat.dtype)
+            offsets = self._bag_offsets(flat.numel(), 1, flat.dtype)
             out = kernel(self._fused_rows(), flat, offsets, False, 0, False, None, None, False)
             return out.reshape(*index.shape, self.embedding_dim)
         if index.dim() != 2:
@@ -92,7 +105,7 @@ class QuantizedEmbedding(nn.Module):
         if self.mode == "mean":
             # Empty bags give zeros, as nn.EmbeddingBag does.
             keep = keep / keep.sum(dim=1, keepdim=True).clamp(min=1)
-        offsets = torch.arange(0, batch * length, length, dtype=flat.dtype)
+        offsets = self._bag_offsets(batch, length, flat.dtype)
         return kernel(self._fused_rows(), flat, offsets, False, 0, False, keep.reshape(-1), None,
                       False)
 
