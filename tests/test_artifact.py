@@ -74,10 +74,12 @@ def test_tampered_tensor_with_fixed_file_checksum_is_refused(tmp_path, make_mode
     import safetensors.torch
 
     path = slimkit.save(make_model(), tmp_path / "art")
+    with safetensors.safe_open(str(path / WEIGHTS), framework="pt") as fh:
+        header = fh.metadata()
     tensors = safetensors.torch.load_file(str(path / WEIGHTS))
     name = next(iter(tensors))
     tensors[name] = tensors[name] + 1
-    safetensors.torch.save_file(tensors, str(path / WEIGHTS))
+    safetensors.torch.save_file(tensors, str(path / WEIGHTS), metadata=header)
     manifest = json.loads((path / MANIFEST).read_text())
     manifest["weights_sha256"] = hashlib.sha256((path / WEIGHTS).read_bytes()).hexdigest()
     (path / MANIFEST).write_text(json.dumps(manifest))
@@ -90,8 +92,11 @@ def test_tampered_tensor_with_fixed_file_checksum_is_refused(tmp_path, make_mode
     lambda m: m.update(format="other"),
     lambda m: m["edits"].append({"op": "swap", "path": "head", "module": "subprocess:Popen",
                                  "args": {}}),
+    lambda m: m["metrics"].update(test={"auc": 0.99}),
+    lambda m: m.pop("tensors"),
+    lambda m: m["model"]["kwargs"].update(embed_dim=4),
 ])
-def test_manifest_cannot_import_outside_slimkit(tmp_path, make_model, edit) -> None:
+def test_tampered_manifest_is_refused(tmp_path, make_model, edit) -> None:
     path = slimkit.save(make_model(), tmp_path / "art")
     manifest = json.loads((path / MANIFEST).read_text())
     edit(manifest)
@@ -123,3 +128,17 @@ def test_pruning_masks_survive_reload(tmp_path, make_model, tiny_task) -> None:
                       slimkit.Context(task=tiny_task))
     for m in masked:
         assert int((m.weight == 0).sum()) >= m.weight.numel() // 2
+
+
+@pytest.mark.parametrize("builder", ["slimkit.report:write_report", "slimkit.cli.main:main",
+                                     "os:system", "torch.nn:functional"])
+def test_builder_must_be_a_module_class(builder) -> None:
+    from slimkit.export.artifact import build_model
+
+    with pytest.raises(slimkit.ArtifactError):
+        build_model({"model": {"builder": builder, "kwargs": {}}, "edits": []})
+
+
+def test_artifact_is_readable_by_others(tmp_path, make_model) -> None:
+    path = slimkit.save(make_model(), tmp_path / "art")
+    assert path.stat().st_mode & 0o005 == 0o005  # with the usual umask 022

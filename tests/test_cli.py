@@ -92,6 +92,19 @@ def test_bad_plan_one_line_exit_2_input_unchanged(run_dir: Path, tmp_path: Path,
     assert not (tmp_path / "out").exists()
 
 
+def test_input_model_inside_out_is_refused(run_dir: Path, capsys) -> None:
+    before = _digest(run_dir / "model")
+    plan = run_dir.parent / "plan.yaml"
+    argv = ["run", str(plan), "--model", str(run_dir / "model"), *TASK, "--out", str(run_dir)]
+    assert main(argv) == 2
+    assert "lies inside --out" in capsys.readouterr().err
+    assert _digest(run_dir / "model") == before
+
+
+def test_eval_fails_when_nothing_was_recorded(run_dir: Path) -> None:
+    assert main(["eval", str(run_dir / "model"), "--split", "valid"]) == 1
+
+
 @pytest.mark.parametrize("argv", [
     ["run", "missing.yaml"],
     ["eval", "/nonexistent/artifact"],
@@ -99,6 +112,7 @@ def test_bad_plan_one_line_exit_2_input_unchanged(run_dir: Path, tmp_path: Path,
     ["run", "PLAN", "--model", "/nonexistent/model.pt"],
     ["run", "PLAN", "--task-opt", "oops"],
     ["demo", "--seed", "x"],
+    ["run", "PLAN", *TASK[:2], "--task-opt", "n_rows=5"],
 ])
 def test_user_errors_exit_2(argv: list[str], tmp_path: Path, capsys) -> None:
     (tmp_path / "plan.yaml").write_text(PLAN)

@@ -38,3 +38,22 @@ def test_interrupted_run_resumes_with_identical_result(tmp_path, tiny_task, make
     resumed = run_plan(None, tiny_task, PLAN, tmp_path / "cut", ctx=slimkit.Context(
         task=tiny_task), title="t", resume=True, measure_memory=False)
     assert [s["metrics"] for s in resumed["stages"]] == [s["metrics"] for s in full["stages"]]
+
+
+def test_resume_refuses_a_different_run_and_keeps_its_stages(tmp_path, tiny_task,
+                                                             make_model) -> None:
+    plan = slimkit.Plan(steps=(slimkit.DynamicInt8(),))
+    run_plan(make_model(), tiny_task, plan, tmp_path, ctx=slimkit.Context(task=tiny_task),
+             title="t", measure_memory=False)
+    stages = sorted(p.name for p in (tmp_path / "stages").iterdir())
+    for ctx_seed, other in ((1, plan), (0, slimkit.Plan(steps=(slimkit.EmbeddingQuant(),)))):
+        with pytest.raises(slimkit.SlimkitError, match="different run"):
+            run_plan(None, tiny_task, other, tmp_path, ctx=slimkit.Context(
+                task=tiny_task, seed=ctx_seed), title="t", resume=True, measure_memory=False)
+    assert sorted(p.name for p in (tmp_path / "stages").iterdir()) == stages
+
+
+def test_training_after_int8_quantization_is_refused(tiny_task, make_model) -> None:
+    plan = slimkit.Plan(steps=(slimkit.DynamicInt8(), slimkit.Finetune(epochs=0.1)))
+    with pytest.raises(slimkit.SlimkitError, match="before quantize"):
+        slimkit.compress_(make_model(), plan, slimkit.Context(task=tiny_task))

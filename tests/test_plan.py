@@ -63,6 +63,10 @@ def test_every_registered_method_round_trips_with_defaults() -> None:
     ("steps: {method: finetune}", "steps: expected a list of steps"),
     ("steps: [{method: truncate.layers, container: tower}]", "steps[0].drop: expected > 0"),
     ("steps: [", "plan: not valid YAML"),
+    ("steps: [{method: quantize.embedding, bits: 4.0}]", "steps[0].bits: expected one of"),
+    ("version: true\nsteps: []", "version: expected plan version 1"),
+    ("steps: [{method: truncate.layers, drop: 1}]", "steps[0].container: expected a value"),
+    ("steps: [{method: truncate.layers, container: t, indices: [-1]}]", "steps[0].indices"),
 ])
 def test_bad_plans_name_field_and_value(text: str, message: str) -> None:
     with pytest.raises(SlimkitError) as info:

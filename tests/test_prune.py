@@ -53,11 +53,21 @@ def test_per_layer_sparsity_and_masks_survive_training(tiny_task, make_model) ->
     assert record.info["sparsity"] == pytest.approx(0.7, abs=0.01)
 
 
-def test_gradual_schedule_reaches_target(tiny_task, make_model) -> None:
+def test_gradual_schedule_reaches_target(tiny_task, make_model, monkeypatch) -> None:
+    import slimkit.methods.prune.magnitude as magnitude
+
+    seen: list[float] = []
+    real = magnitude._set_masks
+    monkeypatch.setattr(magnitude, "_set_masks",
+                        lambda layers, s, scope: (seen.append(s), real(layers, s, scope)))
     model = make_model()
     config = slimkit.Magnitude(sparsity=0.6, schedule="gradual", epochs=1.0, update_every=2,
                                scope="global", targets=slimkit.Targets(names=("tower.*",)))
     slimkit.compress_(model, slimkit.Plan(steps=(config,)), slimkit.Context(task=tiny_task))
+    # The ramp follows the cubic schedule: rising, fast at first, ending at the target.
+    assert seen[0] == 0.0 and seen[-1] == 0.6 and len(seen) > 3
+    assert all(a <= b for a, b in zip(seen, seen[1:], strict=False))
+    assert seen[1] - seen[0] > seen[-1] - seen[-3]
     weights = [m.weight for n, m in model.named_modules() if n.startswith("tower.")
                and isinstance(m, nn.Linear)]
     zeros = sum(int((w == 0).sum()) for w in weights)

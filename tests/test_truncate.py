@@ -37,3 +37,18 @@ def test_truncate_by_importance_and_by_index(tiny_task, make_model) -> None:
     with pytest.raises(slimkit.ConfigError, match="container"):
         slimkit.compress_(make_model(), slimkit.Plan(
             steps=(slimkit.Layers(container="nope", indices=(1,), recover="none"),)), ctx)
+
+
+def test_block_influence_uses_the_running_input_of_multi_argument_blocks(tiny_task,
+                                                                         make_model) -> None:
+    """DCN-v2 calls cross(x0, x_l): the score must compare with x_l, not x0."""
+    model = make_model("dcnv2")
+    for i in (0, 2):  # layers that clearly change their input
+        torch.nn.init.normal_(model.cross[i].linear.weight, std=3.0)
+        torch.nn.init.constant_(model.cross[i].linear.bias, 5.0)
+    torch.nn.init.zeros_(model.cross[1].linear.weight)
+    torch.nn.init.zeros_(model.cross[1].linear.bias)  # cross 1 is now exactly the identity on x_l
+    batches = [tiny_task.inputs(b) for b in tiny_task.calibration_batches(2)]
+    scores, removable = block_influence(model, model.cross, batches)
+    assert all(removable) and scores[1] == pytest.approx(0.0, abs=1e-6)
+    assert min(scores[0], scores[2]) > 1e-4

@@ -22,7 +22,7 @@ from torch import nn
 
 from .core import Context, Plan, SlimkitError, Task, compress_
 from .eval.cost import count_params, latency_interleaved, peak_memory_mb
-from .export import artifact_bytes, load, save
+from .export import artifact_bytes, copy_artifact, load, save
 
 log = logging.getLogger(__name__)
 BATCH_SIZES = (1, 512)
@@ -42,12 +42,14 @@ def stage_dir(out: Path, index: int, name: str) -> Path:
 
 def _evaluate_stage(model: nn.Module, task: Task, name: str, steps: list[str], seconds: float,
                     info: dict, out: Path, index: int, plan: Plan) -> dict[str, Any]:
-    metrics = task.evaluate(model, "test")
+    try:
+        metrics = task.evaluate(model, "test")
+    except ValueError as exc:  # e.g. NaN scores after a diverged fine-tune
+        raise SlimkitError(f"{name}: evaluation failed ({exc}); did training diverge?") from None
     stage = {"name": name, "steps": steps, "metrics": metrics, **count_params(model),
              "seconds": round(seconds, 2), "info": info}
     path = save(model, stage_dir(out, index, name), plan=plan.to_dict(),
-                metrics={"test": metrics}, extra={"task": task.describe(), "stage": name,
-                       "task_spec": getattr(task, "spec", None)})
+                metrics={"test": metrics}, task=task, extra={"stage": name})
     stage["bytes"] = artifact_bytes(path)
     stage["artifact"] = str(path.relative_to(out))
     return stage
@@ -59,15 +61,25 @@ def run_plan(model: nn.Module | None, task: Task, plan: Plan, out: str | Path, *
              on_stage: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Apply `plan` one step at a time to `model` (the baseline, stage 0); returns metrics.json."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SlimkitError(f"--out: cannot create {str(out)!r} ({exc.strerror})") from None
     progress_file = out / "progress.json"
+    key = {"plan": plan.to_dict(), "seed": ctx.seed, "task": getattr(task, "spec", task.name),
+           "baseline": baseline_name, "title": title}
     done: list[dict[str, Any]] = []
     if resume and progress_file.is_file():
-        saved = json.loads(progress_file.read_text())
-        if saved.get("plan") == plan.to_dict():
-            done = saved["stages"]
-        else:
-            log.warning("plan changed since the interrupted run: starting again")
+        try:
+            saved = json.loads(progress_file.read_text())
+            done, saved_key = saved["stages"], saved["key"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise SlimkitError(f"--resume: {str(progress_file)!r} is unreadable") from None
+        if saved_key != key:
+            raise SlimkitError(f"--resume: {str(out)!r} holds a different run (plan, seed, task "
+                               "or model differ); use another --out or drop --resume")
+    if not done and model is None:
+        raise SlimkitError(f"--resume: nothing to resume in {str(out)!r}")
     if done:
         ctx.teacher = load(out / done[0]["artifact"]).model
         model = load(out / done[-1]["artifact"]).model
@@ -77,23 +89,22 @@ def run_plan(model: nn.Module | None, task: Task, plan: Plan, out: str | Path, *
         stage = _evaluate_stage(model, task, baseline_name, [], baseline_seconds, {}, out, 0,
                                 plan)
         done = [stage]
-        write_json(progress_file, {"plan": plan.to_dict(), "stages": done})
+        write_json(progress_file, {"key": key, "stages": done})
         if on_stage:
             on_stage(stage)
-    if model is None:
-        raise SlimkitError(f"--resume: nothing to resume in {str(out)!r}")
+    assert model is not None
     if ctx.teacher is None:
         ctx.teacher = copy.deepcopy(model).eval()
     for index in range(len(done), len(plan.steps) + 1):
         step = plan.steps[index - 1]
         start = time.perf_counter()
-        record = compress_(model, Plan(steps=(step,)), ctx)[0]
+        record = compress_(model, Plan(steps=(step,)), ctx, first_step=index - 1)[0]
         used = {s["name"] for s in done}
         name = step.method if step.method not in used else f"{step.method}-{index}"
         stage = _evaluate_stage(model, task, name, [step.summary()], time.perf_counter() - start,
                                 record.info, out, index, plan)
         done.append(stage)
-        write_json(progress_file, {"plan": plan.to_dict(), "stages": done})
+        write_json(progress_file, {"key": key, "stages": done})
         if on_stage:
             on_stage(stage)
     return finish(out, task, plan, done, title=title, ctx=ctx, measure_memory=measure_memory)
@@ -110,13 +121,12 @@ def finish(out: Path, task: Task, plan: Plan, stages: list[dict[str, Any]], *, t
         stage["latency_ms"] = {b: {"median": v["median"], "p90": v["p90"]} for b, v in per.items()}
         stage["throughput"] = {b: v["throughput"] for b, v in per.items()}
         if measure_memory:
-            stage["peak_memory_mb"] = peak_memory_mb(out / stage["artifact"],
-                                                     inputs[max(BATCH_SIZES)])
+            memory = peak_memory_mb(out / stage["artifact"], inputs[max(BATCH_SIZES)])
+            if memory is not None:
+                stage["peak_memory_mb"], stage["model_memory_mb"] = memory
     final = stages[-1]
     reloaded = task.evaluate(models[final["name"]], "test")
-    final_dir = out / FINAL
-    shutil.rmtree(final_dir, ignore_errors=True)
-    shutil.copytree(out / final["artifact"], final_dir)
+    copy_artifact(out / final["artifact"], out / FINAL)
     metrics = {
         "title": title, "task": task.describe(), "primary_metric": task.primary_metric,
         "higher_is_better": task.higher_is_better, "baseline": stages[0]["name"],

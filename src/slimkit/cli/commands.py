@@ -12,9 +12,8 @@ import torch
 import yaml
 from rich.table import Table
 
-from .. import Context, Plan, SlimkitError, load
-from ..pipeline import run_plan
-from ..tasks.registry import make_task, task_from_spec
+from .. import Context, Plan, SlimkitError, load, make_task, run_plan
+from ..tasks.registry import task_from_spec
 from .progress import console, rich_progress
 
 
@@ -113,14 +112,21 @@ def _task_options(pairs: list[str]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     plan = Plan.load(args.plan)  # validated before any model or data is touched
     options = _task_options(args.task_opt)
-    if args.model and not Path(args.model).exists():
-        raise SlimkitError(f"--model: no such file or directory {args.model!r}")
+    out = Path(args.out)
+    if args.model:
+        source = Path(args.model)
+        if not source.exists():
+            raise SlimkitError(f"--model: no such file or directory {args.model!r}")
+        resolved, out_dir = source.resolve(), out.resolve()
+        if resolved == out_dir or out_dir in resolved.parents:
+            # The run rewrites --out; an input inside it would be overwritten or deleted.
+            raise SlimkitError(f"--model: {args.model!r} lies inside --out {args.out!r}; "
+                               "choose another --out")
     try:
         task = make_task(args.task, **options)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise SlimkitError(f"--task-opt: {exc}") from None
     ctx = Context(task=task, seed=args.seed, progress=rich_progress)
-    out = Path(args.out)
     resuming = args.resume and (out / "progress.json").is_file()
     if resuming:
         model, seconds = None, 0.0
@@ -152,6 +158,9 @@ def evaluate(args: argparse.Namespace) -> int:
                       "n/a" if diff is None else f"{diff:.1e}")
     console.print(table)
     print(json.dumps({"split": args.split, "measured": measured, "recorded": recorded}))
+    if not recorded or set(recorded) != set(measured):
+        console.print(f"no complete {args.split} metrics were recorded in this artifact")
+        return 1
     return 0 if worst <= 1e-6 else 1
 
 

@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     except SlimkitError as exc:
         sys.stderr.write(f"slimkit: error: {exc}\n")
         return EXIT_USER_ERROR
+    except OSError as exc:  # unwritable --out, full disk: the user's environment, not a bug
+        sys.stderr.write(f"slimkit: error: {exc.strerror or exc}: {exc.filename or ''}\n")
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("slimkit: interrupted; run again with --resume to continue\n")
         return 130

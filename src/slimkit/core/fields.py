@@ -33,7 +33,9 @@ def coerce(value: Any, tp: Any, field: str) -> Any:
                 errors.append(exc)
         raise ConfigError(field, value, " or ".join(_describe(a) for a in args))
     if origin is Literal:
-        if value in args:
+        # Compare types too: 4.0 == 4 and True == 1 in Python, but a plan saying `bits: 4.0`
+        # must not slip through as a float.
+        if any(value == a and type(value) is type(a) for a in args):
             return value
         raise ConfigError(field, value, "one of " + ", ".join(repr(a) for a in args))
     if origin is tuple:
@@ -81,6 +83,10 @@ def from_mapping(cls: Any, data: Any, prefix: str) -> Any:
         if key not in known:
             raise ConfigError(f"{prefix}.{key}", data[key],
                               "known: " + ", ".join(sorted(known)), unknown=True)
+    for f in dataclasses.fields(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if f.init and required and f.name not in data:
+            raise ConfigError(f"{prefix}.{f.name}", None, "a value (this field is required)")
     kwargs = {k: coerce(v, hints[k], f"{prefix}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)

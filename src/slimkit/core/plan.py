@@ -33,7 +33,7 @@ class Plan:
             key = sorted(unknown)[0]
             raise ConfigError(key, data[key], "known: steps, version", unknown=True)
         version = data.get("version", PLAN_VERSION)
-        if version != PLAN_VERSION:
+        if type(version) is not int or version != PLAN_VERSION:
             raise ConfigError("version", version, f"plan version {PLAN_VERSION}")
         steps = data.get("steps")
         if not isinstance(steps, list):
@@ -75,5 +75,8 @@ class Plan:
         path = Path(path)
         if not path.is_file():
             raise SlimkitError(f"plan: no such file {str(path)!r}")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SlimkitError(f"plan: cannot read {str(path)!r} ({type(exc).__name__})") from None
         return cls.from_json(text) if path.suffix == ".json" else cls.from_yaml(text)

@@ -69,8 +69,9 @@ def latency_interleaved(models: Mapping[str, nn.Module], inputs: Mapping[int, In
     return {name: {str(b): _summary(t, b) for b, t in per.items()} for name, per in times.items()}
 
 
-def peak_memory_mb(artifact: Path, inputs: Inputs) -> float | None:
-    """Peak resident memory (VmHWM) of a fresh process that loads the artifact and runs `inputs`.
+def peak_memory_mb(artifact: Path, inputs: Inputs) -> tuple[float, float] | None:
+    """(peak, added) MB: peak resident memory (VmHWM) of a fresh process that loads the artifact
+    and runs `inputs`, and how much of it came after the interpreter and torch were imported.
 
     Measured in a child process: the parent's own history would otherwise dominate the peak.
     """
@@ -82,4 +83,5 @@ def peak_memory_mb(artifact: Path, inputs: Inputs) -> float | None:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         return None
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return float(result["peak_mb"]), round(float(result["peak_mb"] - result["base_mb"]), 2)

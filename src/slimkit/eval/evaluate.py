@@ -30,6 +30,7 @@ def evaluate(model: nn.Module, task: Task, *, split: str = "test",
     with tempfile.TemporaryDirectory() as tmp:
         path = artifact or save(model, Path(tmp) / "artifact")
         result["bytes"] = artifact_bytes(path)
-        if memory:
-            result["peak_memory_mb"] = peak_memory_mb(path, inputs[max(batch_sizes)])
+        measured = peak_memory_mb(path, inputs[max(batch_sizes)]) if memory else None
+        if measured is not None:
+            result["peak_memory_mb"], result["model_memory_mb"] = measured
     return result

@@ -9,10 +9,10 @@ import safetensors.torch
 import torch
 
 
-def _vm_hwm_mb() -> float:
+def _status_mb(field: str) -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -20,13 +20,15 @@ def _vm_hwm_mb() -> float:
 def main(artifact: str, inputs_file: str) -> None:
     from slimkit.export import load
 
+    base = _status_mb("VmRSS")  # interpreter + torch + slimkit, before the model exists
     stored = safetensors.torch.load_file(inputs_file)
     inputs = tuple(stored[str(i)] for i in range(len(stored)))
     model = load(artifact).model
     with torch.inference_mode():
         for _ in range(3):
             model(*inputs)
-    sys.stdout.write(json.dumps({"peak_mb": round(_vm_hwm_mb(), 2)}) + "\n")
+    sys.stdout.write(json.dumps({"peak_mb": round(_status_mb("VmHWM"), 2),
+                                 "base_mb": round(base, 2)}) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """save / load: a directory with model.safetensors and manifest.json.
 
 The manifest names the model builder and the structural edits the plan made; `load` rebuilds the
-module tree from them and fills it from the verified tensors, so nothing is unpickled.
+module tree from them and fills it from the verified tensors, so nothing is unpickled. The weights
+file's header carries a hash of the manifest and the manifest a hash of the weights file, so an
+edit to either is refused. (This detects corruption and careless edits; it is not a signature.)
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import safetensors
 import safetensors.torch
 from torch import nn
 
@@ -27,6 +30,7 @@ FORMAT = "slimkit.artifact"
 VERSION = 1
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
+_MANIFEST_HASH = "slimkit.manifest_sha256"
 
 
 @dataclasses.dataclass
@@ -37,8 +41,12 @@ class Artifact:
 
 
 def save(model: nn.Module, path: str | Path, *, plan: dict[str, Any] | None = None,
-         metrics: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Write the artifact directory atomically (a temp dir renamed into place)."""
+         metrics: dict[str, Any] | None = None, task: Any = None,
+         extra: dict[str, Any] | None = None) -> Path:
+    """Write the artifact directory atomically (a temp dir renamed into place).
+
+    With `task`, the manifest records the task so `slimkit eval` can re-measure the artifact.
+    """
     spec = getattr(model, "slimkit_spec", None)
     if not isinstance(spec, dict) or "builder" not in spec:
         raise SlimkitError("save: model has no slimkit_spec (build it through a task or set "
@@ -49,17 +57,24 @@ def save(model: nn.Module, path: str | Path, *, plan: dict[str, Any] | None = No
         parts, meta = encode(name, tensor)
         stored.update(parts)
         tensors[name] = meta
+    manifest: dict[str, Any] = {"format": FORMAT, "version": VERSION, "model": spec,
+                                "edits": list(edit_log(model)), "plan": plan,
+                                "metrics": metrics or {}}
+    if task is not None:
+        manifest["task"] = task.describe()
+        manifest["task_spec"] = getattr(task, "spec", None)
+    manifest.update(extra or {})
+    manifest["tensors"] = tensors
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        safetensors.torch.save_file(stored, str(tmp / WEIGHTS))
-        manifest = {"format": FORMAT, "version": VERSION, "model": spec,
-                    "edits": list(edit_log(model)), "plan": plan, "metrics": metrics or {},
-                    **(extra or {}), "tensors": tensors,
-                    "weights_sha256": _file_sha256(tmp / WEIGHTS)}
+        safetensors.torch.save_file(stored, str(tmp / WEIGHTS),
+                                    metadata={_MANIFEST_HASH: _manifest_sha256(manifest)})
+        manifest["weights_sha256"] = _file_sha256(tmp / WEIGHTS)
         # Compact JSON: on small models the manifest is a visible share of the bytes.
         (tmp / MANIFEST).write_text(json.dumps(manifest, separators=(",", ":")))
-        _replace_dir(tmp, path)
+        _make_readable(tmp)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -77,11 +92,22 @@ def load(path: str | Path) -> Artifact:
         raise ArtifactError(
             f"artifact: {str(weights)!r} fails its checksum (corrupted or tampered)")
     try:
+        with safetensors.safe_open(str(weights), framework="pt") as fh:
+            header = fh.metadata() or {}
         stored = safetensors.torch.load_file(str(weights))
     except Exception as exc:  # safetensors raises several types for a malformed header
         raise ArtifactError(f"artifact: cannot read {str(weights)!r} ({exc})") from None
-    state = {name: decode(name, meta, stored) for name, meta in manifest["tensors"].items()}
-    model = build_model(manifest)
+    if header.get(_MANIFEST_HASH) != _manifest_sha256(manifest):
+        raise ArtifactError(f"artifact: {MANIFEST} does not match the weights it was saved "
+                            "with (tampered or mixed up)")
+    try:
+        state = {name: decode(name, meta, stored) for name, meta in manifest["tensors"].items()}
+        model = build_model(manifest)
+    except ArtifactError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        raise ArtifactError(f"artifact: malformed manifest ({type(exc).__name__}: {exc})") \
+            from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -103,15 +129,22 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise ArtifactError(f"artifact: {str(file)!r} is not a slimkit manifest")
     if manifest.get("version") != VERSION:
         raise ArtifactError(f"artifact: manifest version {manifest.get('version')!r} unsupported")
+    for key, kind in (("model", dict), ("tensors", dict), ("edits", list)):
+        if not isinstance(manifest.get(key), kind):
+            raise ArtifactError(f"artifact: manifest field {key!r} is missing or malformed")
     return manifest
 
 
 def build_model(manifest: dict[str, Any]) -> nn.Module:
     spec = manifest["model"]
     cls = import_object(str(spec.get("builder")))
+    # Only module classes may be called: a manifest naming any other slimkit function would
+    # otherwise run it with arguments of the manifest's choosing.
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ArtifactError(f"manifest: builder {spec.get('builder')!r} is not a module class")
     try:
         model = cls(**spec.get("kwargs", {}))
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ArtifactError(f"artifact: cannot build {spec.get('builder')!r} ({exc})") from None
     for edit in manifest.get("edits", []):
         apply_edit(model, edit)
@@ -123,6 +156,26 @@ def artifact_bytes(path: str | Path) -> int:
     return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
 
 
+def copy_artifact(src: str | Path, dst: str | Path) -> Path:
+    """Copy an artifact directory atomically (temp copy renamed into place)."""
+    src, dst = Path(src), Path(dst)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        for name in (WEIGHTS, MANIFEST):
+            shutil.copy2(src / name, tmp / name)
+        _make_readable(tmp)
+        replace_dir(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+def _manifest_sha256(manifest: dict[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != "weights_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def _file_sha256(file: Path) -> str:
     h = hashlib.sha256()
     with open(file, "rb") as fh:
@@ -131,7 +184,17 @@ def _file_sha256(file: Path) -> str:
     return h.hexdigest()
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
+def _make_readable(folder: Path) -> None:
+    # mkdtemp creates 0700; a serving process running as another user must read the artifact.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for file in folder.iterdir():
+        os.chmod(file, 0o666 & ~umask)
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move `src` to `dst`, replacing an existing directory with the shortest possible gap."""
     if dst.exists():
         old = dst.with_name(f".{dst.name}.old")
         shutil.rmtree(old, ignore_errors=True)

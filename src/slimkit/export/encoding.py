@@ -1,14 +1,22 @@
-"""Tensor encodings inside an artifact: dense, or bitmap-sparse (a bit per element plus the
-non-zero values) whenever that is smaller, so pruning's zeros really reduce bytes on disk."""
+"""Tensor encodings inside an artifact: dense; bitmap-sparse (a bit per element plus the non-zero
+values); and for integer codes (cluster indices, INT8 weights) canonical Huffman, either of every
+code or, as in Deep Compression (Han et al. 2016), of the non-zero codes plus the gaps between
+them. Each tensor takes whichever is smallest; every stored part is a plain tensor with a sha256.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..core.errors import ArtifactError
+from ..methods.encode.huffman import choose_form, decode_form, encode_form
+
+CODED = {"uint8": torch.uint8, "int8": torch.int8}
+MIN_NUMEL = 64
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
@@ -34,16 +42,33 @@ def encode(name: str, tensor: torch.Tensor) -> tuple[dict[str, torch.Tensor], di
     meta: dict[str, Any] = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
     nonzero = t != 0
     nnz = int(nonzero.sum())
-    sparse_bytes = nnz * t.element_size() + (t.numel() + 7) // 8
-    if t.numel() >= 64 and sparse_bytes < t.numel() * t.element_size():
+    sizes: dict[str, tuple[int, int | None]] = {"dense": (t.numel() * t.element_size(), None)}
+    if t.numel() >= MIN_NUMEL:
+        sizes["bitmap"] = (nnz * t.element_size() + (t.numel() + 7) // 8, None)
+        if meta["dtype"] in CODED:
+            symbols = t.reshape(-1).view(torch.uint8).numpy()
+            coded, max_gap, size = choose_form(symbols)
+            sizes[coded] = (size, max_gap)
+    form = min(sizes, key=lambda k: sizes[k][0])  # ties keep the simpler, earlier form
+    if form == "dense":
+        parts = {name: t.clone()}
+    elif form == "bitmap":
         parts = {f"{name}::values": t.reshape(-1)[nonzero.reshape(-1)].clone(),
                  f"{name}::bitmap": pack_bits(nonzero)}
-        meta["encoding"] = "bitmap"
     else:
-        parts = {name: t.clone()}
-        meta["encoding"] = "dense"
+        blob, coded_meta = encode_form(symbols, form, sizes[form][1])
+        parts = {f"{name}::coded": torch.from_numpy(blob.copy())}
+        meta.update(coded_meta)
+    meta["encoding"] = form
     meta["sha256"] = {k: digest(v) for k, v in parts.items()}
     return parts, meta
+
+
+def _decode_coded(meta: dict[str, Any], blob: torch.Tensor, numel: int) -> torch.Tensor:
+    flat = decode_form(blob.numpy(), meta["encoding"], meta, numel)
+    if len(flat) and (flat.min() < 0 or flat.max() > 255):
+        raise ValueError("decoded symbols do not fit in a byte")
+    return torch.from_numpy(flat.astype(np.uint8)).view(CODED[meta["dtype"]])
 
 
 def decode(name: str, meta: dict[str, Any], stored: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -55,16 +80,22 @@ def decode(name: str, meta: dict[str, Any], stored: dict[str, torch.Tensor]) -> 
             raise ArtifactError(
                 f"artifact: tensor {part!r} fails its checksum (corrupted or tampered)")
     shape = tuple(meta["shape"])
+    numel = 1
+    for d in shape:
+        numel *= d
     if meta["encoding"] == "dense":
         out = stored[name]
     elif meta["encoding"] == "bitmap":
         values = stored[f"{name}::values"]
-        numel = 1
-        for d in shape:
-            numel *= d
         mask = unpack_bits(stored[f"{name}::bitmap"], numel)
         out = torch.zeros(numel, dtype=values.dtype)
         out[mask] = values
+    elif meta["encoding"] in ("huffman", "huffman_sparse") and meta.get("dtype") in CODED:
+        try:
+            out = _decode_coded(meta, stored[f"{name}::coded"], numel)
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise ArtifactError(f"artifact: tensor {name!r}: coded stream does not decode "
+                                f"({exc})") from None
     else:
         raise ArtifactError(f"artifact: tensor {name!r} has unknown encoding {meta['encoding']!r}")
     return out.reshape(shape)

@@ -28,4 +28,7 @@ def make_task(name: str, **kwargs: Any) -> Task:
 def task_from_spec(spec: Any) -> Task:
     if not isinstance(spec, dict) or not isinstance(spec.get("kwargs", {}), dict):
         raise SlimkitError(f"task: manifest has no usable task spec, got {spec!r}")
-    return make_task(str(spec.get("name")), **spec.get("kwargs", {}))
+    try:
+        return make_task(str(spec.get("name")), **spec.get("kwargs", {}))
+    except (TypeError, ValueError) as exc:
+        raise SlimkitError(f"task: cannot rebuild the task from the manifest ({exc})") from None

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..core.context import Context
+from ..core.errors import SlimkitError
 from ..core.task import Batch, Task
 
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -27,6 +28,11 @@ def fit(model: nn.Module, task: Task, ctx: Context, *, epochs: float, lr: float,
         on_step: StepHook | None = None, desc: str = "train") -> list[float]:
     """Train `model` in place with Adam for `epochs` (fractions allowed); returns the
     per-step losses."""
+    blocked = [n for n, m in model.named_modules()
+               if getattr(m, "supports_autograd", True) is False]
+    if blocked:
+        raise SlimkitError(f"{desc}: cannot train through {blocked[0]!r} (an int8 kernel without "
+                           "gradients); put training steps before quantize steps")
     loss_fn = loss_fn or (lambda m, b: task.loss(m(*task.inputs(b)), b))
     params = [p for p in model.parameters() if p.requires_grad and p.is_floating_point()]
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)

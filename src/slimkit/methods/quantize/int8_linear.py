@@ -7,7 +7,9 @@ the packed kernel weight is rebuilt lazily after construction or loading.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -28,6 +30,9 @@ def quantize_weight_int8(weight: torch.Tensor,
 class DynamicInt8Linear(nn.Module):
     """y = x W^T + b (then ReLU if `relu`) with W in INT8 per output channel and x quantized
     per batch to UINT8."""
+
+    # fbgemm's int8 ops define no backward: training through this layer would be silently wrong.
+    supports_autograd = False
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  reduce_range: bool = True, relu: bool = False) -> None:
@@ -75,9 +80,14 @@ class DynamicInt8Linear(nn.Module):
         return self.weight.float() * self.weight_scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        if torch.onnx.is_in_onnx_export():
+            if len(shape) == 2:
+                return _DynamicQLinear.apply(x.float(), self)
+            out = _DynamicQLinear.apply(x.reshape(-1, shape[-1]).float(), self)
+            return out.reshape(*shape[:-1], self.out_features)
         if self._packed is None:
             self._packed = self._pack()
-        shape = x.shape
         # The fused kernel applies ReLU on the int32 accumulator's output in the same pass.
         op = torch.ops.quantized.linear_relu_dynamic if self.relu else \
             torch.ops.quantized.linear_dynamic
@@ -94,3 +104,41 @@ class DynamicInt8Linear(nn.Module):
         new.load_state_dict(self.state_dict())
         new.train(self.training)
         return new
+
+
+@contextlib.contextmanager
+def untraced() -> Iterator[None]:
+    """Pause the TorchScript tracer: in torch 2.13 it stays active inside an autograd.Function's
+    forward during ONNX export, and ops recorded there break the exporter ("unordered_map::at")."""
+    state = torch._C._get_tracing_state()
+    torch._C._set_tracing_state(None)
+    try:
+        yield
+    finally:
+        torch._C._set_tracing_state(state)
+
+
+class _DynamicQLinear(torch.autograd.Function):
+    """ONNX export of DynamicInt8Linear: DynamicQuantizeLinear + MatMulInteger + scale multiply,
+    the pattern ONNX Runtime fuses into its DynamicQuantizeMatMul int8 kernel."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, m: DynamicInt8Linear) -> torch.Tensor:
+        # Only traced for shapes; run the float equivalent (fbgemm ops do not trace).
+        with untraced():
+            y = torch.nn.functional.linear(x, m.dequantized_weight(), m.bias)
+            return torch.relu(y) if m.relu else y
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, m: DynamicInt8Linear) -> Any:
+        def const(t: torch.Tensor) -> Any:
+            return g.op("Constant", value_t=t)
+
+        xq, x_scale, x_zp = g.op("DynamicQuantizeLinear", x, outputs=3)
+        acc = g.op("MatMulInteger", xq, const(m.weight.t().contiguous()), x_zp,
+                   const(torch.zeros(m.out_features, dtype=torch.int8)))
+        scale = g.op("Mul", x_scale, const(m.weight_scale.float()))
+        y = g.op("Mul", g.op("Cast", acc, to_i=1), scale)  # to_i=1: FLOAT
+        if m.bias is not None:
+            y = g.op("Add", y, const(m.bias.float()))
+        return g.op("Relu", y) if m.relu else y

@@ -89,6 +89,8 @@ class QuantizedEmbedding(nn.Module):
         return offsets
 
     def forward(self, index: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():
+            return self._export_forward(index)
         kernel = self._kernel
         flat = index.reshape(-1).contiguous()
         if self.mode == "none":
@@ -108,6 +110,30 @@ class QuantizedEmbedding(nn.Module):
         offsets = self._bag_offsets(batch, length, flat.dtype)
         return kernel(self._fused_rows(), flat, offsets, False, 0, False, keep.reshape(-1), None,
                       False)
+
+    def _export_forward(self, index: torch.Tensor) -> torch.Tensor:
+        """Standard ONNX ops: Gather of packed rows, integer unpack, scale and offset, then the
+        padded bag reduction; only the gathered rows are de-quantized."""
+        packed = self.packed[index]
+        if self.bits == 8:
+            codes = packed.to(torch.int32)
+        else:
+            # Div / Mul / Sub on int32 (opset 17 has no BitwiseAnd): code k = (b >> k*bits) & mask.
+            per_byte, levels = 8 // self.bits, 1 << self.bits
+            shifts = torch.tensor([levels ** k for k in range(per_byte)], dtype=torch.int32)
+            q = torch.div(packed.to(torch.int32).unsqueeze(-1), shifts, rounding_mode="trunc")
+            codes = q - torch.div(q, levels, rounding_mode="trunc") * levels
+            codes = codes.flatten(-2)[..., :self.embedding_dim]
+        rows = (codes.float() * self.scale[index].float().unsqueeze(-1)
+                + self.offset[index].float().unsqueeze(-1))
+        if self.mode == "none":
+            return rows
+        keep = torch.ones(index.shape, dtype=torch.float32)
+        if self.padding_idx is not None:
+            keep = (index != self.padding_idx).float()
+        if self.mode == "mean":
+            keep = keep / keep.sum(dim=1, keepdim=True).clamp(min=1)
+        return (rows * keep.unsqueeze(-1)).sum(dim=1)
 
     def dequantized_weight(self) -> torch.Tensor:
         return self.rows(torch.arange(self.num_embeddings))

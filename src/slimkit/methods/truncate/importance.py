@@ -22,9 +22,17 @@ def block_influence(model: nn.Module, blocks: nn.Module,
     counts = [0] * len(children)
     removable = [True] * len(children)
 
+    last_out: dict[int, torch.Tensor] = {}
+
     def hook(i: int):
         def fn(_module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            x = args[0] if args else None
+            # A block's input is what the previous block produced in this forward pass; args[0]
+            # would be wrong for blocks called with several tensors (DCN's cross(x0, x_l)).
+            x = last_out.pop(i - 1, None) if i > 0 else None
+            if x is None:
+                x = args[0] if args else None
+            if isinstance(out, torch.Tensor):
+                last_out[i] = out
             if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor) \
                     or x.shape != out.shape:
                 removable[i] = False

@@ -45,6 +45,8 @@ class Layers(MethodConfig):
         if bool(self.indices) == (self.drop > 0):
             raise ConfigError("drop", self.drop, "> 0 or a list of indices, not both or neither")
         check_range("drop", self.drop, 0, 1 << 20)
+        for i in self.indices:
+            check_range("indices", i, 0, 1 << 20)
         check_training(self, allow_zero_epochs=True)
         check_range("temperature", self.temperature, 0.0, 100.0, lo_open=True)
         check_range("alpha", self.alpha, 0.0, 1.0)
