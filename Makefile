@@ -27,6 +27,9 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
+	# Strict typing where a mistake corrupts models or artifacts (DESIGN.md's tooling).
+	$(BIN)/mypy --strict --ignore-missing-imports src/slimkit/core src/slimkit/graph \
+		src/slimkit/export/artifact.py
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q

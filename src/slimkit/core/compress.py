@@ -71,5 +71,5 @@ def _apply_steps(model: nn.Module, plan: Plan, ctx: Context, first_step: int) ->
 
 def edit_log(model: nn.Module) -> list[dict[str, Any]]:
     """Structural edits applied to `model` so far, replayed by the artifact loader."""
-    edits = model.__dict__.setdefault("slimkit_edits", [])
+    edits: list[dict[str, Any]] = model.__dict__.setdefault("slimkit_edits", [])
     return edits

@@ -50,7 +50,8 @@ class MethodConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], prefix: str = "") -> MethodConfig:
         body = {k: v for k, v in data.items() if k != "method"}
-        return from_mapping(cls, body, prefix or cls.method)
+        config: MethodConfig = from_mapping(cls, body, prefix or cls.method)
+        return config
 
 
 ApplyFn = Callable[["nn.Module", Any, "Context"], "nn.Module"]

@@ -66,7 +66,7 @@ def coerce(value: Any, tp: Any, field: str) -> Any:
         if isinstance(value, str):
             return value
         raise ConfigError(field, value, "a string")
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if isinstance(value, tp):
             return value
         return from_mapping(tp, value, field)

@@ -47,7 +47,7 @@ class Plan:
         return cls(steps=tuple(parsed), version=version)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return str(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -31,7 +31,9 @@ def drop_blocks(model: nn.Module, path: str, indices: list[int]) -> None:
 
 
 def _drop(container: nn.Module, indices: list[int]) -> None:
-    keep = [m for i, m in enumerate(container) if i not in set(indices)]
+    dropped = set(indices)
+    # _modules, not children(): children() skips a module that appears twice.
+    keep = [m for i, m in enumerate(container._modules.values()) if i not in dropped]
     for key in list(container._modules):
         del container._modules[key]
     for i, module in enumerate(keep):
