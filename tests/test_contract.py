@@ -20,6 +20,10 @@ METHODS = {
     "truncate.layers": (slimkit.Layers(container="tower", drop=1, recover="distill", **QUICK),
                         True),
     "finetune": (slimkit.Finetune(**QUICK), False),
+    "quantize.qat": (slimkit.QAT(**QUICK), True),
+    "quantize.binary": (slimkit.BinaryWeights(kind="xnor", **QUICK), True),
+    "quantize.mixed": (slimkit.MixedPrecision(budget=0.3), True),
+    "quantize.embedding_budget": (slimkit.EmbeddingBudget(budget=0.3), True),
 }
 
 

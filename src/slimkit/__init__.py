@@ -22,14 +22,26 @@ from .core import (
 )
 from .eval import evaluate
 from .export import Artifact, load, save
-from .methods import DynamicInt8, EmbeddingQuant, Finetune, Layers, LogitsKD, Magnitude
+from .methods import (
+    QAT,
+    BinaryWeights,
+    DynamicInt8,
+    EmbeddingBudget,
+    EmbeddingQuant,
+    Finetune,
+    Layers,
+    LogitsKD,
+    Magnitude,
+    MixedPrecision,
+)
 from .pipeline import run_plan
 from .tasks.registry import make_task
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Artifact", "ArtifactError", "ConfigError", "Context", "DynamicInt8", "EmbeddingQuant",
+    "QAT", "Artifact", "ArtifactError", "BinaryWeights", "ConfigError", "Context", "DynamicInt8",
+    "EmbeddingBudget", "EmbeddingQuant", "MixedPrecision",
     "Finetune", "Layers", "LogitsKD", "Magnitude", "MethodConfig", "Plan", "Record",
     "SlimkitError", "Targets", "Task", "compress_", "evaluate", "load", "make_task",
     "method_names", "register", "run_plan", "save",

@@ -3,8 +3,13 @@
 from .distill.logits import LogitsKD
 from .finetune import Finetune
 from .prune.magnitude import Magnitude
+from .quantize.binary import BinaryWeights
 from .quantize.dynamic_int8 import DynamicInt8
 from .quantize.embedding import EmbeddingQuant
+from .quantize.embedding_budget import EmbeddingBudget
+from .quantize.mixed import MixedPrecision
+from .quantize.qat import QAT
 from .truncate.layers import Layers
 
-__all__ = ["DynamicInt8", "EmbeddingQuant", "Finetune", "Layers", "LogitsKD", "Magnitude"]
+__all__ = ["QAT", "BinaryWeights", "DynamicInt8", "EmbeddingBudget", "EmbeddingQuant", "Finetune",
+           "Layers", "LogitsKD", "Magnitude", "MixedPrecision"]

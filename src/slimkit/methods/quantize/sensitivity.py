@@ -1,0 +1,105 @@
+"""Per-layer sensitivity: apply a method to one layer alone on a copy of the model and measure the
+drop of the task's primary metric and the layer's bytes before and after.
+
+Works with any registered method whose config has a `targets` field; mixed precision and
+embedding bit allocation build on it. The input model and the global RNG state are left untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...core import Context, MethodConfig, Targets, compress_, edit_log
+from ...core.errors import SlimkitError
+from ...core.plan import Plan
+from ...core.task import Task
+from ...graph import get_submodule
+
+log = logging.getLogger(__name__)
+
+ConfigFactory = Callable[[str], MethodConfig]
+WEIGHTED_TYPES = ("Linear", "Conv1d", "Conv2d", "Embedding", "EmbeddingBag")
+
+
+def module_bytes(module: nn.Module) -> int:
+    """Bytes of the tensors the module stores (its state dict): what it adds to an artifact."""
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+def for_layer(config: MethodConfig) -> ConfigFactory:
+    """A factory giving `config` restricted to one layer through its `targets` field."""
+    if not any(f.name == "targets" for f in dataclasses.fields(config)):
+        raise SlimkitError(f"{config.method}: has no targets field; pass a factory instead")
+    return lambda name: dataclasses.replace(config, targets=Targets(names=(name,)))
+
+
+def _drop(task: Task, baseline: float, value: float) -> float:
+    """Positive = worse, whichever direction the metric improves in."""
+    return baseline - value if task.higher_is_better else value - baseline
+
+
+def _apply_one(model: nn.Module, name: str, config: MethodConfig, seed: int,
+               task: Task) -> tuple[nn.Module, dict[str, Any]] | None:
+    """A copy of `model` with `config` applied to `name` alone, or None if it changed nothing."""
+    trial = copy.deepcopy(model)
+    before = get_submodule(trial, name)
+    state = {k: v.clone() for k, v in before.state_dict().items()}
+    edits = len(edit_log(trial))
+    try:
+        records = compress_(trial, Plan(steps=(config,)), Context(task=task, seed=seed))
+    except SlimkitError as exc:
+        # "targets match no ..." means the method does not handle this layer's type.
+        log.debug("%s on %s: not applicable (%s)", config.method, name, exc)
+        return None
+    after = get_submodule(trial, name)
+    unchanged = after is before and len(edit_log(trial)) == edits and all(
+        torch.equal(v, state[k]) for k, v in after.state_dict().items())
+    return None if unchanged else (trial, records[0].info)
+
+
+def layer_sensitivity(model: nn.Module, task: Task,
+                      make_config: ConfigFactory | MethodConfig, *,
+                      layers: Sequence[str] | None = None, split: str = "valid",
+                      seed: int = 0, baseline: float | None = None) -> list[dict[str, Any]]:
+    """One row per layer the method changed, most sensitive first.
+
+    `make_config(layer_name)` returns the config to apply to that layer (or pass a config with a
+    `targets` field). `layers` defaults to every Linear/Conv/Embedding module; layers the method
+    skips or cannot handle are left out. Each row: layer, type, method, metric, baseline, value,
+    drop (positive = worse), bytes_before, bytes_after, seconds, info.
+    """
+    factory = for_layer(make_config) if isinstance(make_config, MethodConfig) else make_config
+    if layers is None:
+        layers = [n for n, m in model.named_modules()
+                  if n and type(m).__name__ in WEIGHTED_TYPES]
+    metric = task.primary_metric
+    rows = []
+    with torch.random.fork_rng(devices=[]):
+        if baseline is None:
+            baseline = task.evaluate(model, split)[metric]
+        for name in layers:
+            start = time.perf_counter()
+            config = factory(name)
+            result = _apply_one(model, name, config, seed, task)
+            if result is None:
+                continue
+            trial, info = result
+            value = task.evaluate(trial, split)[metric]
+            rows.append({
+                "layer": name, "type": type(get_submodule(model, name)).__name__,
+                "method": config.method, "metric": metric, "baseline": baseline, "value": value,
+                "drop": _drop(task, baseline, value),
+                "bytes_before": module_bytes(get_submodule(model, name)),
+                "bytes_after": module_bytes(get_submodule(trial, name)),
+                "seconds": round(time.perf_counter() - start, 4), "info": info,
+            })
+    rows.sort(key=lambda r: -r["drop"])
+    return rows
