@@ -24,6 +24,9 @@ METHODS = {
     "quantize.binary": (slimkit.BinaryWeights(kind="xnor", **QUICK), True),
     "quantize.mixed": (slimkit.MixedPrecision(budget=0.3), True),
     "quantize.embedding_budget": (slimkit.EmbeddingBudget(budget=0.3), True),
+    "quantize.static_int8": (slimkit.StaticInt8(calibration_batches=4), True),
+    "quantize.static_int8.ort": (slimkit.StaticInt8(calibration_batches=4, backend="onnxruntime",
+                                                    observer="kl"), True),
 }
 
 

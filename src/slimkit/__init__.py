@@ -33,6 +33,7 @@ from .methods import (
     LogitsKD,
     Magnitude,
     MixedPrecision,
+    StaticInt8,
 )
 from .pipeline import run_plan
 from .tasks.registry import make_task
@@ -41,7 +42,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "QAT", "Artifact", "ArtifactError", "BinaryWeights", "ConfigError", "Context", "DynamicInt8",
-    "EmbeddingBudget", "EmbeddingQuant", "MixedPrecision",
+    "EmbeddingBudget", "EmbeddingQuant", "MixedPrecision", "StaticInt8",
     "Finetune", "Layers", "LogitsKD", "Magnitude", "MethodConfig", "Plan", "Record",
     "SlimkitError", "Targets", "Task", "compress_", "evaluate", "load", "make_task",
     "method_names", "register", "run_plan", "save",

@@ -9,7 +9,8 @@ from .quantize.embedding import EmbeddingQuant
 from .quantize.embedding_budget import EmbeddingBudget
 from .quantize.mixed import MixedPrecision
 from .quantize.qat import QAT
+from .quantize.static_int8 import StaticInt8
 from .truncate.layers import Layers
 
 __all__ = ["QAT", "BinaryWeights", "DynamicInt8", "EmbeddingBudget", "EmbeddingQuant", "Finetune",
-           "Layers", "LogitsKD", "Magnitude", "MixedPrecision"]
+           "Layers", "LogitsKD", "Magnitude", "MixedPrecision", "StaticInt8"]

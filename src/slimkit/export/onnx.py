@@ -1,0 +1,102 @@
+"""ONNX export of float and slimkit-quantized models, and a parity check against ONNX Runtime.
+
+Quantized slimkit modules export as standard int8 ONNX patterns (QDQ for static INT8,
+DynamicQuantizeLinear + MatMulInteger for dynamic INT8, Gather of packed rows for quantized
+tables) that ONNX Runtime fuses into its int8 kernels. Needs the `onnx` extra.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..graph import set_submodule
+from ..tasks.ctr.models import MeanBag
+
+log = logging.getLogger(__name__)
+
+
+def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: str | Path, *,
+                opset: int = 17, dynamic_batch: bool = True,
+                input_names: Sequence[str] | None = None) -> Path:
+    """Write `model` (in eval mode) as ONNX to `path` atomically; the user's model is untouched.
+
+    Export runs on a deep copy whose padded mean EmbeddingBags are swapped for MeanBag: the
+    TorchScript exporter cannot export `embedding_bag` with `padding_idx`.
+    """
+    export_model = copy.deepcopy(model).eval()
+    for name, module in list(export_model.named_modules()):
+        if isinstance(module, nn.EmbeddingBag) and module.mode == "mean" \
+                and module.padding_idx == 0:
+            set_submodule(export_model, name, MeanBag.from_embedding_bag(module))
+    inputs = tuple(example_inputs)
+    names = list(input_names or _input_names(model, len(inputs)))
+    axes = {n: {0: "batch"} for n in [*names, "output"]} if dynamic_batch else None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript exporter warns about tracing and deprecations on every call.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(export_model, inputs, str(tmp), dynamo=False, opset_version=opset,
+                          input_names=names, output_names=["output"], dynamic_axes=axes,
+                          do_constant_folding=True)
+    os.replace(tmp, path)
+    log.info("exported %s (%d bytes)", path, path.stat().st_size)
+    return path
+
+
+def _input_names(model: nn.Module, n: int) -> list[str]:
+    try:
+        params = [p.name for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    return params[:n] if len(params) >= n else [f"input_{i}" for i in range(n)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Parity:
+    """ORT vs torch on the same inputs."""
+
+    max_abs_diff: float
+    cosine: float
+    passed: bool
+
+
+def check_parity(model: nn.Module, onnx_path: str | Path, inputs: Sequence[torch.Tensor], *,
+                 atol: float = 1e-4, rtol: float = 1e-3,
+                 min_cosine: float | None = None) -> Parity:
+    """Run `onnx_path` in ONNX Runtime and `model` in torch on `inputs` and compare outputs.
+
+    Passes when |ort - torch| <= atol + rtol |torch| everywhere, or, when `min_cosine` is given,
+    when the cosine similarity of the flattened outputs is at least `min_cosine` (for quantized
+    graphs whose requantization may round a value to the neighbouring level).
+    """
+    from .runtime import OrtSession
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            ref = model(*inputs).float()
+    finally:
+        model.train(was_training)
+    out = OrtSession(onnx_path)(*inputs).float().reshape(ref.shape)
+    diff = float((out - ref).abs().max()) if ref.numel() else 0.0
+    cosine = float(torch.nn.functional.cosine_similarity(
+        out.reshape(1, -1).double(), ref.reshape(1, -1).double()).item())
+    if min_cosine is not None:
+        passed = cosine >= min_cosine
+    else:
+        passed = bool(torch.all((out - ref).abs() <= atol + rtol * ref.abs()))
+    return Parity(diff, cosine, passed)

@@ -1,0 +1,64 @@
+"""ONNX Runtime sessions used like torch models: call on torch tensors, evaluate with a task, and
+time them with the same interleaved latency measurement as torch models (deployed latency)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..eval.cost import Inputs, latency_interleaved
+
+
+class OrtSession:
+    """An onnxruntime.InferenceSession on CPU (intra-op threads = 2 by default, all graph
+    optimizations on) that quacks like an eval-mode nn.Module: `session(*tensors) -> tensor`.
+
+    `eval`, `train`, `training` and `parameters` exist so task.evaluate and latency_interleaved
+    take it where they take a model.
+    """
+
+    training = False
+
+    def __init__(self, path: str | Path, *, threads: int = 2, optimize: bool = True) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: optimizer notes are not the caller's concern
+        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                            else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options,
+                                            providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if len(inputs) != len(self.input_names):
+            raise ValueError(f"OrtSession: expected {len(self.input_names)} inputs "
+                             f"({', '.join(self.input_names)}), got {len(inputs)}")
+        feeds = {name: t.detach().cpu().contiguous().numpy()
+                 for name, t in zip(self.input_names, inputs, strict=True)}
+        return torch.from_numpy(self.session.run(None, feeds)[0])
+
+    def eval(self) -> OrtSession:
+        return self
+
+    def train(self, mode: bool = True) -> OrtSession:
+        if mode:
+            raise ValueError("OrtSession: an ONNX Runtime session cannot train")
+        return self
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return iter(())
+
+
+def latency(models: Mapping[str, nn.Module | OrtSession], inputs: Mapping[int, Inputs],
+            **kwargs: Any) -> dict[str, dict[str, dict[str, float]]]:
+    """Median / p90 ms per model and batch size for torch models and ORT sessions together,
+    interleaved (slimkit.eval.cost.latency_interleaved), so their numbers are comparable."""
+    return latency_interleaved(models, inputs, **kwargs)  # type: ignore[arg-type]
