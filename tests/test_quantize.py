@@ -60,20 +60,22 @@ def test_sub_byte_packing_round_trip(bits: int) -> None:
         assert int(pack(torch.tensor([[15, 1]], dtype=torch.uint8), 4)[0, 0]) == 0x1F
 
 
+@pytest.mark.parametrize("dim", [8, 5, 6, 3])
 @pytest.mark.parametrize("bits", [8, 4, 2])
-def test_fused_kernel_lookup_matches_dequantized_table(bits: int) -> None:
-    table = nn.Embedding(30, 8)
+def test_fused_kernel_lookup_matches_dequantized_table(bits: int, dim: int) -> None:
+    table = nn.Embedding(30, dim)
     q = QuantizedEmbedding.from_float(table, bits)
     idx = torch.randint(0, 30, (5, 4))
     ref = nn.functional.embedding(idx, q.dequantized_weight())
+    assert q(idx).shape == (5, 4, dim)
     assert torch.allclose(q(idx), ref, atol=1e-6)
-    assert q.packed.numel() == 30 * 8 * bits // 8  # sub-byte codes really packed
+    assert q.packed.numel() == 30 * -(-dim * bits // 8)  # sub-byte codes really packed
 
 
 @pytest.mark.parametrize("mode", ["sum", "mean"])
-@pytest.mark.parametrize("bits", [8, 4])
-def test_quantized_bag_matches_embedding_bag_with_padding(mode: str, bits: int) -> None:
-    bag = nn.EmbeddingBag(20, 6, mode=mode, padding_idx=0)
+@pytest.mark.parametrize(("bits", "dim"), [(8, 6), (4, 6), (4, 5), (2, 6), (2, 7)])
+def test_quantized_bag_matches_embedding_bag_with_padding(mode: str, bits: int, dim: int) -> None:
+    bag = nn.EmbeddingBag(20, dim, mode=mode, padding_idx=0)
     q = QuantizedEmbedding.from_float(bag, bits)
     idx = torch.tensor([[3, 5, 0], [0, 0, 0], [7, 7, 2]])
     ref = nn.functional.embedding_bag(idx, q.dequantized_weight(), mode=mode, padding_idx=0)

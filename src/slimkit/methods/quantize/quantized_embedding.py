@@ -97,7 +97,7 @@ class QuantizedEmbedding(nn.Module):
             # One row per bag: a plain lookup through the same fused kernel.
             offsets = self._bag_offsets(flat.numel(), 1, flat.dtype)
             out = kernel(self._fused_rows(), flat, offsets, False, 0, False, None, None, False)
-            return out.reshape(*index.shape, self.embedding_dim)
+            return self._trim(out).reshape(*index.shape, self.embedding_dim)
         if index.dim() != 2:
             raise ValueError("QuantizedEmbedding bags take 2-D input [batch, bag_len]")
         batch, length = index.shape
@@ -108,8 +108,12 @@ class QuantizedEmbedding(nn.Module):
             # Empty bags give zeros, as nn.EmbeddingBag does.
             keep = keep / keep.sum(dim=1, keepdim=True).clamp(min=1)
         offsets = self._bag_offsets(batch, length, flat.dtype)
-        return kernel(self._fused_rows(), flat, offsets, False, 0, False, keep.reshape(-1), None,
-                      False)
+        return self._trim(kernel(self._fused_rows(), flat, offsets, False, 0, False,
+                                 keep.reshape(-1), None, False))
+
+    def _trim(self, out: torch.Tensor) -> torch.Tensor:
+        # fbgemm infers the width from whole packed bytes: a 5-wide INT4 row reads as 6 wide.
+        return out if out.shape[-1] == self.embedding_dim else out[..., :self.embedding_dim]
 
     def _export_forward(self, index: torch.Tensor) -> torch.Tensor:
         """Standard ONNX ops: Gather of packed rows, integer unpack, scale and offset, then the
