@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .binary_math import fake_quantize, pack_codes, quantize, ste, unpack_codes
+from .int8_linear import untraced
 
 
 class _PackedSignLinear(nn.Module):
@@ -65,7 +66,10 @@ class _PackedSignLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._dense is None:
-            self._dense = self.dequantized_weight()
+            # Unpacking is not traced into ONNX (no bitwise AND on bytes there): the exported
+            # graph holds the de-quantized weight as a constant.
+            with untraced():
+                self._dense = self.dequantized_weight()
         return F.linear(x, self._dense.to(x.dtype), self.bias)
 
     def extra_repr(self) -> str:

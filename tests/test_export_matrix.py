@@ -1,0 +1,42 @@
+"""Every quantization method's result exports to ONNX and matches torch in ONNX Runtime."""
+
+from __future__ import annotations
+
+import pytest
+
+import slimkit
+
+pytest.importorskip("onnxruntime")
+from slimkit.export.onnx import check_parity, export_onnx  # noqa: E402
+
+QUICK = {"epochs": 0.25, "batch_size": 256}
+QUANTIZERS = {
+    "quantize.dynamic_int8": slimkit.DynamicInt8(),
+    "quantize.static_int8": slimkit.StaticInt8(calibration_batches=4),
+    "quantize.embedding.int4": slimkit.EmbeddingQuant(bits=4),
+    "quantize.embedding.int2": slimkit.EmbeddingQuant(bits=2),
+    "quantize.embedding_budget": slimkit.EmbeddingBudget(budget=0.3),
+    "quantize.qat": slimkit.QAT(**QUICK),
+    "quantize.binary": slimkit.BinaryWeights(kind="ternary"),
+    "quantize.mixed": slimkit.MixedPrecision(budget=0.3),
+}
+
+
+def test_every_packaged_quantizer_is_in_the_matrix() -> None:
+    packaged = {getattr(slimkit.methods, n).method for n in slimkit.methods.__all__}
+    covered = {c.method for c in QUANTIZERS.values()}
+    assert {m for m in packaged if m.startswith("quantize.")} <= covered
+
+
+@pytest.mark.parametrize("name", sorted(QUANTIZERS))
+def test_quantized_model_exports_with_parity(name, make_model, tiny_task, tmp_path) -> None:
+    model = make_model()
+    slimkit.compress_(model, slimkit.Plan(steps=(QUANTIZERS[name],)),
+                      slimkit.Context(task=tiny_task))
+    path = export_onnx(model, tiny_task.example_inputs(8), tmp_path / "m.onnx")
+    for batch in (1, 64):
+        # fbgemm's activation quantization (7-bit with reduce_range) differs slightly from
+        # ORT's 8-bit: compare the logits by cosine and a loose absolute bound.
+        parity = check_parity(model, path, tiny_task.example_inputs(batch), min_cosine=0.999,
+                              atol=0.05)
+        assert parity.passed, (name, parity)
