@@ -21,6 +21,7 @@ METHODS = {
                         True),
     "finetune": (slimkit.Finetune(**QUICK), False),
     "quantize.qat": (slimkit.QAT(**QUICK), True),
+    "quantize.cluster": (slimkit.Cluster(**QUICK), True),
     "quantize.binary": (slimkit.BinaryWeights(kind="xnor", **QUICK), True),
     "quantize.mixed": (slimkit.MixedPrecision(budget=0.3), True),
     "quantize.embedding_budget": (slimkit.EmbeddingBudget(budget=0.3), True),

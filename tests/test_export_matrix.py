@@ -17,6 +17,7 @@ QUANTIZERS = {
     "quantize.embedding.int2": slimkit.EmbeddingQuant(bits=2),
     "quantize.embedding_budget": slimkit.EmbeddingBudget(budget=0.3),
     "quantize.qat": slimkit.QAT(**QUICK),
+    "quantize.cluster": slimkit.Cluster(**QUICK),
     "quantize.binary": slimkit.BinaryWeights(kind="ternary"),
     "quantize.mixed": slimkit.MixedPrecision(budget=0.3),
 }

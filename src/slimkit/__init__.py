@@ -25,6 +25,7 @@ from .export import Artifact, load, save
 from .methods import (
     QAT,
     BinaryWeights,
+    Cluster,
     DynamicInt8,
     EmbeddingBudget,
     EmbeddingQuant,
@@ -41,8 +42,8 @@ from .tasks.registry import make_task
 __version__ = "0.1.0"
 
 __all__ = [
-    "QAT", "Artifact", "ArtifactError", "BinaryWeights", "ConfigError", "Context", "DynamicInt8",
-    "EmbeddingBudget", "EmbeddingQuant", "MixedPrecision", "StaticInt8",
+    "QAT", "Artifact", "ArtifactError", "BinaryWeights", "Cluster", "ConfigError", "Context",
+    "DynamicInt8", "EmbeddingBudget", "EmbeddingQuant", "MixedPrecision", "StaticInt8",
     "Finetune", "Layers", "LogitsKD", "Magnitude", "MethodConfig", "Plan", "Record",
     "SlimkitError", "Targets", "Task", "compress_", "evaluate", "load", "make_task",
     "method_names", "register", "run_plan", "save",

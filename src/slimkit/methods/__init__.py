@@ -4,6 +4,7 @@ from .distill.logits import LogitsKD
 from .finetune import Finetune
 from .prune.magnitude import Magnitude
 from .quantize.binary import BinaryWeights
+from .quantize.cluster import Cluster
 from .quantize.dynamic_int8 import DynamicInt8
 from .quantize.embedding import EmbeddingQuant
 from .quantize.embedding_budget import EmbeddingBudget
@@ -12,5 +13,5 @@ from .quantize.qat import QAT
 from .quantize.static_int8 import StaticInt8
 from .truncate.layers import Layers
 
-__all__ = ["QAT", "BinaryWeights", "DynamicInt8", "EmbeddingBudget", "EmbeddingQuant", "Finetune",
-           "Layers", "LogitsKD", "Magnitude", "MixedPrecision", "StaticInt8"]
+__all__ = ["QAT", "BinaryWeights", "Cluster", "DynamicInt8", "EmbeddingBudget", "EmbeddingQuant",
+           "Finetune", "Layers", "LogitsKD", "Magnitude", "MixedPrecision", "StaticInt8"]

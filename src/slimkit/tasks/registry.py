@@ -8,7 +8,7 @@ from typing import Any
 from ..core.errors import SlimkitError
 from ..core.task import Task
 
-TASK_NAMES = ("movielens", "synthetic")
+TASK_NAMES = ("movielens", "synthetic", "fashion-mnist")
 
 
 def make_task(name: str, **kwargs: Any) -> Task:
@@ -19,6 +19,10 @@ def make_task(name: str, **kwargs: Any) -> Task:
         task: Any = CTRTask.movielens(**kwargs)
     elif name == "synthetic":
         task = CTRTask.synthetic(**kwargs)
+    elif name == "fashion-mnist":
+        from .vision import VisionTask
+
+        task = VisionTask.fashion_mnist(**kwargs)
     else:
         raise SlimkitError(f"task: expected one of {', '.join(TASK_NAMES)}, got {name!r}")
     task.spec = {"name": name, "kwargs": kwargs}
