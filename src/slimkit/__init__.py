@@ -35,6 +35,7 @@ from .methods import (
     Magnitude,
     MixedPrecision,
     StaticInt8,
+    WeightOnly,
 )
 from .pipeline import run_plan
 from .tasks.registry import make_task
@@ -44,6 +45,7 @@ __version__ = "0.1.0"
 __all__ = [
     "QAT", "Artifact", "ArtifactError", "BinaryWeights", "Cluster", "ConfigError", "Context",
     "DynamicInt8", "EmbeddingBudget", "EmbeddingQuant", "MixedPrecision", "StaticInt8",
+    "WeightOnly",
     "Finetune", "Layers", "LogitsKD", "Magnitude", "MethodConfig", "Plan", "Record",
     "SlimkitError", "Targets", "Task", "compress_", "evaluate", "load", "make_task",
     "method_names", "register", "run_plan", "save",

@@ -11,7 +11,9 @@ from .quantize.embedding_budget import EmbeddingBudget
 from .quantize.mixed import MixedPrecision
 from .quantize.qat import QAT
 from .quantize.static_int8 import StaticInt8
+from .quantize.weight_only import WeightOnly
 from .truncate.layers import Layers
 
 __all__ = ["QAT", "BinaryWeights", "Cluster", "DynamicInt8", "EmbeddingBudget", "EmbeddingQuant",
-           "Finetune", "Layers", "LogitsKD", "Magnitude", "MixedPrecision", "StaticInt8"]
+           "Finetune", "Layers", "LogitsKD", "Magnitude", "MixedPrecision", "StaticInt8",
+           "WeightOnly"]

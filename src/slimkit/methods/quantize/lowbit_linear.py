@@ -1,0 +1,155 @@
+"""WeightOnlyLinear: a Linear layer stored as packed 8/4/3/2-bit codes with per-group scales (and
+offsets), de-quantized once into a cached fp32 weight that F.linear uses.
+
+The state dict holds plain tensors only (uint8 codes, fp16/fp32 scales, optional offsets, bias,
+optional AWQ input scale), so safetensors artifacts rebuild it exactly from `type(m)(**m.spec())`.
+
+Why no low-bit kernel: torch 2.13's CPU kernels `_weight_int4pack_mm_for_cpu` and
+`_weight_int8pack_mm` were timed against F.linear on the cached weight (bench/weight_only.py
+--kernels, MiniLM shapes, 2 busy AVX-512 cores): with fp32 activations they are 10-100x slower
+(int4 at 1536x384, batch 256: 124 ms vs 1.1-1.5 ms). Their fast path needs bf16 activations, which
+changes the numerics; it roughly ties F.linear at batch 1-16 and is slower at batch 256. So the
+packed form is the storage format and the run-time weight is the dense fp32 cache (run-time memory
+is that of fp32).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .groupwise import (
+    BITS,
+    dequantize_groups,
+    num_groups,
+    pack_codes,
+    packed_width,
+    quantize_groups,
+    unpack_codes,
+)
+from .int8_linear import untraced
+
+SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+class WeightOnlyLinear(nn.Module):
+    """y = x W^T + b with W group-wise quantized to `bits`.
+
+    AWQ's input scale s is kept here rather than folded into a preceding LayerNorm or Linear (which
+    needs graph knowledge and sharing of s between q/k/v): the cached weight is Q(W s) / s, so the
+    run-time cost of the scale is zero and the module works after any producer.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bits: int = 4,
+                 group_size: int = 128, symmetric: bool = False, bias: bool = True,
+                 scale_dtype: str = "float16", input_scale: bool = False) -> None:
+        super().__init__()
+        if bits not in BITS or scale_dtype not in SCALE_DTYPES:
+            raise ValueError(f"WeightOnlyLinear: bits={bits!r} scale_dtype={scale_dtype!r} "
+                             f"unsupported (bits in {BITS}, scale_dtype in {list(SCALE_DTYPES)})")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.bits = bits
+        self.group_size = group_size
+        self.symmetric = symmetric
+        self.scale_dtype = scale_dtype
+        groups = num_groups(in_features, group_size)
+        dtype = SCALE_DTYPES[scale_dtype]
+        self.register_buffer("qweight", torch.zeros(out_features, packed_width(in_features, bits),
+                                                    dtype=torch.uint8))
+        self.register_buffer("scale", torch.ones(out_features, groups, dtype=dtype))
+        self.register_buffer("offset", None if symmetric else
+                             torch.zeros(out_features, groups, dtype=dtype))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.register_buffer("input_scale", torch.ones(in_features) if input_scale else None)
+        self._dense: torch.Tensor | None = None
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._invalidate())
+
+    @classmethod
+    def from_codes(cls, linear: nn.Linear, codes: torch.Tensor, scale: torch.Tensor,
+                   offset: torch.Tensor | None, *, bits: int, group_size: int,
+                   input_scale: torch.Tensor | None = None) -> WeightOnlyLinear:
+        """Wrap codes [out, in] and group parameters produced by RTN, GPTQ or AWQ."""
+        dtype = "float16" if scale.dtype == torch.float16 else "float32"
+        new = cls(linear.in_features, linear.out_features, bits, group_size, offset is None,
+                  linear.bias is not None, dtype, input_scale is not None)
+        with torch.no_grad():
+            new.qweight.copy_(pack_codes(codes, bits))
+            new.scale.copy_(scale)
+            if offset is not None:
+                new.offset.copy_(offset)
+            if linear.bias is not None:
+                new.bias.copy_(linear.bias.detach().float())
+            if input_scale is not None:
+                new.input_scale.copy_(input_scale)
+        return new
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, bits: int, group_size: int,
+                    symmetric: bool = False, scale_dtype: str = "float16") -> WeightOnlyLinear:
+        """Round-to-nearest quantization of `linear`."""
+        codes, scale, offset = quantize_groups(linear.weight, bits, group_size, symmetric,
+                                               SCALE_DTYPES[scale_dtype])
+        return cls.from_codes(linear, codes, scale, offset, bits=bits, group_size=group_size)
+
+    def spec(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric,
+                "bias": self.bias is not None, "scale_dtype": self.scale_dtype,
+                "input_scale": self.input_scale is not None}
+
+    def codes(self) -> torch.Tensor:
+        return unpack_codes(self.qweight, self.bits, self.in_features)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The effective fp32 weight [out, in], with AWQ's 1 / s folded in."""
+        w = dequantize_groups(self.codes(), self.scale, self.offset, self.bits, self.group_size)
+        if self.input_scale is not None:
+            w = w / self.input_scale.float()[None, :]
+        return w
+
+    def _invalidate(self) -> None:
+        self._dense = None
+
+    def _apply(self, fn: Any, recurse: bool = True) -> WeightOnlyLinear:
+        # .to() / .half() / .cuda() change the buffers the cache was built from.
+        self._invalidate()
+        return super()._apply(fn, recurse)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dense = self._dense
+        if dense is None:
+            # A cache first built under inference_mode would be an inference tensor, which a
+            # later call with autograd on (fine-tuning the layers around it) cannot save.
+            # Untraced: an ONNX export holds the de-quantized weight as a constant (the exporter
+            # has no bitwise AND on bytes to unpack with).
+            with torch.inference_mode(False), torch.no_grad(), untraced():
+                dense = self.dequantized_weight().to(self.qweight.device)
+            self._dense = dense
+        bias = self.bias
+        if dense.dtype != x.dtype:
+            dense = dense.to(x.dtype)
+            bias = bias.to(x.dtype) if bias is not None else None
+        return F.linear(x, dense, bias)
+
+    def packed_bytes(self) -> int:
+        """Bytes of every stored tensor (codes, scales, offsets, bias, input scale)."""
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+
+    def extra_repr(self) -> str:
+        kind = "sym" if self.symmetric else "asym"
+        awq = ", awq scale" if self.input_scale is not None else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"int{self.bits}, group={self.group_size}, {kind}{awq}")
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> WeightOnlyLinear:
+        # Copy the stored tensors only; the dense cache (4x-16x larger) is rebuilt lazily.
+        new = type(self)(**self.spec())
+        new.load_state_dict(self.state_dict())
+        new.to(self.qweight.device)
+        new.train(self.training)
+        memo[id(self)] = new
+        return new
