@@ -57,7 +57,7 @@ def _evaluate_stage(model: nn.Module, task: Task, name: str, steps: list[str], s
 
 def run_plan(model: nn.Module | None, task: Task, plan: Plan, out: str | Path, *, ctx: Context,
              title: str, baseline_name: str = "teacher", baseline_seconds: float = 0.0,
-             resume: bool = False, measure_memory: bool = True,
+             resume: bool = False, measure_memory: bool = True, onnxruntime: bool | None = None,
              on_stage: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Apply `plan` one step at a time to `model` (the baseline, stage 0); returns metrics.json."""
     out = Path(out)
@@ -107,19 +107,62 @@ def run_plan(model: nn.Module | None, task: Task, plan: Plan, out: str | Path, *
         write_json(progress_file, {"key": key, "stages": done})
         if on_stage:
             on_stage(stage)
-    return finish(out, task, plan, done, title=title, ctx=ctx, measure_memory=measure_memory)
+    return finish(out, task, plan, done, title=title, ctx=ctx, measure_memory=measure_memory,
+                  onnxruntime=onnxruntime)
+
+
+def _onnx_sessions(out: Path, models: dict[str, nn.Module], task: Task,
+                   stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """Export every stage to ONNX and open an ONNX Runtime session on it (the deployed runtime).
+
+    A stage that does not export is reported, not fatal: its torch numbers still stand.
+    """
+    from .export.onnx import check_parity, export_onnx
+    from .export.runtime import OrtSession
+
+    sessions: dict[str, Any] = {}
+    example = task.example_inputs(64)
+    for stage in stages:
+        name = stage["name"]
+        path = out / "onnx" / f"{Path(stage['artifact']).name}.onnx"
+        try:
+            export_onnx(models[name], task.example_inputs(8), path)
+            parity = check_parity(models[name], path, example, min_cosine=0.999, atol=0.05)
+        except Exception as exc:  # noqa: BLE001 - any exporter failure is reported per stage
+            log.warning("stage %s does not export to ONNX: %s", name, exc)
+            stage["onnxruntime"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            continue
+        stage["onnxruntime"] = {"bytes": path.stat().st_size, "parity_cosine": parity.cosine,
+                                "parity_max_abs_diff": parity.max_abs_diff}
+        sessions[f"onnxruntime:{name}"] = OrtSession(path)
+    return sessions
+
+
+def _has_onnxruntime() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def finish(out: Path, task: Task, plan: Plan, stages: list[dict[str, Any]], *, title: str,
-           ctx: Context, measure_memory: bool = True) -> dict[str, Any]:
-    """Reload every stage from its artifact, time them interleaved, check the final reload."""
+           ctx: Context, measure_memory: bool = True,
+           onnxruntime: bool | None = None) -> dict[str, Any]:
+    """Reload every stage from its artifact, time them interleaved (torch, and ONNX Runtime when
+    installed), check the final reload, write metrics.json and the report."""
     models = {s["name"]: load(out / s["artifact"]).model for s in stages}
     inputs = {b: task.example_inputs(b) for b in BATCH_SIZES}
-    latency = latency_interleaved(models, inputs, progress=ctx.progress)
+    timed: dict[str, Any] = dict(models)
+    if onnxruntime if onnxruntime is not None else _has_onnxruntime():
+        timed.update(_onnx_sessions(out, models, task, stages))
+    latency = latency_interleaved(timed, inputs, progress=ctx.progress)
     for stage in stages:
         per = latency[stage["name"]]
         stage["latency_ms"] = {b: {"median": v["median"], "p90": v["p90"]} for b, v in per.items()}
         stage["throughput"] = {b: v["throughput"] for b, v in per.items()}
+        ort = latency.get(f"onnxruntime:{stage['name']}")
+        if ort is not None:
+            stage["onnxruntime"]["latency_ms"] = {
+                b: {"median": v["median"], "p90": v["p90"]} for b, v in ort.items()}
         if measure_memory:
             memory = peak_memory_mb(out / stage["artifact"], inputs[max(BATCH_SIZES)])
             if memory is not None:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .int8_linear import untraced
 from .rowwise import pack, quantize_rows, unpack
 
 MODES = ("none", "sum", "mean")
@@ -116,18 +117,17 @@ class QuantizedEmbedding(nn.Module):
         return out if out.shape[-1] == self.embedding_dim else out[..., :self.embedding_dim]
 
     def _export_forward(self, index: torch.Tensor) -> torch.Tensor:
-        """Standard ONNX ops: Gather of packed rows, integer unpack, scale and offset, then the
-        padded bag reduction; only the gathered rows are de-quantized."""
-        packed = self.packed[index]
-        if self.bits == 8:
-            codes = packed.to(torch.int32)
-        else:
-            # Div / Mul / Sub on int32 (opset 17 has no BitwiseAnd): code k = (b >> k*bits) & mask.
-            per_byte, levels = 8 // self.bits, 1 << self.bits
-            shifts = torch.tensor([levels ** k for k in range(per_byte)], dtype=torch.int32)
-            q = torch.div(packed.to(torch.int32).unsqueeze(-1), shifts, rounding_mode="trunc")
-            codes = q - torch.div(q, levels, rounding_mode="trunc") * levels
-            codes = codes.flatten(-2)[..., :self.embedding_dim]
+        """Standard ONNX ops: Gather of uint8 code rows, scale and offset, then the padded bag
+        reduction; only the gathered rows are de-quantized.
+
+        Sub-byte codes are unpacked once, at export, into a uint8 table: ONNX Runtime has no
+        fast sub-byte gather, and unpacking per call with integer Div/Mul (opset 17 has no
+        BitwiseAnd) made the exported lookups slower than fp32. The ONNX file therefore holds
+        one byte per code; the slimkit artifact keeps the packed form.
+        """
+        with untraced():
+            table = unpack(self.packed, self.bits, self.embedding_dim).contiguous()
+        codes = table[index]
         rows = (codes.float() * self.scale[index].float().unsqueeze(-1)
                 + self.offset[index].float().unsqueeze(-1))
         if self.mode == "none":
