@@ -8,6 +8,7 @@ from html import escape
 from typing import Any
 
 from .charts import CAPTIONS, render_charts
+from .details import stage_details
 from .table import Table, build_table, summary
 
 CSS = """
@@ -78,6 +79,19 @@ def _tables_html(metrics: Mapping[str, Any]) -> list[str]:
     return parts
 
 
+def _details_html(metrics: Mapping[str, Any]) -> list[str]:
+    rows = stage_details(metrics)
+    if not rows:
+        return []
+    items = "".join(
+        f"<tr><td>{escape(name)}</td><td>"
+        + "; ".join(f"{escape(k)}: {escape(v)}" for k, v in pairs) + "</td></tr>"
+        for name, pairs in rows)
+    return ["<h2>Stage details</h2>",
+            f"<table><thead><tr><th>Stage</th><th>Reported</th></tr></thead>"
+            f"<tbody>{items}</tbody></table>"]
+
+
 def render_html(metrics: Mapping[str, Any], *, charts: Mapping[str, bytes] | None = None) -> str:
     """The full page as a string. Pass `charts` (from charts.render_charts) to reuse PNGs already
     drawn, e.g. for the Markdown report; otherwise they are drawn here."""
@@ -107,6 +121,7 @@ def render_html(metrics: Mapping[str, Any], *, charts: Mapping[str, bytes] | Non
         f'<p class="summary">{escape(summary(metrics))}</p>',
         *_tables_html(metrics),
         *(["<h2>Charts</h2>", *figures] if figures else []),
+        *_details_html(metrics),
         "</main></body>",
         "</html>",
         "",

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .charts import CAPTIONS, render_charts
+from .details import stage_details
 from .table import build_table, summary
 
 
@@ -57,4 +58,10 @@ def render_markdown(
         rel = f"{chart_dir_name}/{name}.png"
         files[rel] = png
         parts += [f"![{CAPTIONS.get(name, name)}]({rel})", ""]
+    details = stage_details(metrics)
+    if details:
+        parts += ["## Stage details", "", "| Stage | Reported |", "|---|---|"]
+        parts += [f"| {_cell(name)} | {_cell('; '.join(f'{k}: {v}' for k, v in pairs))} |"
+                  for name, pairs in details]
+        parts.append("")
     return "\n".join(parts), files

@@ -4,6 +4,7 @@ recover with fine-tuning or distillation from the teacher."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 from torch import nn
@@ -71,7 +72,8 @@ def apply_layers(model: nn.Module, config: Layers, ctx: Context) -> nn.Module:
     if task is not None:
         batches = [task.inputs(b) for b in task.calibration_batches(config.calibration_batches)]
         scores, removable = block_influence(model, blocks, batches)
-        ctx.info["block_influence"] = [round(s, 6) for s in scores]
+        # None, not inf, for blocks never scored: metrics.json must stay valid JSON.
+        ctx.info["block_influence"] = [round(s, 6) if math.isfinite(s) else None for s in scores]
     elif config.drop > 0:
         raise SlimkitError("truncate.layers: choosing blocks by importance needs a task")
     else:

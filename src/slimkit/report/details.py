@@ -1,0 +1,44 @@
+"""Per-stage details for the report: what each step reported (sparsity reached, layers chosen,
+bits per weight against the entropy of the coded streams, ONNX Runtime timings and parity)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+MAX_ITEMS = 12
+
+
+def _short(value: Any) -> str | None:
+    """A compact text for scalars and short lists; None for nested structures (left out)."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (int, str)):
+        return str(value)
+    if isinstance(value, (list, tuple)) and len(value) <= 8 and all(
+            isinstance(v, (int, float, str)) for v in value):
+        return "[" + ", ".join(_short(v) or "" for v in value) + "]"
+    return None
+
+
+def stage_details(metrics: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(stage name, [(key, text), ...]) for every stage that reported anything printable."""
+    rows = []
+    for stage in metrics.get("stages") or []:
+        items = []
+        for key, value in (stage.get("info") or {}).items():
+            text = _short(value)
+            if text is not None:
+                items.append((str(key), text))
+        ort = stage.get("onnxruntime") or {}
+        if "error" in ort:
+            items.append(("onnx export", str(ort["error"])))
+        elif ort.get("latency_ms"):
+            for batch, lat in ort["latency_ms"].items():
+                items.append((f"ONNX Runtime ms @{batch}", f"{lat['median']:.4g}"))
+            items.append(("ONNX parity cosine", f"{ort.get('parity_cosine', float('nan')):.6f}"))
+        if items:
+            rows.append((str(stage.get("name", "?")), items[:MAX_ITEMS]))
+    return rows
