@@ -11,6 +11,7 @@ About 4 minutes on a quiet 2-core machine (the teacher takes 1.5 of them).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -20,7 +21,8 @@ import slimkit
 from slimkit.export import MANIFEST
 from slimkit.methods.quantize.cluster import Cluster
 from slimkit.pipeline import run_plan
-from slimkit.tasks.vision import TeacherRecipe, VisionTask, train_teacher
+from slimkit.tasks.vision import VisionTask, train_teacher
+from slimkit.tasks.vision.task import CNN_RECIPE
 
 # fc1 holds 83% of the weights, so it is pruned hardest (the paper: LeNet-5 fc1 92%, conv2 88%).
 PLAN = slimkit.Plan(steps=(
@@ -108,7 +110,8 @@ def main() -> None:
     task = VisionTask.fashion_mnist(limit=args.limit)
     ctx = slimkit.Context(task=task, seed=args.seed)
     start = time.perf_counter()
-    teacher = train_teacher(task, ctx, recipe=TeacherRecipe(epochs=args.teacher_epochs))
+    teacher = train_teacher(task, ctx, recipe=dataclasses.replace(
+        CNN_RECIPE, epochs=args.teacher_epochs))
     metrics = run_plan(teacher, task, PLAN, out, ctx=ctx, title="SmallCNN on Fashion-MNIST",
                        baseline_seconds=time.perf_counter() - start, measure_memory=False)
     stages = metrics["stages"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import logging
 import tempfile
 from pathlib import Path
@@ -19,7 +20,7 @@ from slimkit.eval.cost import latency_interleaved
 from slimkit.export import artifact_bytes
 from slimkit.export.onnx import check_parity, export_onnx
 from slimkit.export.runtime import OrtSession
-from slimkit.tasks.vision.task import TeacherRecipe, train_teacher
+from slimkit.tasks.vision.task import CNN_RECIPE, train_teacher
 
 BATCHES = (1, 256)
 
@@ -34,7 +35,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     task = slimkit.make_task("fashion-mnist")
     ctx = slimkit.Context(task=task)
-    teacher = train_teacher(task, ctx, "cnn", recipe=TeacherRecipe(epochs=args.teacher_epochs))
+    teacher = train_teacher(task, ctx, "cnn", recipe=dataclasses.replace(
+        CNN_RECIPE, epochs=args.teacher_epochs))
     variants: dict[str, tuple[str, object, torch.nn.Module]] = {}
     tmp = Path(tempfile.mkdtemp())
     example = task.example_inputs(8)

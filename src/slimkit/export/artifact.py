@@ -8,12 +8,14 @@ edit to either is refused. (This detects corruption and careless edits; it is no
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,19 +67,12 @@ def save(model: nn.Module, path: str | Path, *, plan: dict[str, Any] | None = No
         manifest["task_spec"] = getattr(task, "spec", None)
     manifest.update(extra or {})
     manifest["tensors"] = tensors
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with _atomic_dir(path) as tmp:
         safetensors.torch.save_file(stored, str(tmp / WEIGHTS),
                                     metadata={_MANIFEST_HASH: _manifest_sha256(manifest)})
         manifest["weights_sha256"] = _file_sha256(tmp / WEIGHTS)
         # Compact JSON: on small models the manifest is a visible share of the bytes.
         (tmp / MANIFEST).write_text(json.dumps(manifest, separators=(",", ":")))
-        _make_readable(tmp)
-        replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
@@ -159,16 +154,25 @@ def artifact_bytes(path: str | Path) -> int:
 def copy_artifact(src: str | Path, dst: str | Path) -> Path:
     """Copy an artifact directory atomically (temp copy renamed into place)."""
     src, dst = Path(src), Path(dst)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
+    with _atomic_dir(dst) as tmp:
         for name in (WEIGHTS, MANIFEST):
             shutil.copy2(src / name, tmp / name)
+    return dst
+
+
+@contextlib.contextmanager
+def _atomic_dir(path: Path) -> Iterator[Path]:
+    """A temp dir beside `path`, made readable and renamed onto `path` if the block succeeds,
+    removed if it fails: readers see the old directory or the complete new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
         _make_readable(tmp)
-        replace_dir(tmp, dst)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return dst
 
 
 def _manifest_sha256(manifest: dict[str, Any]) -> str:

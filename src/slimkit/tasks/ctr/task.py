@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
 import math
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,7 +15,8 @@ from ...core.context import Context
 from ...core.errors import SlimkitError
 from ...core.task import Batch
 from ...eval.metrics import auc, logloss
-from ...train.loop import fit
+from ...train.teacher import TeacherRecipe, train_best_on_valid
+from ..batching import calibration_order, epoch_order, run_eval
 from .data import CTRData, load_movielens
 from .models import DCNv2, DeepFM
 from .synthetic import make_synthetic
@@ -63,10 +61,7 @@ class CTRTask:
     def train_batches(self, batch_size: int, *, seed: int) -> Iterator[Batch]:
         """One shuffled epoch; the last batch may be short."""
         train = self.split("train")
-        n = len(train["label"])
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
+        for idx in epoch_order(len(train["label"]), batch_size, seed):
             yield {k: v[idx] for k, v in train.items()}
 
     def num_train_batches(self, batch_size: int) -> int:
@@ -75,10 +70,8 @@ class CTRTask:
     def calibration_batches(self, n: int, batch_size: int = 256) -> list[Batch]:
         """`n` fixed batches of training rows; a fixed shuffle so they span the whole time range."""
         train = self.split("train")
-        rows = len(train["label"])
-        order = torch.randperm(rows, generator=torch.Generator().manual_seed(0))
-        idx = order[torch.arange(n * batch_size) % rows]  # wraps round when asking for more
-        return [{k: v[chunk] for k, v in train.items()} for chunk in idx.split(batch_size)]
+        return [{k: v[chunk] for k, v in train.items()}
+                for chunk in calibration_order(len(train["label"]), n, batch_size)]
 
     def inputs(self, batch: Batch) -> tuple[torch.Tensor, ...]:
         return batch["sparse"], batch["bag"]
@@ -89,20 +82,8 @@ class CTRTask:
     def predict(self, model: nn.Module, split: str = "test") -> torch.Tensor:
         """Logits for every row of a split, in eval mode; the model's own mode is restored."""
         data = self.split(split)
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                chunks = [
-                    model(s.to(device), b.to(device)).reshape(-1).float().cpu()
-                    for s, b in zip(data["sparse"].split(EVAL_BATCH),
-                                    data["bag"].split(EVAL_BATCH), strict=True)
-                ]
-        finally:
-            model.train(was_training)
-        return torch.cat(chunks)
+        chunks = zip(data["sparse"].split(EVAL_BATCH), data["bag"].split(EVAL_BATCH), strict=True)
+        return run_eval(model, chunks, lambda out: out.reshape(-1))
 
     def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]:
         """AUC on logits (no sigmoid saturation ties) and log loss on float64 probabilities."""
@@ -135,24 +116,6 @@ class CTRTask:
         }
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class TeacherRecipe:
-    """Training knobs for `train_teacher`; the best epoch on the valid split is kept."""
-
-    epochs: int = 6
-    lr: float = 1e-3
-    batch_size: int = 512
-    weight_decay: float = 3e-5
-
-    def __post_init__(self) -> None:
-        for name, value, ok in [("epochs", self.epochs, self.epochs >= 1),
-                                ("lr", self.lr, self.lr > 0),
-                                ("batch_size", self.batch_size, self.batch_size >= 1),
-                                ("weight_decay", self.weight_decay, self.weight_decay >= 0)]:
-            if not ok:
-                raise ValueError(f"TeacherRecipe.{name}: out of range, got {value!r}")
-
-
 # Chosen on MovieLens-100k's valid split (about 8 s per teacher on 2 CPU threads). Valid AUC sat
 # in 0.694-0.700 over lr 3e-4..3e-3, batch 256..2048, weight decay 0..1e-4, dropout and embedding
 # widths 8..32; the best epoch was usually the 5th. Hiding user ids during training (most test
@@ -168,27 +131,4 @@ def train_teacher(task: CTRTask, ctx: Context, kind: str = "deepfm", *,
     depends only on `ctx.seed`.
     """
     recipe = recipe or RECIPES.get(kind, TeacherRecipe())
-    start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(ctx.seed)
-        model = task.build_model(kind, **model_kwargs)
-        per_epoch = task.num_train_batches(recipe.batch_size)
-        best: dict[str, Any] = {"auc": -math.inf, "state": None, "epoch": 0}
-
-        def on_step(step: int, total: int) -> None:
-            if step % per_epoch and step != total:
-                return
-            score = task.evaluate(model, "valid")["auc"]
-            log.info("teacher %s epoch %d: valid auc %.4f", kind, math.ceil(step / per_epoch),
-                     score)
-            if score > best["auc"]:
-                best.update(auc=score, state=copy.deepcopy(model.state_dict()),
-                            epoch=math.ceil(step / per_epoch))
-
-        fit(model, task, ctx, epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size,
-            weight_decay=recipe.weight_decay, on_step=on_step, desc=f"teacher {kind}")
-    model.load_state_dict(best["state"])
-    model.eval()
-    log.info("teacher %s: best epoch %d (valid auc %.4f) in %.1f s", kind, best["epoch"],
-             best["auc"], time.perf_counter() - start)
-    return model
+    return train_best_on_valid(task, ctx, kind, recipe, **model_kwargs)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
 import math
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,8 @@ from torch.nn import functional as F
 from ...core.context import Context
 from ...core.errors import SlimkitError
 from ...core.task import Batch
-from ...train.loop import fit
+from ...train.teacher import TeacherRecipe, train_best_on_valid
+from ..batching import calibration_order, epoch_order, run_eval
 from .data import CLASSES, ROOT, ImageData, load_fashion_mnist, normalize
 from .models import SmallCNN
 
@@ -55,10 +53,8 @@ class VisionTask:
 
     def train_batches(self, batch_size: int, *, seed: int) -> Iterator[Batch]:
         """One shuffled epoch; the last batch may be short."""
-        n = len(self._split("train")[1])
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        for start in range(0, n, batch_size):
-            yield self._batch("train", order[start:start + batch_size])
+        for idx in epoch_order(len(self._split("train")[1]), batch_size, seed):
+            yield self._batch("train", idx)
 
     def num_train_batches(self, batch_size: int) -> int:
         return math.ceil(len(self._split("train")[1]) / batch_size)
@@ -66,9 +62,7 @@ class VisionTask:
     def calibration_batches(self, n: int, batch_size: int = 256) -> list[Batch]:
         """`n` fixed batches of training images (a fixed shuffle, wrapping round if needed)."""
         rows = len(self._split("train")[1])
-        order = torch.randperm(rows, generator=torch.Generator().manual_seed(0))
-        idx = order[torch.arange(n * batch_size) % rows]
-        return [self._batch("train", chunk) for chunk in idx.split(batch_size)]
+        return [self._batch("train", chunk) for chunk in calibration_order(rows, n, batch_size)]
 
     def inputs(self, batch: Batch) -> tuple[torch.Tensor, ...]:
         return (batch["image"],)
@@ -79,17 +73,8 @@ class VisionTask:
     def predict(self, model: nn.Module, split: str = "test") -> torch.Tensor:
         """Logits [N, classes] for a split in eval mode; the model's own mode is restored."""
         images, _ = self._split(split)
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                chunks = [model(normalize(x).to(device)).float().cpu()
-                          for x in images.split(EVAL_BATCH)]
-        finally:
-            model.train(was_training)
-        return torch.cat(chunks)
+        return run_eval(model, ((normalize(x),) for x in images.split(EVAL_BATCH)),
+                        lambda out: out)
 
     def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]:
         """Top-1 accuracy in percent and mean cross-entropy (float64) over the whole split."""
@@ -115,22 +100,8 @@ class VisionTask:
                 "image_shape": [1, 28, 28], "classes": list(CLASSES)}
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class TeacherRecipe:
-    """Training knobs for `train_teacher`; the best epoch on the valid split is kept."""
-
-    epochs: int = 6
-    lr: float = 1e-3
-    batch_size: int = 128
-    weight_decay: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name, value, ok in [("epochs", self.epochs, self.epochs >= 1),
-                                ("lr", self.lr, self.lr > 0),
-                                ("batch_size", self.batch_size, self.batch_size >= 1),
-                                ("weight_decay", self.weight_decay, self.weight_decay >= 0)]:
-            if not ok:
-                raise ValueError(f"TeacherRecipe.{name}: out of range, got {value!r}")
+# Batches of 128 suit the CNN better than the CTR default of 512; no weight decay.
+CNN_RECIPE = TeacherRecipe(batch_size=128, weight_decay=0.0)
 
 
 def train_teacher(task: VisionTask, ctx: Context, kind: str = "cnn", *,
@@ -139,27 +110,4 @@ def train_teacher(task: VisionTask, ctx: Context, kind: str = "cnn", *,
 
     Global RNG state is forked, so the result depends only on `ctx.seed`.
     """
-    recipe = recipe or TeacherRecipe()
-    start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(ctx.seed)
-        model = task.build_model(kind, **model_kwargs)
-        per_epoch = task.num_train_batches(recipe.batch_size)
-        best: dict[str, Any] = {"accuracy": -math.inf, "state": None, "epoch": 0}
-
-        def on_step(step: int, total: int) -> None:
-            if step % per_epoch and step != total:
-                return
-            score = task.evaluate(model, "valid")["accuracy"]
-            epoch = math.ceil(step / per_epoch)
-            log.info("teacher %s epoch %d: valid accuracy %.2f", kind, epoch, score)
-            if score > best["accuracy"]:
-                best.update(accuracy=score, state=copy.deepcopy(model.state_dict()), epoch=epoch)
-
-        fit(model, task, ctx, epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size,
-            weight_decay=recipe.weight_decay, on_step=on_step, desc=f"teacher {kind}")
-    model.load_state_dict(best["state"])
-    model.eval()
-    log.info("teacher %s: best epoch %d (valid accuracy %.2f) in %.1f s", kind, best["epoch"],
-             best["accuracy"], time.perf_counter() - start)
-    return model
+    return train_best_on_valid(task, ctx, kind, recipe or CNN_RECIPE, **model_kwargs)
