@@ -35,6 +35,7 @@ from .methods import (
     Magnitude,
     MixedPrecision,
     StaticInt8,
+    Structured,
     WeightOnly,
 )
 from .pipeline import run_plan
@@ -45,7 +46,7 @@ __version__ = "0.1.0"
 __all__ = [
     "QAT", "Artifact", "ArtifactError", "BinaryWeights", "Cluster", "ConfigError", "Context",
     "DynamicInt8", "EmbeddingBudget", "EmbeddingQuant", "MixedPrecision", "StaticInt8",
-    "WeightOnly",
+    "Structured", "WeightOnly",
     "Finetune", "Layers", "LogitsKD", "Magnitude", "MethodConfig", "Plan", "Record",
     "SlimkitError", "Targets", "Task", "compress_", "evaluate", "load", "make_task",
     "method_names", "register", "run_plan", "save",

@@ -31,7 +31,9 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
     """Write `model` (in eval mode) as ONNX to `path` atomically; the user's model is untouched.
 
     Export runs on a deep copy whose padded mean EmbeddingBags are swapped for MeanBag: the
-    TorchScript exporter cannot export `embedding_bag` with `padding_idx`.
+    TorchScript exporter cannot export `embedding_bag` with `padding_idx`. A transformers model's
+    copy runs eager attention and returns its main tensor (logits or last_hidden_state), with
+    batch and sequence axes dynamic.
     """
     export_model = copy.deepcopy(model).eval()
     for name, module in list(export_model.named_modules()):
@@ -40,7 +42,11 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
             set_submodule(export_model, name, MeanBag.from_embedding_bag(module))
     inputs = tuple(example_inputs)
     names = list(input_names or _input_names(model, len(inputs)))
-    axes = {n: {0: "batch"} for n in [*names, "output"]} if dynamic_batch else None
+    # Transformers models: batch and sequence axes are dynamic, the output is the main tensor.
+    dynamic = {0: "batch", 1: "sequence"} if _is_hf(model) else {0: "batch"}
+    axes = {n: dynamic for n in [*names, "output"]} if dynamic_batch else None
+    if _is_hf(model):
+        export_model = _hf_export_module(export_model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -53,6 +59,31 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
     os.replace(tmp, path)
     log.info("exported %s (%d bytes)", path, path.stat().st_size)
     return path
+
+
+def _is_hf(model: nn.Module) -> bool:
+    from ..models.hf import is_hf_model
+
+    return is_hf_model(model)
+
+
+def _hf_export_module(model: nn.Module) -> nn.Module:
+    """The copy with eager attention (plain matmul + softmax, traced the same on every
+    transformers version) wrapped to return only its main tensor."""
+    from ..models.hf import MainOutput
+
+    switch = getattr(model, "set_attn_implementation", None)
+    if callable(switch):
+        switch("eager")
+    return MainOutput(model)
+
+
+def _main_tensor(output: object) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    from ..models.hf import first_tensor
+
+    return first_tensor(output)
 
 
 def _input_names(model: nn.Module, n: int) -> list[str]:
@@ -88,7 +119,7 @@ def check_parity(model: nn.Module, onnx_path: str | Path, inputs: Sequence[torch
     model.eval()
     try:
         with torch.inference_mode():
-            ref = model(*inputs).float()
+            ref = _main_tensor(model(*inputs)).float()
     finally:
         model.train(was_training)
     out = OrtSession(onnx_path)(*inputs).float().reshape(ref.shape)

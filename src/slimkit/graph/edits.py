@@ -75,6 +75,10 @@ def apply_edit(model: nn.Module, edit: dict[str, Any]) -> None:
             _drop(get_submodule(model, edit["path"]), list(edit["indices"]))
         elif op == "mask":
             _mark(model, [str(p) for p in edit["paths"]])
+        elif op == "resize":
+            from .shrink import replay_resize  # shrink imports this module's siblings
+
+            replay_resize(model, edit)
         else:
             raise ArtifactError(f"manifest: unknown edit op {op!r}")
     except (KeyError, AttributeError, TypeError) as exc:

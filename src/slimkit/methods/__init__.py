@@ -3,6 +3,7 @@
 from .distill.logits import LogitsKD
 from .finetune import Finetune
 from .prune.magnitude import Magnitude
+from .prune.structured import Structured
 from .quantize.binary import BinaryWeights
 from .quantize.cluster import Cluster
 from .quantize.dynamic_int8 import DynamicInt8
@@ -16,4 +17,4 @@ from .truncate.layers import Layers
 
 __all__ = ["QAT", "BinaryWeights", "Cluster", "DynamicInt8", "EmbeddingBudget", "EmbeddingQuant",
            "Finetune", "Layers", "LogitsKD", "Magnitude", "MixedPrecision", "StaticInt8",
-           "WeightOnly"]
+           "Structured", "WeightOnly"]

@@ -1,0 +1,400 @@
+"""How each ATen operation ties the channel dimensions of its inputs and outputs.
+
+A rule receives the analyser and the node. Dimensions a rule does not tie stay independent;
+dimensions whose size an operation depends on (normalised, softmaxed, sliced, indexed) are locked.
+An operation without a rule locks every dimension it touches and is reported by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from .deps import Analyser
+
+Rule = Callable[["Analyser", torch.fx.Node], None]
+RULES: dict[str, Rule] = {}
+
+
+def rule(*names: str) -> Callable[[Rule], Rule]:
+    def wrap(fn: Rule) -> Rule:
+        for name in names:
+            RULES[name] = fn
+        return fn
+    return wrap
+
+
+ELEMENTWISE = (
+    "add sub rsub mul div true_divide where relu relu_ gelu silu tanh sigmoid dropout neg exp "
+    "log log1p sqrt rsqrt pow abs clamp clamp_min clamp_max hardtanh leaky_relu elu selu celu "
+    "softplus mish hardswish hardsigmoid erf sin cos square reciprocal minimum maximum to "
+    "_to_copy clone contiguous masked_fill type_as detach alias ne eq lt gt le ge logical_not "
+    "logical_and logical_or __and__ __or__ bitwise_and bitwise_or bitwise_not tril triu "
+    "sign floor ceil round remainder floor_divide fill feature_dropout alpha_dropout "
+    "native_dropout"
+).split()
+CREATION = ("arange zeros ones full empty zeros_like ones_like full_like empty_like new_ones "
+            "new_zeros new_full new_empty scalar_tensor lift_fresh_copy rand randn "
+            "rand_like randn_like").split()
+IGNORED = ("_assert_tensor_metadata sym_size sym_numel _assert_async "
+           "_assert_scalar sym_constrain_range_for_size").split()
+NORMALISING = ("mean var std norm linalg_vector_norm amax amin max min logsumexp prod "
+               "argmax argmin").split()
+INDEXING = ("index index_select gather scatter scatter_add index_put take masked_select "
+            "nonzero embedding_dense_backward").split()
+
+
+def args(node: torch.fx.Node) -> tuple[Any, ...]:
+    """A node's positional arguments, typed loosely: rules check what they use."""
+    return tuple(node.args)
+
+
+def kwargs(node: torch.fx.Node) -> dict[str, Any]:
+    return dict(node.kwargs)
+
+
+def aligned(a: list[int], out: list[int]) -> list[tuple[int, int]]:
+    """Pairs (i, j) of dims of `a` and `out` that broadcasting aligns (right to left)."""
+    return [(len(a) - k, len(out) - k) for k in range(1, min(len(a), len(out)) + 1)]
+
+
+@rule(*ELEMENTWISE)
+def elementwise(an: Analyser, node: torch.fx.Node) -> None:
+    out = an.value(node)
+    for arg in an.tensor_args(node):
+        dims = an.dims(arg)
+        for i, j in aligned(dims, out):
+            if an.size(dims[i]) == an.size(out[j]):
+                an.tie(dims[i], out[j])
+
+
+@rule(*CREATION)
+def creation(an: Analyser, node: torch.fx.Node) -> None:
+    an.value(node)
+
+
+@rule(*IGNORED)
+def ignored(an: Analyser, node: torch.fx.Node) -> None:
+    if isinstance(node.meta.get("val"), torch.Tensor):
+        an.value(node)
+
+
+@rule("linear")
+def linear(an: Analyser, node: torch.fx.Node) -> None:
+    x, w = an.dims(args(node)[0]), an.dims(args(node)[1])
+    out = an.value(node)
+    an.tie(x[-1], w[1])
+    an.tie(out[-1], w[0])
+    if len(args(node)) > 2 and args(node)[2] is not None:
+        an.tie(out[-1], an.dims(args(node)[2])[0])
+    for i, j in zip(x[:-1], out[:-1], strict=True):
+        an.tie(i, j)
+
+
+@rule("mm", "matmul", "bmm", "addmm", "baddbmm", "addbmm")
+def matmul(an: Analyser, node: torch.fx.Node) -> None:
+    name = an.op_name(node)
+    offset = 1 if name in ("addmm", "baddbmm", "addbmm") else 0
+    a, b = an.dims(args(node)[offset]), an.dims(args(node)[offset + 1])
+    out = an.value(node)
+    if len(a) < 2 or len(b) < 2:
+        an.lock_node(node, "vector matmul")
+        return
+    an.tie(a[-1], b[-2])
+    an.tie(out[-2], a[-2])
+    an.tie(out[-1], b[-1])
+    for m in (a[:-2], b[:-2]):
+        for i, j in aligned(m, out[:-2]):
+            if an.size(m[i]) == an.size(out[j]):
+                an.tie(m[i], out[j])
+    if offset:
+        bias = an.dims(args(node)[0])
+        for i, j in aligned(bias, out):
+            if an.size(bias[i]) == an.size(out[j]):
+                an.tie(bias[i], out[j])
+
+
+@rule("conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d",
+      "conv_transpose3d")
+def conv(an: Analyser, node: torch.fx.Node) -> None:
+    name = an.op_name(node)
+    a = args(node)
+    x, w, out = an.dims(a[0]), an.dims(a[1]), an.value(node)
+    transposed = name.startswith("conv_transpose") or (name == "convolution" and bool(a[6]))
+    if name == "convolution":
+        groups = int(a[8])
+    elif name.startswith("conv_transpose"):
+        groups = int(a[6]) if len(a) > 6 else 1
+    else:
+        groups = int(a[6]) if len(a) > 6 else 1
+    an.tie(x[0], out[0])
+    for d in [*x[2:], *w[2:], *out[2:]]:
+        an.lock(d, "spatial dimension")
+    bias = an.dims(a[2]) if len(a) > 2 and a[2] is not None else None
+    w_in, w_out = (w[0], w[1]) if transposed else (w[1], w[0])
+    if groups == 1:
+        an.tie(x[1], w_in)
+        an.tie(out[1], w_out)
+    elif not transposed and an.size(x[1]) == groups == an.size(out[1]) == an.size(w[0]):
+        # Depthwise: channel c in -> channel c out; the group count follows the width.
+        an.tie(x[1], out[1])
+        an.tie(out[1], w[0])
+        an.lock(w[1], "depthwise kernel")
+    else:
+        for d in (x[1], out[1], w[0], w[1]):
+            an.lock(d, f"grouped convolution (groups={groups})")
+    if bias is not None:
+        an.tie(out[1], bias[0])
+
+
+@rule("max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+      "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+      "adaptive_max_pool2d", "max_pool2d_with_indices", "upsample_nearest2d",
+      "upsample_bilinear2d", "_adaptive_avg_pool2d")
+def pool(an: Analyser, node: torch.fx.Node) -> None:
+    x = an.dims(args(node)[0])
+    outs = an.values(node)
+    for out in outs:
+        for i in range(min(2, len(x) - 2)):
+            an.tie(x[i], out[i])
+        for d in [*x[2:], *out[2:]]:
+            an.lock(d, "spatial dimension")
+
+
+@rule("batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
+      "native_batch_norm", "instance_norm")
+def batch_norm(an: Analyser, node: torch.fx.Node) -> None:
+    x = an.dims(args(node)[0])
+    outs = an.values(node)
+    out = outs[0]
+    for i, j in zip(x, out, strict=True):
+        an.tie(i, j)
+    # weight, bias, running mean, running var: one entry per channel.
+    for arg in args(node)[1:5]:
+        if isinstance(arg, torch.fx.Node) and an.has(arg):
+            an.tie(x[1], an.dims(arg)[0])
+    for extra in outs[1:]:
+        for d in extra:
+            an.lock(d, "batch-norm statistics output")
+
+
+@rule("layer_norm", "native_layer_norm", "rms_norm", "group_norm", "native_group_norm")
+def layer_norm(an: Analyser, node: torch.fx.Node) -> None:
+    name = an.op_name(node)
+    x = an.dims(args(node)[0])
+    outs = an.values(node)
+    out = outs[0]
+    for i, j in zip(x, out, strict=True):
+        an.tie(i, j)
+    if "group" in name:
+        an.lock(x[1], f"normalised by {name}")
+        return
+    k = len(args(node)[1])
+    for arg in args(node)[2:4]:
+        if isinstance(arg, torch.fx.Node) and an.has(arg):
+            for i, d in enumerate(an.dims(arg)):
+                an.tie(x[len(x) - k + i], d)
+    for d in x[len(x) - k:]:
+        # Dropping a channel changes the mean and variance of the rest: not exact.
+        an.lock(d, f"normalised by {name}")
+
+
+@rule("embedding")
+def embedding(an: Analyser, node: torch.fx.Node) -> None:
+    w, idx, out = an.dims(args(node)[0]), an.dims(args(node)[1]), an.value(node)
+    an.lock(w[0], "vocabulary rows")
+    an.tie(out[-1], w[1])
+    for i, j in zip(idx, out[:-1], strict=True):
+        an.tie(i, j)
+
+
+@rule("embedding_bag", "_embedding_bag", "_embedding_bag_forward_only")
+def embedding_bag(an: Analyser, node: torch.fx.Node) -> None:
+    w = an.dims(args(node)[0])
+    outs = an.values(node)
+    an.lock(w[0], "vocabulary rows")
+    an.tie(outs[0][-1], w[1])
+    for extra in outs[1:]:
+        for d in extra:
+            an.lock(d, "embedding-bag bookkeeping")
+
+
+@rule("scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu")
+def attention(an: Analyser, node: torch.fx.Node) -> None:
+    q, k, v = (an.dims(a) for a in args(node)[:3])
+    out = an.values(node)[0]
+    for i, j in zip(q[:-3], out[:-3], strict=True):
+        an.tie(i, j)
+    an.tie(q[-2], out[-2])
+    an.tie(k[-2], v[-2])
+    # head_dim sets the softmax scale and usually rotary embeddings: kept whole.
+    for d in (q[-1], k[-1], v[-1], out[-1]):
+        an.lock(d, "attention head dimension")
+    heads_q, heads_kv = q[-3], k[-3]
+    an.tie(heads_q, out[-3])
+    an.tie(heads_kv, v[-3])
+    if an.size(heads_q) == an.size(heads_kv):
+        an.tie(heads_q, heads_kv)
+    else:  # grouped-query attention: query head = kv head x position within its group
+        group = an.new_class(an.size(heads_q) // an.size(heads_kv))
+        an.compose(heads_q, "prod", [heads_kv, group])
+    an.mark_heads(heads_q)
+    mask = args(node)[3] if len(args(node)) > 3 else kwargs(node).get("attn_mask")
+    if isinstance(mask, torch.fx.Node) and an.has(mask):
+        m = an.dims(mask)
+        for i, j in aligned(m, out):
+            if an.size(m[i]) == an.size(out[j]) and j != len(out) - 1:
+                an.tie(m[i], out[j])
+
+
+@rule("softmax", "_softmax", "log_softmax", "_log_softmax", "cumsum", "cumprod", "diff",
+      "sort", "topk", "flip", "roll")
+def along_dim(an: Analyser, node: torch.fx.Node) -> None:
+    x = an.dims(args(node)[0])
+    outs = an.values(node)
+    dim = args(node)[1] if len(args(node)) > 1 else kwargs(node).get("dim", -1)
+    dims = dim if isinstance(dim, (list, tuple)) else [dim]
+    for out in outs:
+        if len(out) == len(x):
+            for i, j in zip(x, out, strict=True):
+                an.tie(i, j)
+    for d in dims:
+        if isinstance(d, int):
+            an.lock(x[d], f"{an.op_name(node)} along it")
+
+
+@rule("sum", *NORMALISING)
+def reduction(an: Analyser, node: torch.fx.Node) -> None:
+    name = an.op_name(node)
+    x = an.dims(args(node)[0])
+    outs = an.values(node)
+    dim = args(node)[1] if len(args(node)) > 1 else kwargs(node).get("dim")
+    if dim is None or isinstance(dim, bool):
+        reduced = list(range(len(x)))
+    else:
+        reduced = [d % len(x) for d in (dim if isinstance(dim, (list, tuple)) else [dim])]
+    if name != "sum":  # a sum of zeros is zero; a mean or max over fewer channels is not
+        for d in reduced:
+            an.lock(x[d], f"{name} over it")
+    for out in outs:
+        keep = [i for i in range(len(x)) if len(out) == len(x) or i not in reduced]
+        if len(keep) == len(out):
+            for i, j in zip(keep, out, strict=True):
+                if an.size(x[i]) == an.size(j):
+                    an.tie(x[i], j)
+
+
+@rule("view", "reshape", "_unsafe_view", "flatten", "unflatten", "squeeze", "unsqueeze",
+      "view_as", "reshape_as")
+def reshape(an: Analyser, node: torch.fx.Node) -> None:
+    an.reshape(an.dims(args(node)[0]), an.value(node))
+
+
+@rule("permute", "transpose", "t", "swapaxes", "movedim", "numpy_T", "mT")
+def permute(an: Analyser, node: torch.fx.Node) -> None:
+    x, out = an.dims(args(node)[0]), an.value(node)
+    n = len(x)
+    order = list(range(n))
+    name = an.op_name(node)
+    if name == "permute":
+        order = [d % n for d in args(node)[1]]
+    elif name in ("transpose", "swapaxes"):
+        a, b = args(node)[1] % n, args(node)[2] % n
+        order[a], order[b] = order[b], order[a]
+    elif name in ("t", "numpy_T", "mT") and n >= 2:
+        order[-1], order[-2] = order[-2], order[-1]
+    else:
+        an.lock_node(node, f"{name} not modelled")
+        return
+    for j, i in enumerate(order):
+        an.tie(x[i], out[j])
+
+
+@rule("expand", "expand_as", "broadcast_to")
+def expand(an: Analyser, node: torch.fx.Node) -> None:
+    x, out = an.dims(args(node)[0]), an.value(node)
+    for i, j in aligned(x, out):
+        if an.size(x[i]) == an.size(out[j]):
+            an.tie(x[i], out[j])
+
+
+@rule("repeat")
+def repeat(an: Analyser, node: torch.fx.Node) -> None:
+    x, out = an.dims(args(node)[0]), an.value(node)
+    for i, j in aligned(x, out):
+        if an.size(x[i]) == an.size(out[j]):
+            an.tie(x[i], out[j])
+        else:
+            an.compose(out[j], "prod", [an.new_class(an.size(out[j]) // an.size(x[i])), x[i]])
+
+
+@rule("cat", "concat", "concatenate", "stack")
+def cat(an: Analyser, node: torch.fx.Node) -> None:
+    parts = [an.dims(t) for t in args(node)[0] if isinstance(t, torch.fx.Node)]
+    out = an.value(node)
+    dim = args(node)[1] if len(args(node)) > 1 else kwargs(node).get("dim", 0)
+    if an.op_name(node) == "stack":
+        dim = dim % len(out)
+        an.lock(out[dim], "stacked")
+        for p in parts:
+            rest = [d for k, d in enumerate(out) if k != dim]
+            for i, j in zip(p, rest, strict=True):
+                an.tie(i, j)
+        return
+    dim = dim % len(out)
+    parts = [p for p in parts if len(p) == len(out)]  # cat skips empty 1-d tensors
+    for p in parts:
+        for k, (i, j) in enumerate(zip(p, out, strict=True)):
+            if k != dim:
+                an.tie(i, j)
+    an.compose(out[dim], "cat", [p[dim] for p in parts])
+
+
+@rule("split", "split_with_sizes", "chunk", "tensor_split", "unbind")
+def split(an: Analyser, node: torch.fx.Node) -> None:
+    name = an.op_name(node)
+    x = an.dims(args(node)[0])
+    outs = an.values(node)
+    default = 0 if name in ("unbind",) else 0
+    dim = args(node)[2] if len(args(node)) > 2 else kwargs(node).get("dim", default)
+    if name == "unbind":
+        dim = args(node)[1] if len(args(node)) > 1 else 0
+        an.lock(x[dim % len(x)], "unbound")
+        return
+    dim = dim % len(x)
+    for out in outs:
+        for k, (i, j) in enumerate(zip(x, out, strict=True)):
+            if k != dim:
+                an.tie(i, j)
+    an.compose(x[dim], "cat", [out[dim] for out in outs])
+
+
+@rule("slice", "narrow")
+def slice_(an: Analyser, node: torch.fx.Node) -> None:
+    x, out = an.dims(args(node)[0]), an.value(node)
+    dim = (args(node)[1] if len(args(node)) > 1 else 0) % len(x)
+    for k, (i, j) in enumerate(zip(x, out, strict=True)):
+        if k != dim or an.size(i) == an.size(j):
+            an.tie(i, j)
+        else:
+            an.lock(i, "sliced")
+            an.lock(j, "sliced")
+
+
+@rule("select")
+def select(an: Analyser, node: torch.fx.Node) -> None:
+    x, out = an.dims(args(node)[0]), an.value(node)
+    dim = args(node)[1] % len(x)
+    an.lock(x[dim], "indexed by select")
+    for i, j in zip([d for k, d in enumerate(x) if k != dim], out, strict=True):
+        an.tie(i, j)
+
+
+@rule(*INDEXING)
+def indexing(an: Analyser, node: torch.fx.Node) -> None:
+    an.lock_node(node, f"indexed by {an.op_name(node)}")
+
+

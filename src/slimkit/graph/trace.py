@@ -1,0 +1,84 @@
+"""Trace a model into an ATen graph (torch.export) for dependency analysis.
+
+Non-strict export runs the model's Python as written, so data-independent control flow, Hugging
+Face outputs and caches are fine; what comes back is a flat graph of ATen operations with shapes
+and, for every operation, the module that issued it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.errors import SlimkitError
+
+
+class TraceError(SlimkitError):
+    """The model could not be traced; nothing was changed."""
+
+
+def tensors_of(output: Any) -> list[torch.Tensor]:
+    """The tensors inside a model output (tensor, tuple, list, dict or Hugging Face output)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        return [t for v in output.values() for t in tensors_of(v)]
+    if isinstance(output, (list, tuple)):
+        return [t for v in output for t in tensors_of(v)]
+    return []
+
+
+class _Flat(nn.Module):
+    """Calls the model and returns its output tensors, so export never sees cache objects."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(tensors_of(self.m(*args)))
+
+
+@dataclasses.dataclass
+class Traced:
+    graph: torch.fx.Graph
+    params: dict[str, str]  # placeholder name -> parameter or buffer name in the model
+    inputs: list[str]  # placeholder names of the user inputs
+    module_types: dict[str, str]  # module path -> class name
+
+
+def trace(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Traced:
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(_Flat(model), tuple(example_inputs), strict=False)
+    except Exception as exc:  # export raises many exception types for unsupported code
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TraceError(f"cannot trace {type(model).__name__}: {first[:200]}") from None
+    finally:
+        model.train(was_training)
+    sig = program.graph_signature
+    params = {k: _strip(v) for k, v in {**sig.inputs_to_parameters,
+                                         **sig.inputs_to_buffers}.items()}
+    module_types = {name: type(m).__name__ for name, m in model.named_modules()}
+    return Traced(program.graph, params, list(sig.user_inputs), module_types)
+
+
+def _strip(name: str) -> str:
+    return name[2:] if name.startswith("m.") else name
+
+
+def issuing_module(node: torch.fx.Node) -> str:
+    """Path (in the user's model) of the innermost module that issued `node`."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = str(list(stack.values())[-1][0])
+    return _strip(path) if path != "m" else ""

