@@ -20,6 +20,8 @@ METHODS = {
     "truncate.layers": (slimkit.Layers(container="tower", drop=1, recover="distill", **QUICK),
                         True),
     "finetune": (slimkit.Finetune(**QUICK), False),
+    "prune.structured": (slimkit.Structured(ratio=0.5, steps=2, recover="finetune", **QUICK),
+                         True),
     "quantize.qat": (slimkit.QAT(**QUICK), True),
     "quantize.cluster": (slimkit.Cluster(**QUICK), True),
     "quantize.weight_only": (slimkit.WeightOnly(bits=4, group_size=16), True),

@@ -133,8 +133,14 @@ def choose(config: Structured, groups: list[Group], scores: dict[int, torch.Tens
     return keep
 
 
-def _wanted(group: Group, selected: set[str]) -> bool:
-    return any(m.name.rpartition(".")[0] in selected for m in group.members)
+def _wanted(group: Group, selected: set[str], layers: set[str]) -> bool:
+    """Every layer the group cuts must be targeted (norm or custom tensors just follow)."""
+    paths = {m.name.rpartition(".")[0] for m in group.members}
+    return any(p in selected for p in paths) and not (paths & layers) - selected
+
+
+def _all_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return Targets().select(model, LAYER_TYPES)
 
 
 def _output_shapes(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[tuple[int, ...]]:
@@ -189,12 +195,14 @@ def apply_structured(model: nn.Module, config: Structured, ctx: Context) -> nn.M
     example = tuple(task.example_inputs(2))
     reference = _output_shapes(model, example)
     selected = {name for name, _ in config.targets.select(model, LAYER_TYPES)}
+    layers = {name for name, _ in _all_layers(model)}
     before = sum(p.numel() for p in model.parameters())
     original: dict[tuple[tuple[str, int], ...], int] = {}
     report: dict[str, Any] = {}
     for step in range(config.steps):
         analysis = analyse(model, example)
-        groups = [g for g in analysis.prunable if _wanted(g, selected) and _ratio(config, g) > 0]
+        groups = [g for g in analysis.prunable
+                  if _wanted(g, selected, layers) and _ratio(config, g) > 0]
         usable, fixes, skipped = _usable(model, analysis, groups, example)
         if step == 0:
             original = {_signature(g): g.size for g in usable}

@@ -1,0 +1,208 @@
+"""Structured pruning: dependency groups, exact removal of zeroed channels, reload, reporting."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import slimkit
+from slimkit.core.errors import SlimkitError
+from slimkit.graph.deps import analyse
+from slimkit.graph.dims import Dims
+from slimkit.graph.shrink import probe, shrink
+from slimkit.graph.trace import TraceError, tensors_of
+from slimkit.methods.prune import importance
+from slimkit.tasks.inputs import InputsTask
+from slimkit.tasks.vision.models import SmallCNN
+
+
+def test_dims_product_and_concat_index_maps() -> None:
+    d = Dims()
+    heads, head_dim, hidden = d.new(3), d.new(2), d.new(6)
+    d.compose(hidden, "prod", [heads, head_dim])
+    assert d.owner(hidden, heads).tolist() == [0, 0, 1, 1, 2, 2]
+    assert d.keep(hidden, {heads: torch.tensor([0, 2])}).tolist() == [0, 1, 4, 5]
+    other, fused = d.new(6), d.new(12)
+    d.compose(fused, "cat", [hidden, other])
+    assert d.keep(fused, {heads: torch.tensor([1])}).tolist() == [2, 3, *range(6, 12)]
+
+
+def _zero_removed(model: nn.Module, analysis, keep) -> None:
+    """Zero every slice of the channels that `keep` drops (what pruning will remove)."""
+    d = analysis.dims
+    with torch.no_grad():
+        for g in analysis.groups:
+            if g.id not in keep:
+                continue
+            for m in g.members:
+                t = model.get_parameter(m.name) if m.name in dict(model.named_parameters()) \
+                    else model.get_buffer(m.name)
+                gone = torch.ones(t.shape[m.dim], dtype=torch.bool)
+                gone[d.keep(m.cls, keep)] = False
+                t.index_fill_(m.dim, gone.nonzero().flatten(), 0.0)
+
+
+def _check_exact_removal(model: nn.Module, inputs, tmp_path) -> nn.Module:
+    model = copy.deepcopy(model).eval()
+    analysis = analyse(model, inputs)
+    groups = []
+    for g in analysis.prunable:
+        if not isinstance(probe(model, analysis, g, inputs), str):
+            groups.append(g)
+    assert groups, "expected prunable groups"
+    keep = {g.id: torch.arange(0, g.size, 2) for g in groups}
+    fixes = [f for g in groups for f in probe(model, analysis, g, inputs)]
+    _zero_removed(model, analysis, keep)
+    with torch.no_grad():
+        before = [t.clone() for t in tensors_of(model(*inputs))]
+    n_before = sum(p.numel() for p in model.parameters())
+    shrink(model, analysis, keep, fixes)
+    with torch.no_grad():
+        after = tensors_of(model(*inputs))
+    assert [t.shape for t in after] == [t.shape for t in before]
+    for a, b in zip(after, before, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    assert sum(p.numel() for p in model.parameters()) < n_before
+    return model
+
+
+def test_zeroed_channels_removed_exactly_ctr(make_model, tiny_task, model_kind, tmp_path) -> None:
+    model = make_model(model_kind)
+    pruned = _check_exact_removal(model, tiny_task.example_inputs(16), tmp_path)
+    slimkit.save(pruned, tmp_path / "m")
+    loaded = slimkit.load(tmp_path / "m").model
+    x = tiny_task.example_inputs(64)
+    assert torch.equal(loaded(*x), pruned(*x))
+
+
+def test_zeroed_channels_removed_exactly_cnn(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    x = (torch.randn(4, 1, 28, 28),)
+    pruned = _check_exact_removal(model, x, tmp_path)
+    assert pruned.conv1.out_channels == 16 and pruned.conv2.in_channels == 16
+    assert pruned.fc1.in_features < model.fc1.in_features
+
+
+class BnNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dw(torch.relu(self.bn(self.conv(x))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_batchnorm_and_depthwise_follow_their_channels(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = BnNet().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.weight.uniform_(0.1, 1.0)
+    x = (torch.randn(2, 3, 8, 8),)
+    analysis = analyse(model, x)
+    names = {(m.name, m.dim) for g in analysis.prunable for m in g.members}
+    assert ("bn.running_mean", 0) in names and ("dw.weight", 0) in names
+    scores, fallbacks = importance.scores(model, analysis, analysis.prunable, "bn_scale")
+    assert fallbacks == 0
+    g = analysis.prunable[0]
+    assert torch.allclose(scores[g.id], model.bn.weight.detach().abs())
+    pruned = _check_exact_removal(model, x, tmp_path)
+    assert pruned.bn.num_features == 4 and pruned.dw.groups == 4
+
+
+class Odd(nn.Module):
+    """One block the analysis understands, one behind an operation it does not know."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a1, self.a2 = nn.Linear(8, 16), nn.Linear(16, 8)
+        self.b1, self.b2 = nn.Linear(8, 16), nn.Linear(16, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a2(torch.relu(self.a1(x)))
+        return self.b2(torch.special.i0(torch.tanh(self.b1(h))))
+
+
+def test_unknown_operation_is_reported_and_left_alone() -> None:
+    model = Odd().eval()
+    task = InputsTask([(torch.randn(8, 8),)])
+    analysis = analyse(model, task.example_inputs(2))
+    assert "special_i0" in analysis.unknown_ops
+    locked = [g for g in analysis.groups if g.locked and "b1.weight" in
+              {m.name for m in g.members}]
+    assert any("unknown operation special_i0" in g.locked for g in locked)
+    ctx = slimkit.Context(task=task)
+    records = slimkit.compress_(model, slimkit.Plan([slimkit.Structured(ratio=0.5)]), ctx)
+    assert model.a1.out_features == 8 and model.b1.out_features == 16
+    assert "special_i0" in records[0].info["analysis"]["unknown_ops"]
+
+
+class DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(4, 8), nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.l1(x)
+        if h.sum() > 0:  # data-dependent branch: export cannot trace it
+            h = h * 2
+        return self.l2(h)
+
+
+def test_untraceable_model_fails_cleanly_and_is_untouched() -> None:
+    model = DataDependent()
+    state = copy.deepcopy(model.state_dict())
+    task = InputsTask([(torch.randn(4, 4),)])
+    with pytest.raises(TraceError, match="cannot trace DataDependent"):
+        slimkit.compress_(model, slimkit.Plan([slimkit.Structured()]), slimkit.Context(task=task))
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "fpgm", "taylor", "activation"])
+def test_criteria_rank_and_global_scope(make_model, tiny_task, criterion) -> None:
+    model = make_model("deepfm")
+    for scope in ("layer", "global"):
+        m = copy.deepcopy(model)
+        config = slimkit.Structured(ratio=0.5, criterion=criterion, scope=scope, round_to=4,
+                                    targets=slimkit.Targets(names=("tower.*", "head")))
+        rec = slimkit.compress_(m, slimkit.Plan([config]), slimkit.Context(task=tiny_task))
+        widths = [m.tower[i][0].out_features for i in range(3)]
+        assert all(w % 4 == 0 for w in widths)
+        if scope == "layer":
+            assert widths == [16, 16, 16]
+        else:
+            assert 48 <= sum(widths) <= 48 + 3 * 3 and rec[0].info["criterion_fallbacks"] == 0
+        assert m.embeddings[0].embedding_dim == 8  # not targeted
+
+
+def test_bad_config_names_field() -> None:
+    with pytest.raises(slimkit.ConfigError, match="ratio"):
+        slimkit.Structured(ratio=1.0)
+    with pytest.raises(slimkit.ConfigError, match="round_to"):
+        slimkit.Structured(round_to=0)
+
+
+def test_failing_prune_restores_model(make_model, tiny_task, monkeypatch) -> None:
+    model = make_model("deepfm")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    import slimkit.methods.prune.structured as st
+
+    def broken(m, *a, **k):
+        shrink(m, *a, **k)
+        m.head = nn.Linear(3, 1)  # any damage that makes the forward fail
+
+    monkeypatch.setattr(st, "shrink", broken)
+    with pytest.raises(SlimkitError, match="left unchanged"):
+        slimkit.compress_(model, slimkit.Plan([slimkit.Structured()]),
+                          slimkit.Context(task=tiny_task))
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
