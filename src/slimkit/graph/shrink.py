@@ -13,7 +13,7 @@ import copy
 import itertools
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -135,8 +135,6 @@ def probe(model: nn.Module, analysis: Analysis, group: Group,
     trial = copy.deepcopy(model)
     shrink(trial, analysis, keep, log=False)
     error = _check(trial, inputs, reference)
-    if error is None:
-        return []
     candidates = _candidates(model, analysis, group)
     d = analysis.dims
     new_size = {c: int(len(d.keep(c, keep))) for _, _, c in candidates}
@@ -149,19 +147,33 @@ def probe(model: nn.Module, analysis: Analysis, group: Group,
             setattr(get_submodule(trial, p), a, new_size[c])
         return _check(trial, inputs, reference) is None
 
-    # Sizes can coincide (a 64-wide head block in a 64-wide model), so all candidates together
-    # may be wrong: try all, then the smallest subsets first.
-    if works(candidates):
-        needed = list(candidates)
-        for fix in list(candidates):  # keep the fewest attributes that make it run
-            if works([f for f in needed if f != fix]):
-                needed.remove(fix)
-        return needed
-    for k in range(1, min(3, len(candidates) - 1) + 1):
-        for subset in itertools.combinations(candidates, k):
-            if works(subset):
-                return list(subset)
-    return f"forward fails after removing a channel ({error})"
+    needed = [] if error is None else _fewest(candidates, works)
+    if needed is None:
+        return f"forward fails after removing a channel ({error})"
+    # The traced inputs take one code path; others may read more of these sizes (a head count
+    # used only without a mask), so every further candidate that still runs is updated too.
+    for fix in candidates:
+        if fix not in needed and works([*needed, fix]):
+            needed.append(fix)
+    return needed
+
+
+def _fewest(candidates: list[AttrFix],
+            works: Callable[[Sequence[AttrFix]], bool]) -> list[AttrFix] | None:
+    """The smallest set of attribute fixes that makes the forward run, or None."""
+    if not candidates or not works(candidates):
+        # Sizes can coincide (a 64-wide head block in a 64-wide model), so all candidates
+        # together may be wrong: try the smallest subsets.
+        for k in range(1, min(3, len(candidates) - 1) + 1):
+            for subset in itertools.combinations(candidates, k):
+                if works(subset):
+                    return list(subset)
+        return None
+    needed = list(candidates)
+    for fix in list(candidates):
+        if works([f for f in needed if f != fix]):
+            needed.remove(fix)
+    return needed
 
 
 def _candidates(model: nn.Module, analysis: Analysis, group: Group) -> list[AttrFix]:

@@ -138,8 +138,8 @@ def first_tensor(output: Any) -> torch.Tensor:
         return output
     if isinstance(output, Mapping):  # ModelOutput is an OrderedDict
         for key in ("logits", "last_hidden_state"):
-            if output.get(key) is not None:
-                return output[key]
+            if isinstance(value := output.get(key), torch.Tensor):
+                return value
         output = tuple(output.values())
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]

