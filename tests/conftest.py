@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from torch import nn
 
+from slimkit.graph.deps import analyse
+from slimkit.graph.shrink import probe, shrink
+from slimkit.graph.trace import tensors_of
 from slimkit.tasks.ctr import CTRTask
 
 TINY = {"n_rows": 4000, "cardinalities": [200, 150, 5, 8], "bag_cardinality": 20, "bag_len": 3,
@@ -30,3 +36,49 @@ def make_model(tiny_task: CTRTask):
 @pytest.fixture(params=["deepfm", "dcnv2"])
 def model_kind(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+def _zero_removed(model: nn.Module, analysis, keep) -> None:
+    """Zero every slice of the channels that `keep` drops (what pruning will remove)."""
+    d = analysis.dims
+    with torch.no_grad():
+        for g in analysis.groups:
+            if g.id not in keep:
+                continue
+            for m in g.members:
+                t = model.get_parameter(m.name) if m.name in dict(model.named_parameters()) \
+                    else model.get_buffer(m.name)
+                gone = torch.ones(t.shape[m.dim], dtype=torch.bool)
+                gone[d.keep(m.cls, keep)] = False
+                t.index_fill_(m.dim, gone.nonzero().flatten(), 0.0)
+
+
+def _check_exact_removal(model: nn.Module, inputs) -> nn.Module:
+    model = copy.deepcopy(model).eval()
+    analysis = analyse(model, inputs)
+    groups = []
+    for g in analysis.prunable:
+        if not isinstance(probe(model, analysis, g, inputs), str):
+            groups.append(g)
+    assert groups, "expected prunable groups"
+    keep = {g.id: torch.arange(0, g.size, 2) for g in groups}
+    fixes = [f for g in groups for f in probe(model, analysis, g, inputs)]
+    _zero_removed(model, analysis, keep)
+    with torch.no_grad():
+        before = [t.clone() for t in tensors_of(model(*inputs))]
+    n_before = sum(p.numel() for p in model.parameters())
+    shrink(model, analysis, keep, fixes)
+    with torch.no_grad():
+        after = tensors_of(model(*inputs))
+    assert [t.shape for t in after] == [t.shape for t in before]
+    for a, b in zip(after, before, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    assert sum(p.numel() for p in model.parameters()) < n_before
+    return model
+
+
+@pytest.fixture
+def check_exact_removal():
+    """check_exact_removal(model, inputs) -> pruned copy: every prunable group loses half its
+    channels after those channels' slices were zeroed; outputs must not change."""
+    return _check_exact_removal

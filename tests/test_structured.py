@@ -12,8 +12,8 @@ import slimkit
 from slimkit.core.errors import SlimkitError
 from slimkit.graph.deps import analyse
 from slimkit.graph.dims import Dims
-from slimkit.graph.shrink import probe, shrink
-from slimkit.graph.trace import TraceError, tensors_of
+from slimkit.graph.shrink import shrink
+from slimkit.graph.trace import TraceError
 from slimkit.methods.prune import importance
 from slimkit.tasks.inputs import InputsTask
 from slimkit.tasks.vision.models import SmallCNN
@@ -30,59 +30,21 @@ def test_dims_product_and_concat_index_maps() -> None:
     assert d.keep(fused, {heads: torch.tensor([1])}).tolist() == [2, 3, *range(6, 12)]
 
 
-def _zero_removed(model: nn.Module, analysis, keep) -> None:
-    """Zero every slice of the channels that `keep` drops (what pruning will remove)."""
-    d = analysis.dims
-    with torch.no_grad():
-        for g in analysis.groups:
-            if g.id not in keep:
-                continue
-            for m in g.members:
-                t = model.get_parameter(m.name) if m.name in dict(model.named_parameters()) \
-                    else model.get_buffer(m.name)
-                gone = torch.ones(t.shape[m.dim], dtype=torch.bool)
-                gone[d.keep(m.cls, keep)] = False
-                t.index_fill_(m.dim, gone.nonzero().flatten(), 0.0)
-
-
-def _check_exact_removal(model: nn.Module, inputs, tmp_path) -> nn.Module:
-    model = copy.deepcopy(model).eval()
-    analysis = analyse(model, inputs)
-    groups = []
-    for g in analysis.prunable:
-        if not isinstance(probe(model, analysis, g, inputs), str):
-            groups.append(g)
-    assert groups, "expected prunable groups"
-    keep = {g.id: torch.arange(0, g.size, 2) for g in groups}
-    fixes = [f for g in groups for f in probe(model, analysis, g, inputs)]
-    _zero_removed(model, analysis, keep)
-    with torch.no_grad():
-        before = [t.clone() for t in tensors_of(model(*inputs))]
-    n_before = sum(p.numel() for p in model.parameters())
-    shrink(model, analysis, keep, fixes)
-    with torch.no_grad():
-        after = tensors_of(model(*inputs))
-    assert [t.shape for t in after] == [t.shape for t in before]
-    for a, b in zip(after, before, strict=True):
-        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
-    assert sum(p.numel() for p in model.parameters()) < n_before
-    return model
-
-
-def test_zeroed_channels_removed_exactly_ctr(make_model, tiny_task, model_kind, tmp_path) -> None:
+def test_zeroed_channels_removed_exactly_ctr(make_model, tiny_task, model_kind, tmp_path,
+                                             check_exact_removal) -> None:
     model = make_model(model_kind)
-    pruned = _check_exact_removal(model, tiny_task.example_inputs(16), tmp_path)
+    pruned = check_exact_removal(model, tiny_task.example_inputs(16))
     slimkit.save(pruned, tmp_path / "m")
     loaded = slimkit.load(tmp_path / "m").model
     x = tiny_task.example_inputs(64)
     assert torch.equal(loaded(*x), pruned(*x))
 
 
-def test_zeroed_channels_removed_exactly_cnn(tmp_path) -> None:
+def test_zeroed_channels_removed_exactly_cnn(check_exact_removal) -> None:
     torch.manual_seed(0)
     model = SmallCNN().eval()
     x = (torch.randn(4, 1, 28, 28),)
-    pruned = _check_exact_removal(model, x, tmp_path)
+    pruned = check_exact_removal(model, x)
     assert pruned.conv1.out_channels == 16 and pruned.conv2.in_channels == 16
     assert pruned.fc1.in_features < model.fc1.in_features
 
@@ -100,7 +62,7 @@ class BnNet(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
-def test_batchnorm_and_depthwise_follow_their_channels(tmp_path) -> None:
+def test_batchnorm_and_depthwise_follow_their_channels(check_exact_removal) -> None:
     torch.manual_seed(0)
     model = BnNet().eval()
     with torch.no_grad():
@@ -114,7 +76,7 @@ def test_batchnorm_and_depthwise_follow_their_channels(tmp_path) -> None:
     assert fallbacks == 0
     g = analysis.prunable[0]
     assert torch.allclose(scores[g.id], model.bn.weight.detach().abs())
-    pruned = _check_exact_removal(model, x, tmp_path)
+    pruned = check_exact_removal(model, x)
     assert pruned.bn.num_features == 4 and pruned.dw.groups == 4
 
 
@@ -157,6 +119,21 @@ class DataDependent(nn.Module):
         return self.l2(h)
 
 
+class Outer(nn.Module):
+    """Untraceable at the top; its MLP block traces on its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 4))
+        self.out = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.mlp(x)
+        if h.sum() > 0:
+            h = -h
+        return self.out(h)
+
+
 def test_untraceable_model_fails_cleanly_and_is_untouched() -> None:
     model = DataDependent()
     state = copy.deepcopy(model.state_dict())
@@ -164,6 +141,16 @@ def test_untraceable_model_fails_cleanly_and_is_untouched() -> None:
     with pytest.raises(TraceError, match="cannot trace DataDependent"):
         slimkit.compress_(model, slimkit.Plan([slimkit.Structured()]), slimkit.Context(task=task))
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_untraceable_model_falls_back_to_submodules(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = Outer()
+    task = InputsTask([(torch.randn(16, 4),)])
+    rec = slimkit.compress_(model, slimkit.Plan([slimkit.Structured(ratio=0.5)]),
+                            slimkit.Context(task=task))
+    assert model.mlp[0].out_features == 16 and model.mlp[2].in_features == 16
+    assert "not traceable" in rec[0].info["analysis"]["notes"][0]
 
 
 @pytest.mark.parametrize("criterion", ["l1", "l2", "fpgm", "taylor", "activation"])

@@ -9,6 +9,7 @@ whether it is locked and why, and which unknown operations were left alone.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import operator
 from collections import defaultdict
 from collections.abc import Sequence
@@ -19,7 +20,9 @@ from torch import nn
 
 from .dims import Dims
 from .op_rules import RULES, args, kwargs
-from .trace import Traced, issuing_module, trace
+from .trace import Traced, TraceError, captured_inputs, issuing_module, trace
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -40,6 +43,7 @@ class Group:
     locked: str | None
     modules: set[str]
     classes: set[int]
+    head_of: int | None = None  # the query-head class this is a factor of (GQA: kv x group)
 
     def describe(self) -> str:
         params = sorted({m.name.rpartition(".")[0] or m.name for m in self.members})
@@ -52,6 +56,18 @@ class Analysis:
     dims: Dims
     groups: list[Group]
     unknown_ops: dict[str, list[str]]  # op name -> modules that issued it
+    scope: str = ""  # the submodule analysed ("" = the whole model)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def prefix(self, path: str) -> None:
+        """Rename everything as seen from a parent model holding this one at `path`."""
+        self.scope = path
+        for g in self.groups:
+            for m in g.members:
+                m.name = f"{path}.{m.name}"
+            g.modules = {f"{path}.{p}" if p else path for p in g.modules}
+        self.unknown_ops = {k: [f"{path}.{p}" if p else path for p in v]
+                            for k, v in self.unknown_ops.items()}
 
     @property
     def prunable(self) -> list[Group]:
@@ -61,16 +77,57 @@ class Analysis:
         """JSON-friendly summary: counts and the reason each locked group was left alone."""
         locked = [{"group": g.describe(), "reason": g.locked}
                   for g in self.groups if g.locked is not None]
-        return {"groups": len(self.groups), "prunable": len(self.prunable),
+        return {"scope": self.scope or "model", "notes": self.notes,
+                "groups": len(self.groups), "prunable": len(self.prunable),
                 "locked": locked, "unknown_ops": {k: sorted(set(v))[:5]
                                                   for k, v in self.unknown_ops.items()}}
 
 
-def analyse(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Analysis:
-    traced = trace(model, example_inputs)
+def analyse(model: nn.Module, example_inputs: Sequence[Any],
+            example_kwargs: dict[str, Any] | None = None, prefix: str = "") -> Analysis:
+    """Groups of `model`; with `prefix`, names are given as seen from the model holding it."""
+    traced = trace(model, example_inputs, example_kwargs)
     an = Analyser(traced)
     an.run()
-    return an.result()
+    result = an.result()
+    if prefix:
+        result.prefix(prefix)
+    return result
+
+
+def analyse_units(model: nn.Module, example_inputs: Sequence[Any]) -> list[Analysis]:
+    """Analyse the whole model; if it does not trace, the largest submodules that do.
+
+    The fallback is conservative: each traced unit's own inputs and outputs are locked, so only
+    structure inside a unit (an MLP's neurons, a layer's heads) is cut.
+    """
+    try:
+        return [analyse(model, example_inputs)]
+    except TraceError as exc:
+        first_error = exc
+    seen = captured_inputs(model, example_inputs)
+    units: list[Analysis] = []
+    failed: list[str] = []
+
+    def visit(path: str, module: nn.Module) -> None:
+        for name, child in module.named_children():
+            full = f"{path}.{name}" if path else name
+            if full not in seen or not any(True for _ in child.children()):
+                continue
+            args, kwargs = seen[full]
+            try:
+                units.append(analyse(child, args, kwargs, prefix=full))
+            except TraceError:
+                failed.append(full)
+                visit(full, child)
+
+    visit("", model)
+    if not units:
+        raise first_error
+    log.info("whole model untraceable (%s); analysed %d submodules", first_error, len(units))
+    units[0].notes.append(f"whole model not traceable ({first_error}); analysed submodules "
+                          f"{', '.join(sorted(a.scope for a in units))[:300]}")
+    return units
 
 
 class Analyser:
@@ -239,7 +296,7 @@ class Analyser:
         for root in by_root:
             for leaf, path in _expand(d, root, []):
                 containing[leaf].update(path)
-        heads = {leaf for h in self.head_slots for leaf in d.leaves(h)}
+        heads = {leaf: d.find(h) for h in self.head_slots for leaf in d.leaves(h)}
         params_by_root: dict[int, list[Member]] = defaultdict(list)
         for name, dim, slot in self.param_slots:
             params_by_root[d.find(slot)].append(Member(name, dim, d.find(slot)))
@@ -252,7 +309,7 @@ class Analyser:
             modules = {self.slot_module[s] for c in classes for s in by_root[c]}
             groups.append(Group(leaf, d.size[leaf], "head" if leaf in heads else "channel",
                                 sorted(members, key=lambda m: (m.name, m.dim)), locked,
-                                modules, classes))
+                                modules, classes, heads.get(leaf)))
         groups.sort(key=lambda g: (g.members[0].name, g.id))
         return Analysis(d, groups, dict(self.unknown))
 

@@ -40,8 +40,8 @@ class _Flat(nn.Module):
         super().__init__()
         self.m = model
 
-    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(tensors_of(self.m(*args)))
+    def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
+        return tuple(tensors_of(self.m(*args, **kwargs)))
 
 
 @dataclasses.dataclass
@@ -52,13 +52,15 @@ class Traced:
     module_types: dict[str, str]  # module path -> class name
 
 
-def trace(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Traced:
+def trace(model: nn.Module, example_inputs: Sequence[Any],
+          example_kwargs: dict[str, Any] | None = None) -> Traced:
     was_training = model.training
     model.eval()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.export.export(_Flat(model), tuple(example_inputs), strict=False)
+            program = torch.export.export(_Flat(model), tuple(example_inputs),
+                                          example_kwargs or {}, strict=False)
     except Exception as exc:  # export raises many exception types for unsupported code
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TraceError(f"cannot trace {type(model).__name__}: {first[:200]}") from None
@@ -69,6 +71,27 @@ def trace(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Traced:
                                          **sig.inputs_to_buffers}.items()}
     module_types = {name: type(m).__name__ for name, m in model.named_modules()}
     return Traced(program.graph, params, list(sig.user_inputs), module_types)
+
+
+def captured_inputs(model: nn.Module, inputs: Sequence[Any]
+                    ) -> dict[str, tuple[tuple[Any, ...], dict[str, Any]]]:
+    """The (args, kwargs) each submodule receives on its first call in one eager forward."""
+    seen: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+
+    def hook(name: str) -> Any:
+        def fn(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            seen.setdefault(name, (args, kwargs))
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(n), with_kwargs=True)
+               for n, m in model.named_modules() if n]
+    try:
+        with torch.no_grad():
+            model.eval()(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
 
 
 def _strip(name: str) -> str:

@@ -20,7 +20,7 @@ from torch import nn
 
 from ...core import Context, MethodConfig, Targets, check_range, check_training, register
 from ...core.errors import SlimkitError
-from ...graph.deps import Analysis, Group, analyse
+from ...graph.deps import Analysis, Group, analyse_units
 from ...graph.shrink import AttrFix, Keep, probe, shrink
 from ...graph.trace import tensors_of
 from ...train import fit
@@ -133,6 +133,26 @@ def choose(config: Structured, groups: list[Group], scores: dict[int, torch.Tens
     return keep
 
 
+def _share_head_targets(groups: list[Group], targets: dict[int, int], config: Structured,
+                        done: float) -> None:
+    """With grouped-query attention the query heads are (kv head) x (position in its group),
+    two groups; the head ratio applies to their product. Prefer dropping whole kv groups."""
+    by_head: dict[int, list[Group]] = {}
+    for g in groups:
+        if g.head_of is not None:
+            by_head.setdefault(g.head_of, []).append(g)
+    for factors in by_head.values():
+        if len(factors) != 2:
+            continue
+        # The kv-head factor also owns the key and value projections: more slices.
+        kv, rep = sorted(factors, key=lambda g: -len(g.members))
+        total = kv.size * rep.size
+        want = max(1, round(total * (1 - _ratio(config, kv) * done)))
+        best = min((abs(a * b - want), b != rep.size, -b, a, b)
+                    for a in range(1, kv.size + 1) for b in range(1, rep.size + 1))
+        targets[kv.id], targets[rep.id] = best[3], best[4]
+
+
 def _wanted(group: Group, selected: set[str], layers: set[str]) -> bool:
     """Every layer the group cuts must be targeted (norm or custom tensors just follow)."""
     paths = {m.name.rpartition(".")[0] for m in group.members}
@@ -199,37 +219,37 @@ def apply_structured(model: nn.Module, config: Structured, ctx: Context) -> nn.M
     before = sum(p.numel() for p in model.parameters())
     original: dict[tuple[tuple[str, int], ...], int] = {}
     report: dict[str, Any] = {}
+    fallbacks = 0
     for step in range(config.steps):
-        analysis = analyse(model, example)
-        groups = [g for g in analysis.prunable
-                  if _wanted(g, selected, layers) and _ratio(config, g) > 0]
-        usable, fixes, skipped = _usable(model, analysis, groups, example)
+        cuts: list[tuple[Analysis, Keep, list[AttrFix]]] = []
+        skipped: list[Any] = []
+        analyses = analyse_units(model, example)
+        for analysis in analyses:
+            groups = [g for g in analysis.prunable
+                      if _wanted(g, selected, layers) and _ratio(config, g) > 0]
+            usable, fixes, failed = _usable(model, analysis, groups, example)
+            skipped.extend(failed)
+            if step == 0:
+                original.update({_signature(g): g.size for g in usable})
+            if not usable:
+                continue
+            done = (step + 1) / config.steps
+            targets = {g.id: round(original.get(_signature(g), g.size)
+                                   * (1 - _ratio(config, g) * done)) for g in usable}
+            _share_head_targets(usable, targets, config, done)
+            scores, n_fallback = _scores(model, analysis, usable, config, ctx)
+            fallbacks += n_fallback
+            cuts.append((analysis, choose(config, usable, scores, targets), fixes))
         if step == 0:
-            original = {_signature(g): g.size for g in usable}
-            report = {**analysis.report(), "probe_failed": skipped}
-        if not usable:
+            reports = [a.report() for a in analyses]
+            report = {**(reports[0] if len(reports) == 1 else {"units": reports}),
+                      "probe_failed": skipped}
+        if not cuts:
             reasons = "; ".join(f"{s['group']}: {s['reason']}" for s in skipped[:3])
             raise SlimkitError("prune.structured: no group of channels can be removed"
                                + (f" ({reasons})" if reasons else " (all are locked)"))
-        done = (step + 1) / config.steps
-        targets = {g.id: round(original.get(_signature(g), g.size) * (1 - _ratio(config, g)
-                                                                         * done))
-                   for g in usable}
-        scores, fallbacks = _scores(model, analysis, usable, config, ctx)
-        keep = choose(config, usable, scores, targets)
-        backup = copy.deepcopy(model)
-        shrink(model, analysis, keep, fixes)
-        try:
-            shapes = _output_shapes(model, example)
-            error = None if shapes == reference else f"output shapes {reference} -> {shapes}"
-        except Exception as exc:  # the user's forward may raise anything
-            error = f"{type(exc).__name__}: {exc}"
-        if error is not None:
-            model.__dict__.update(backup.__dict__)
-            raise SlimkitError(f"prune.structured: the pruned model fails ({error}); "
-                               "the model was left unchanged")
-        del backup
-        log.info("structured step %d: %d groups cut", step, len(usable))
+        _cut(model, cuts, example, reference)
+        log.info("structured step %d: %d groups cut", step, sum(len(k) for _, k, _ in cuts))
         _recover(model, config, ctx, step)
     after = sum(p.numel() for p in model.parameters())
     ctx.info.update({"params_before": before, "params_after": after,
@@ -237,6 +257,23 @@ def apply_structured(model: nn.Module, config: Structured, ctx: Context) -> nn.M
                      "groups_cut": len(original), "criterion_fallbacks": fallbacks,
                      "analysis": report})
     return model
+
+
+def _cut(model: nn.Module, cuts: list[tuple[Analysis, Keep, list[AttrFix]]],
+         example: tuple[torch.Tensor, ...], reference: list[tuple[int, ...]]) -> None:
+    """Apply every unit's cut; if the result does not run as before, restore the model."""
+    backup = copy.deepcopy(model)
+    for analysis, keep, fixes in cuts:
+        shrink(model, analysis, keep, fixes)
+    try:
+        shapes = _output_shapes(model, example)
+        error = None if shapes == reference else f"output shapes {reference} -> {shapes}"
+    except Exception as exc:  # the user's forward may raise anything
+        error = f"{type(exc).__name__}: {exc}"
+    if error is not None:
+        model.__dict__.update(backup.__dict__)
+        raise SlimkitError(f"prune.structured: the pruned model fails ({error}); "
+                           "the model was left unchanged")
 
 
 def _recover(model: nn.Module, config: Structured, ctx: Context, step: int) -> None:
