@@ -27,3 +27,8 @@ def test_recipe_file_matches_embedded_demo_plan() -> None:
 def test_public_api_is_explicit() -> None:
     for name in slimkit.__all__:
         assert hasattr(slimkit, name), name
+
+
+def test_every_shipped_recipe_loads() -> None:
+    for path in sorted((ROOT / "recipes").glob("*.yaml")):
+        assert slimkit.Plan.load(path).steps, path.name
