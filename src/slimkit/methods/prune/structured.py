@@ -18,13 +18,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ...core import Context, MethodConfig, Targets, check_range, check_training, register
+from ...core import Context, Targets, check_range, register
 from ...core.errors import SlimkitError
 from ...graph.deps import Analysis, Group, analyse_units
 from ...graph.shrink import AttrFix, Keep, probe, shrink
 from ...graph.trace import tensors_of
-from ...train import fit
-from ..distill.logits import distill
+from ..recovery import Recovery, recover
 from . import importance
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "Embedding", "E
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Structured(MethodConfig):
+class Structured(Recovery):
     """Remove `ratio` of the channels of every prunable group (`head_ratio` of attention heads)."""
 
     method = "prune.structured"
@@ -46,10 +45,6 @@ class Structured(MethodConfig):
     steps: int = 1
     recover: Literal["none", "finetune", "distill"] = "none"
     epochs: float = 0.0
-    lr: float = 1e-3
-    batch_size: int = 512
-    temperature: float = 2.0
-    alpha: float = 0.5
     calibration_batches: int = 8
     targets: Targets = Targets()
 
@@ -69,9 +64,7 @@ class Structured(MethodConfig):
                     hi_open=True)
         check_range("round_to", self.round_to, 1, 1024)
         check_range("steps", self.steps, 1, 100)
-        check_training(self, allow_zero_epochs=True)
-        check_range("temperature", self.temperature, 0.0, 100.0, lo_open=True)
-        check_range("alpha", self.alpha, 0.0, 1.0)
+        self.check_recovery()
         check_range("calibration_batches", self.calibration_batches, 1, 1 << 20)
 
 
@@ -250,7 +243,7 @@ def apply_structured(model: nn.Module, config: Structured, ctx: Context) -> nn.M
                                + (f" ({reasons})" if reasons else " (all are locked)"))
         _cut(model, cuts, example, reference)
         log.info("structured step %d: %d groups cut", step, sum(len(k) for _, k, _ in cuts))
-        _recover(model, config, ctx, step)
+        recover(model, config, ctx, desc=f"structured: recover {step + 1}/{config.steps}")
     after = sum(p.numel() for p in model.parameters())
     ctx.info.update({"params_before": before, "params_after": after,
                      "params_removed": round(1 - after / before, 4),
@@ -274,15 +267,3 @@ def _cut(model: nn.Module, cuts: list[tuple[Analysis, Keep, list[AttrFix]]],
         model.__dict__.update(backup.__dict__)
         raise SlimkitError(f"prune.structured: the pruned model fails ({error}); "
                            "the model was left unchanged")
-
-
-def _recover(model: nn.Module, config: Structured, ctx: Context, step: int) -> None:
-    if config.epochs <= 0 or config.recover == "none":
-        return
-    desc = f"structured: recover {step + 1}/{config.steps}"
-    if config.recover == "finetune":
-        fit(model, ctx.require_task(config.method), ctx, epochs=config.epochs, lr=config.lr,
-            batch_size=config.batch_size, desc=desc)
-    else:
-        distill(model, ctx, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
-                temperature=config.temperature, alpha=config.alpha, desc=desc)

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
 
 from torch import nn
 
-from ...core import Context, MethodConfig, check_range, check_training, register
+from ...core import Context, check_range, register
 from ...core.errors import ConfigError, SlimkitError
 from ...graph import drop_blocks, get_submodule
-from ...train import fit
-from ..distill.logits import distill
+from ..recovery import Recovery, recover
 from .importance import block_influence
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Layers(MethodConfig):
+class Layers(Recovery):
     """Drop blocks of the Sequential/ModuleList at `container`: `indices`, or the `drop` blocks
     with the lowest Block Influence among those whose input and output shapes match."""
 
@@ -26,12 +24,6 @@ class Layers(MethodConfig):
     container: str
     indices: tuple[int, ...] = ()
     drop: int = 0
-    recover: Literal["none", "finetune", "distill"] = "finetune"
-    epochs: float = 1.0
-    lr: float = 1e-3
-    batch_size: int = 512
-    temperature: float = 2.0
-    alpha: float = 0.5
     calibration_batches: int = 8
 
     @property
@@ -48,9 +40,7 @@ class Layers(MethodConfig):
         check_range("drop", self.drop, 0, 1 << 20)
         for i in self.indices:
             check_range("indices", i, 0, 1 << 20)
-        check_training(self, allow_zero_epochs=True)
-        check_range("temperature", self.temperature, 0.0, 100.0, lo_open=True)
-        check_range("alpha", self.alpha, 0.0, 1.0)
+        self.check_recovery()
         check_range("calibration_batches", self.calibration_batches, 1, 1 << 20)
 
 
@@ -93,10 +83,5 @@ def apply_layers(model: nn.Module, config: Layers, ctx: Context) -> nn.Module:
         chosen = sorted(i for _, i in candidates[:config.drop])
     drop_blocks(model, config.container, chosen)
     ctx.info["dropped"] = chosen
-    if config.recover == "finetune" and config.epochs > 0:
-        fit(model, ctx.require_task(config.method), ctx, epochs=config.epochs, lr=config.lr,
-            batch_size=config.batch_size, desc="truncate: recover")
-    elif config.recover == "distill" and config.epochs > 0:
-        distill(model, ctx, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
-                temperature=config.temperature, alpha=config.alpha, desc="truncate: distill")
+    recover(model, config, ctx, desc=f"truncate: {config.recover}")
     return model
