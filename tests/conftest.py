@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from slimkit.graph.deps import analyse
-from slimkit.graph.shrink import probe, shrink
+from slimkit.graph.shrink import probe, shrink, zero_removed
 from slimkit.graph.trace import tensors_of
 from slimkit.tasks.ctr import CTRTask
 
@@ -38,21 +38,6 @@ def model_kind(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def _zero_removed(model: nn.Module, analysis, keep) -> None:
-    """Zero every slice of the channels that `keep` drops (what pruning will remove)."""
-    d = analysis.dims
-    with torch.no_grad():
-        for g in analysis.groups:
-            if g.id not in keep:
-                continue
-            for m in g.members:
-                t = model.get_parameter(m.name) if m.name in dict(model.named_parameters()) \
-                    else model.get_buffer(m.name)
-                gone = torch.ones(t.shape[m.dim], dtype=torch.bool)
-                gone[d.keep(m.cls, keep)] = False
-                t.index_fill_(m.dim, gone.nonzero().flatten(), 0.0)
-
-
 def _check_exact_removal(model: nn.Module, inputs) -> nn.Module:
     model = copy.deepcopy(model).eval()
     analysis = analyse(model, inputs)
@@ -63,7 +48,7 @@ def _check_exact_removal(model: nn.Module, inputs) -> nn.Module:
     assert groups, "expected prunable groups"
     keep = {g.id: torch.arange(0, g.size, 2) for g in groups}
     fixes = [f for g in groups for f in probe(model, analysis, g, inputs)]
-    _zero_removed(model, analysis, keep)
+    zero_removed(model, analysis, keep)
     with torch.no_grad():
         before = [t.clone() for t in tensors_of(model(*inputs))]
     n_before = sum(p.numel() for p in model.parameters())

@@ -193,3 +193,112 @@ def test_failing_prune_restores_model(make_model, tiny_task, monkeypatch) -> Non
     after = model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+class SigmoidSum(nn.Module):  # sigmoid(0) = 0.5: a zeroed channel still adds to the sum
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(x) + torch.sigmoid(self.a(x)).sum(-1, keepdim=True)
+
+
+class HandAttention(nn.Module):  # the scale reads q.shape[-1], baked into the trace
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k = self.q(x), self.k(x)
+        return torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, -1) @ self.v(x)
+
+
+class Rolled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.roll(self.a(x), 1, dims=-1))
+
+
+class CatOfOne(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.o = nn.Linear(8, 16), nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        return self.o(torch.cat([h], -1) + h)
+
+
+def test_concatenation_of_one_part_is_that_part() -> None:
+    model = CatOfOne().eval()
+    task = InputsTask([(torch.randn(4, 8),)])
+    slimkit.compress_(model, slimkit.Plan([slimkit.Structured()]), slimkit.Context(task=task))
+    assert model.a.out_features == 8
+
+
+@pytest.mark.parametrize("cls", [SigmoidSum, HandAttention, Rolled])
+def test_groups_that_cannot_be_cut_exactly_are_refused(cls) -> None:
+    torch.manual_seed(0)
+    model = cls().eval()
+    task = InputsTask([(torch.randn(2, 5, 8),)])
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(SlimkitError, match="no group of channels can be removed"):
+        slimkit.compress_(model, slimkit.Plan([slimkit.Structured()]), slimkit.Context(task=task))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+class Scaled(nn.Module):
+    """A root attribute equal to a group's width, a non-persistent buffer on another group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_features = 16
+        self.a, self.o = nn.Linear(16, 16), nn.Linear(16, 2)
+        self.c, self.d = nn.Linear(16, 12), nn.Linear(12, 2)
+        self.register_buffer("gain", torch.linspace(0.5, 2, 12), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x / self.in_features ** 0.5))
+        return self.o(h) + self.d(torch.relu(self.c(x)) * self.gain)
+
+
+def test_root_attributes_and_unsaved_buffers_are_left_alone() -> None:
+    model = Scaled().train()
+    task = InputsTask([(torch.randn(8, 16),)])
+    rec = slimkit.compress_(model, slimkit.Plan([slimkit.Structured()]), slimkit.Context(task=task))
+    assert model.in_features == 16 and model.a.out_features == 8
+    assert model.c.out_features == 12 and model.gain.shape == (12,)  # gain is not saved
+    assert model.training  # the caller's mode is kept
+    assert any("non-persistent" in g["reason"] for g in rec[0].info["analysis"]["locked"])
+
+
+def test_outputs_inside_dataclasses_are_outputs() -> None:
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Out:
+        logits: torch.Tensor
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.o = nn.Linear(8, 16), nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> Out:
+            return Out(self.o(torch.relu(self.a(x))))
+
+    model = Model()
+    task = InputsTask([(torch.randn(4, 8),)])
+    slimkit.compress_(model, slimkit.Plan([slimkit.Structured()]), slimkit.Context(task=task))
+    assert model.a.out_features == 8 and model(torch.randn(3, 8)).logits.shape == (3, 4)
+
+
+def test_example_inputs_leave_shared_inputs_alone() -> None:
+    task = InputsTask([(torch.randn(4, 5, 8), torch.ones(5, 5, dtype=torch.bool),
+                        torch.tensor(2.0))])
+    x, mask, scalar = task.example_inputs(2)
+    assert x.shape == (2, 5, 8) and mask.shape == (5, 5) and scalar.shape == ()

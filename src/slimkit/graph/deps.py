@@ -262,6 +262,9 @@ class Analyser:
             if not node.users:
                 for d in dims:
                     self.lock(d, "not used in the forward pass")
+            if name in self.traced.transient:
+                for d in dims:
+                    self.lock(d, "non-persistent buffer (not saved with the weights)")
         elif node.name in self.traced.inputs:
             for d in dims:
                 self.lock(d, "model input")

@@ -52,6 +52,11 @@ class Dims:
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
             return
+        if self._within(ra, rb) or self._within(rb, ra):
+            # A class equal to a part of itself (cat([h]) + h): no consistent cut exists.
+            self.lock(ra, "tied to a part of itself")
+            self.lock(rb, "tied to a part of itself")
+            return
         if self.size[ra] != self.size[rb]:
             self.lock(ra, f"sizes {self.size[ra]} and {self.size[rb]} meet")
             self.lock(rb, f"sizes {self.size[ra]} and {self.size[rb]} meet")
@@ -74,12 +79,15 @@ class Dims:
     def compose(self, x: int, kind: str, children: list[int]) -> None:
         """Declare class x = prod/cat of `children` (sizes must multiply/add up)."""
         children = [c for c in children if not (kind == "prod" and self.size[c] == 1)]
-        if len(children) == 1 and kind == "prod":
+        if len(children) == 1:  # a product or concatenation of one part is that part
             self.union(x, children[0])
             return
         if not children:
             return
         root = self.find(x)
+        if any(self._within(self.find(c), root) or self.find(c) == root for c in children):
+            self.lock(root, "tied to a part of itself")
+            return
         new = Struct(kind, children)
         old = self.struct.get(root)
         if old is None:
@@ -91,6 +99,20 @@ class Dims:
                 self.union(ca, cb)
         else:
             self.lock(root, "reshaped in two incompatible ways")
+
+    def _within(self, x: int, y: int) -> bool:
+        """Is class x a (transitive) part of class y?"""
+        todo, seen = [y], set()
+        while todo:
+            s = self.struct.get(self.find(todo.pop()))
+            for c in s.children if s else []:
+                rc = self.find(c)
+                if rc == x:
+                    return True
+                if rc not in seen:
+                    seen.add(rc)
+                    todo.append(rc)
+        return False
 
     # Queries (valid once all ties are recorded).
 
@@ -130,11 +152,22 @@ class Dims:
 
     def keep(self, x: int, kept: dict[int, torch.Tensor]) -> torch.Tensor:
         """Indices of class x that survive when each leaf in `kept` keeps only those indices."""
-        mask = torch.ones(self.size[self.find(x)], dtype=torch.bool)
-        for leaf, idx in kept.items():
-            own = self.owner(x, leaf)
-            if bool((own >= 0).any()):
-                keep_leaf = torch.zeros(self.size[self.find(leaf)], dtype=torch.bool)
-                keep_leaf[idx] = True
-                mask &= (own < 0) | keep_leaf[own.clamp(min=0)]
-        return mask.nonzero().flatten()
+        return self._keep_mask(x, {self.find(k): v for k, v in kept.items()}).nonzero().flatten()
+
+    def _keep_mask(self, x: int, kept: dict[int, torch.Tensor]) -> torch.Tensor:
+        root = self.find(x)
+        mask = torch.ones(self.size[root], dtype=torch.bool)
+        if root in kept:
+            mask = torch.zeros(self.size[root], dtype=torch.bool)
+            mask[kept[root]] = True
+            return mask
+        s = self.struct.get(root)
+        if s is None:
+            return mask
+        parts = [self._keep_mask(c, kept) for c in s.children]
+        if s.kind == "cat":
+            return torch.cat(parts)
+        out = parts[0]
+        for part in parts[1:]:  # row-major product: index = i * len(part) + j
+            out = (out[:, None] & part[None, :]).flatten()
+        return out

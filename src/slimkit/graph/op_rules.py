@@ -32,7 +32,7 @@ ELEMENTWISE = (
     "log log1p sqrt rsqrt pow abs clamp clamp_min clamp_max hardtanh leaky_relu elu selu celu "
     "softplus mish hardswish hardsigmoid erf sin cos square reciprocal minimum maximum to "
     "_to_copy clone contiguous masked_fill type_as detach alias ne eq lt gt le ge logical_not "
-    "logical_and logical_or __and__ __or__ bitwise_and bitwise_or bitwise_not tril triu "
+    "logical_and logical_or __and__ __or__ bitwise_and bitwise_or bitwise_not "
     "sign floor ceil round remainder floor_divide fill feature_dropout alpha_dropout "
     "native_dropout"
 ).split()
@@ -69,6 +69,16 @@ def elementwise(an: Analyser, node: torch.fx.Node) -> None:
         for i, j in aligned(dims, out):
             if an.size(dims[i]) == an.size(out[j]):
                 an.tie(dims[i], out[j])
+
+
+@rule("tril", "triu")
+def triangle(an: Analyser, node: torch.fx.Node) -> None:
+    """Which entries survive depends on both last indices: removing a row shifts the diagonal."""
+    x, out = an.dims(args(node)[0]), an.value(node)
+    for i, j in zip(x, out, strict=True):
+        an.tie(i, j)
+    for d in x[-2:]:
+        an.lock(d, f"{an.op_name(node)} mask")
 
 
 @rule(*CREATION)
@@ -157,10 +167,14 @@ def conv(an: Analyser, node: torch.fx.Node) -> None:
 def pool(an: Analyser, node: torch.fx.Node) -> None:
     x = an.dims(args(node)[0])
     outs = an.values(node)
+    name = an.op_name(node)
+    spatial = 1 if "1d" in name else 3 if "3d" in name else 2
     for out in outs:
-        for i in range(min(2, len(x) - 2)):
+        if len(out) != len(x):
+            continue
+        for i in range(len(x) - spatial):  # batch (if any) and channels pass through
             an.tie(x[i], out[i])
-        for d in [*x[2:], *out[2:]]:
+        for d in [*x[len(x) - spatial:], *out[len(x) - spatial:]]:
             an.lock(d, "spatial dimension")
 
 
@@ -191,6 +205,10 @@ def layer_norm(an: Analyser, node: torch.fx.Node) -> None:
         an.tie(i, j)
     if "group" in name:
         an.lock(x[1], f"normalised by {name}")
+        for arg in args(node)[2:4]:
+            if isinstance(arg, torch.fx.Node) and an.has(arg):
+                for d in an.dims(arg):
+                    an.lock(d, f"normalised by {name}")
         return
     k = len(args(node)[1])
     for arg in args(node)[2:4]:
@@ -255,8 +273,14 @@ def attention(an: Analyser, node: torch.fx.Node) -> None:
 def along_dim(an: Analyser, node: torch.fx.Node) -> None:
     x = an.dims(args(node)[0])
     outs = an.values(node)
-    dim = args(node)[1] if len(args(node)) > 1 else kwargs(node).get("dim", -1)
+    name = an.op_name(node)
+    # Where the dim argument sits: roll(x, shifts, dims), topk(x, k, dim), diff(x, n, dim).
+    at = 2 if name in ("roll", "topk", "diff") else 1
+    dim = args(node)[at] if len(args(node)) > at else kwargs(node).get(
+        "dims" if name == "roll" else "dim", -1)
     dims = dim if isinstance(dim, (list, tuple)) else [dim]
+    if name == "roll" and not dims:  # roll over the flattened tensor
+        dims = list(range(len(x)))
     for out in outs:
         if len(out) == len(x):
             for i, j in zip(x, out, strict=True):
@@ -269,9 +293,13 @@ def along_dim(an: Analyser, node: torch.fx.Node) -> None:
 @rule("sum", *NORMALISING)
 def reduction(an: Analyser, node: torch.fx.Node) -> None:
     name = an.op_name(node)
+    if name in ("max", "min") and len(an.tensor_args(node)) > 1:  # elementwise max(a, b)
+        elementwise(an, node)
+        return
     x = an.dims(args(node)[0])
     outs = an.values(node)
-    dim = args(node)[1] if len(args(node)) > 1 else kwargs(node).get("dim")
+    at = 2 if name in ("norm", "linalg_vector_norm") else 1  # norm(x, ord, dim, keepdim)
+    dim = args(node)[at] if len(args(node)) > at else kwargs(node).get("dim")
     if dim is None or isinstance(dim, bool):
         reduced = list(range(len(x)))
     else:
@@ -369,13 +397,16 @@ def split(an: Analyser, node: torch.fx.Node) -> None:
         for k, (i, j) in enumerate(zip(x, out, strict=True)):
             if k != dim:
                 an.tie(i, j)
+    if name == "chunk":  # parts are recomputed from the total at run time: keep them equal
+        for out in outs[1:]:
+            an.tie(outs[0][dim], out[dim])
     an.compose(x[dim], "cat", [out[dim] for out in outs])
 
 
 @rule("slice", "narrow")
 def slice_(an: Analyser, node: torch.fx.Node) -> None:
     x, out = an.dims(args(node)[0]), an.value(node)
-    dim = (args(node)[1] if len(args(node)) > 1 else 0) % len(x)
+    dim = (args(node)[1] if len(args(node)) > 1 else kwargs(node).get("dim", 0)) % len(x)
     for k, (i, j) in enumerate(zip(x, out, strict=True)):
         if k != dim or an.size(i) == an.size(j):
             an.tie(i, j)

@@ -129,10 +129,18 @@ def _set_attrs(model: nn.Module, attrs: dict[str, dict[str, Any]]) -> None:
 
 def probe(model: nn.Module, analysis: Analysis, group: Group,
           inputs: Sequence[torch.Tensor]) -> list[AttrFix] | str:
-    """Attribute fixes group `group` needs, or the reason it cannot be cut (as a string)."""
-    reference = _output_shapes(model, inputs)
+    """Attribute fixes group `group` needs, or the reason it cannot be cut (as a string).
+
+    Channel 0's slices are zeroed on a copy; removing that channel must then leave the outputs
+    unchanged. This catches what the graph cannot show: a size read with `.shape` and baked into
+    the trace (a hand-written attention scale), a channel that is not zero after zeroing its
+    weights (sigmoid(0) summed), a module attribute that silently changes meaning.
+    """
     keep = {group.id: torch.arange(1, group.size)}
-    trial = copy.deepcopy(model)
+    zeroed = copy.deepcopy(model)
+    zero_removed(zeroed, analysis, keep)
+    reference = _outputs(zeroed, inputs)
+    trial = zeroed
     shrink(trial, analysis, keep, log=False)
     error = _check(trial, inputs, reference)
     candidates = _candidates(model, analysis, group)
@@ -149,7 +157,7 @@ def probe(model: nn.Module, analysis: Analysis, group: Group,
 
     needed = [] if error is None else _fewest(candidates, works)
     if needed is None:
-        return f"forward fails after removing a channel ({error})"
+        return f"removing a zeroed channel fails or changes the outputs ({error})"
     # The traced inputs take one code path; others may read more of these sizes (a head count
     # used only without a mask), so every further candidate that still runs is updated too.
     for fix in candidates:
@@ -179,10 +187,12 @@ def _fewest(candidates: list[AttrFix],
 def _candidates(model: nn.Module, analysis: Analysis, group: Group) -> list[AttrFix]:
     d = analysis.dims
     sizes = {d.size[d.find(c)]: d.find(c) for c in group.classes}
-    paths = set(group.modules)
+    paths = set(group.modules) - {""}
     for m in group.members:
         parts = m.name.split(".")
-        paths.update(".".join(parts[:k]) for k in range(max(0, len(parts) - 3), len(parts)))
+        # The owning module and up to two parents, never the root (its sizes are the model's
+        # interface, not a group's).
+        paths.update(".".join(parts[:k]) for k in range(max(1, len(parts) - 3), len(parts)))
     cut = {(m.name, m.dim) for m in group.members}
     out = []
     for path in sorted(paths):
@@ -201,17 +211,42 @@ def _candidates(model: nn.Module, analysis: Analysis, group: Group) -> list[Attr
     return out
 
 
-def _output_shapes(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[tuple[int, ...]]:
+def zero_removed(model: nn.Module, analysis: Analysis, keep: Keep) -> None:
+    """Zero every tensor slice of the channels `keep` drops (what cutting them removes)."""
+    d = analysis.dims
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     with torch.no_grad():
-        return [tuple(t.shape) for t in tensors_of(model.eval()(*inputs))]
+        for g in analysis.groups:
+            if g.id not in keep:
+                continue
+            for m in g.members:
+                t = tensors[m.name]
+                gone = torch.ones(t.shape[m.dim], dtype=torch.bool)
+                gone[d.keep(m.cls, keep)] = False
+                t.index_fill_(m.dim, gone.nonzero().flatten(), 0)
+
+
+def _outputs(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            return [t.detach().float() for t in tensors_of(model.eval()(*inputs))]
+    finally:
+        model.train(was_training)
 
 
 def _check(model: nn.Module, inputs: Sequence[torch.Tensor],
-           reference: list[tuple[int, ...]]) -> str | None:
+           reference: list[torch.Tensor]) -> str | None:
     try:
-        shapes = _output_shapes(model, inputs)
+        outs = _outputs(model, inputs)
     except Exception as exc:  # any failure of the user's forward means "not cuttable"
         return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:120]}"
-    if shapes != reference:
-        return f"output shapes changed {reference} -> {shapes}"
+    shapes, ref_shapes = [tuple(t.shape) for t in outs], [tuple(t.shape) for t in reference]
+    if shapes != ref_shapes:
+        return f"output shapes changed {ref_shapes} -> {shapes}"
+    for out, ref in zip(outs, reference, strict=True):
+        scale = max(1.0, float(ref.abs().max())) if ref.numel() else 1.0
+        diff = float((out - ref).abs().max()) if ref.numel() else 0.0
+        if not diff <= 1e-4 * scale:  # float summation order changes, nothing more
+            return f"outputs changed by {diff:.3g}"
     return None

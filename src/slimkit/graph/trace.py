@@ -30,7 +30,10 @@ def tensors_of(output: Any) -> list[torch.Tensor]:
         return [t for v in output.values() for t in tensors_of(v)]
     if isinstance(output, (list, tuple)):
         return [t for v in output for t in tensors_of(v)]
-    return []
+    if dataclasses.is_dataclass(output) and not isinstance(output, type):
+        return [t for f in dataclasses.fields(output) for t in tensors_of(getattr(output, f.name))]
+    to_tuple = getattr(output, "to_tuple", None)
+    return tensors_of(to_tuple()) if callable(to_tuple) else []
 
 
 class _Flat(nn.Module):
@@ -50,6 +53,7 @@ class Traced:
     params: dict[str, str]  # placeholder name -> parameter or buffer name in the model
     inputs: list[str]  # placeholder names of the user inputs
     module_types: dict[str, str]  # module path -> class name
+    transient: set[str]  # non-persistent buffers: not saved, so their sizes must stay
 
 
 def trace(model: nn.Module, example_inputs: Sequence[Any],
@@ -66,11 +70,17 @@ def trace(model: nn.Module, example_inputs: Sequence[Any],
         raise TraceError(f"cannot trace {type(model).__name__}: {first[:200]}") from None
     finally:
         model.train(was_training)
+    outputs = [n for n in program.graph.nodes if n.op == "output"][0].args[0]
+    if not outputs:
+        raise TraceError(f"cannot trace {type(model).__name__}: its output holds no tensor "
+                         "slimkit can see (return tensors, tuples, dicts or dataclasses)")
     sig = program.graph_signature
     params = {k: _strip(v) for k, v in {**sig.inputs_to_parameters,
                                          **sig.inputs_to_buffers}.items()}
     module_types = {name: type(m).__name__ for name, m in model.named_modules()}
-    return Traced(program.graph, params, list(sig.user_inputs), module_types)
+    transient = {f"{path}.{b}" if path else b for path, m in model.named_modules()
+                 for b in m._non_persistent_buffers_set}
+    return Traced(program.graph, params, list(sig.user_inputs), module_types, transient)
 
 
 def captured_inputs(model: nn.Module, inputs: Sequence[Any]
@@ -85,10 +95,12 @@ def captured_inputs(model: nn.Module, inputs: Sequence[Any]
 
     handles = [m.register_forward_pre_hook(hook(n), with_kwargs=True)
                for n, m in model.named_modules() if n]
+    was_training = model.training
     try:
         with torch.no_grad():
             model.eval()(*inputs)
     finally:
+        model.train(was_training)
         for h in handles:
             h.remove()
     return seen

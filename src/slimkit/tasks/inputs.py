@@ -53,9 +53,13 @@ class InputsTask:
         return tuple(batch[f"input_{i}"] for i in range(len(batch)))
 
     def example_inputs(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """The first batch resized to `batch_size` rows; inputs without that leading batch
+        dimension (a shared mask, a scalar) are passed unchanged."""
         first = self.inputs(self.batches[0])
-        reps = -(-batch_size // first[0].shape[0])
-        return tuple(t.repeat(reps, *[1] * (t.dim() - 1))[:batch_size] for t in first)
+        rows = first[0].shape[0] if first[0].dim() else 1
+        reps = -(-batch_size // rows)
+        return tuple(t.repeat(reps, *[1] * (t.dim() - 1))[:batch_size]
+                     if t.dim() and t.shape[0] == rows else t for t in first)
 
     def loss(self, outputs: Any, batch: Batch) -> torch.Tensor:
         if self.loss_fn is None:

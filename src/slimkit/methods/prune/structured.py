@@ -206,7 +206,11 @@ def _usable(model: nn.Module, analysis: Analysis, groups: list[Group],
 def apply_structured(model: nn.Module, config: Structured, ctx: Context) -> nn.Module:
     task = ctx.require_task(config.method)
     example = tuple(task.example_inputs(2))
-    reference = _output_shapes(model, example)
+    try:
+        reference = _output_shapes(model, example)
+    except Exception as exc:  # the user's forward may raise anything
+        raise SlimkitError(f"prune.structured: the model does not run on the task's example "
+                           f"inputs ({type(exc).__name__}: {exc})") from None
     selected = {name for name, _ in config.targets.select(model, LAYER_TYPES)}
     layers = {name for name, _ in _all_layers(model)}
     before = sum(p.numel() for p in model.parameters())
