@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import shape_rules  # noqa: F401  (registers its rules)
 from .dims import Dims
 from .op_rules import RULES, args, kwargs
 from .trace import Traced, TraceError, captured_inputs, issuing_module, trace
