@@ -29,6 +29,7 @@ from .methods import (
     DynamicInt8,
     EmbeddingBudget,
     EmbeddingQuant,
+    EncoderKD,
     Finetune,
     Layers,
     LogitsKD,
@@ -36,6 +37,7 @@ from .methods import (
     MixedPrecision,
     StaticInt8,
     Structured,
+    Vocab,
     WeightOnly,
 )
 from .pipeline import run_plan
@@ -46,7 +48,7 @@ __version__ = "0.1.0"
 __all__ = [
     "QAT", "Artifact", "ArtifactError", "BinaryWeights", "Cluster", "ConfigError", "Context",
     "DynamicInt8", "EmbeddingBudget", "EmbeddingQuant", "MixedPrecision", "StaticInt8",
-    "Structured", "WeightOnly",
+    "Structured", "Vocab", "WeightOnly", "EncoderKD",
     "Finetune", "Layers", "LogitsKD", "Magnitude", "MethodConfig", "Plan", "Record",
     "SlimkitError", "Targets", "Task", "compress_", "evaluate", "load", "make_task",
     "method_names", "register", "run_plan", "save",

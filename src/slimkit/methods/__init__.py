@@ -1,5 +1,6 @@
 """Compression methods. Importing this package registers every method with the core registry."""
 
+from .distill.encoder import EncoderKD
 from .distill.logits import LogitsKD
 from .finetune import Finetune
 from .prune.magnitude import Magnitude
@@ -14,7 +15,8 @@ from .quantize.qat import QAT
 from .quantize.static_int8 import StaticInt8
 from .quantize.weight_only import WeightOnly
 from .truncate.layers import Layers
+from .truncate.vocab import Vocab
 
 __all__ = ["QAT", "BinaryWeights", "Cluster", "DynamicInt8", "EmbeddingBudget", "EmbeddingQuant",
            "Finetune", "Layers", "LogitsKD", "Magnitude", "MixedPrecision", "StaticInt8",
-           "Structured", "WeightOnly"]
+           "Structured", "Vocab", "WeightOnly", "EncoderKD"]

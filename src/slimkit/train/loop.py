@@ -6,8 +6,8 @@ zeros stay zeros through any later training in the plan.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Literal, Protocol
 
 import torch
 from torch import nn
@@ -25,9 +25,12 @@ class StepHook(Protocol):
 
 def fit(model: nn.Module, task: Task, ctx: Context, *, epochs: float, lr: float,
         batch_size: int = 512, weight_decay: float = 0.0, loss_fn: LossFn | None = None,
-        on_step: StepHook | None = None, desc: str = "train") -> list[float]:
+        on_step: StepHook | None = None, desc: str = "train",
+        extra_params: Sequence[nn.Parameter] = (),
+        schedule: Literal["constant", "linear"] = "constant") -> list[float]:
     """Train `model` in place with Adam for `epochs` (fractions allowed); returns the
-    per-step losses."""
+    per-step losses. `extra_params` (e.g. distillation projections) train alongside and are
+    not part of the model; `linear` decays the learning rate to zero over the run."""
     blocked = [n for n, m in model.named_modules()
                if getattr(m, "supports_autograd", True) is False]
     if blocked:
@@ -35,9 +38,11 @@ def fit(model: nn.Module, task: Task, ctx: Context, *, epochs: float, lr: float,
                            "gradients); put training steps before quantize steps")
     loss_fn = loss_fn or (lambda m, b: task.loss(m(*task.inputs(b)), b))
     params = [p for p in model.parameters() if p.requires_grad and p.is_floating_point()]
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.Adam([*params, *extra_params], lr=lr, weight_decay=weight_decay)
     per_epoch = task.num_train_batches(batch_size)
     total = max(1, int(round(epochs * per_epoch)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, (lambda s: 1.0 - s / total) if schedule == "linear" else (lambda s: 1.0))
     gen = torch.Generator().manual_seed(ctx.seed)
     losses: list[float] = []
     model.train()
@@ -54,6 +59,7 @@ def fit(model: nn.Module, task: Task, ctx: Context, *, epochs: float, lr: float,
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            scheduler.step()
             apply_masks(model)
             losses.append(loss.item())
             step += 1

@@ -37,3 +37,31 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
 def is_binary(logits: torch.Tensor) -> bool:
     """A single logit per row: shape [B] or [B, 1]."""
     return logits.dim() == 1 or logits.shape[-1] == 1
+
+
+def masked_mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `hidden` [batch, seq, dim] over the positions where `mask` is 1."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+def attention_relations(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
+                        heads: int) -> torch.Tensor:
+    """MiniLMv2 self-attention relation loss for one projection (queries, keys or values):
+    KL(teacher || student) of softmax(X X^T / sqrt(d)) per relation head, over unmasked keys,
+    averaged over unmasked queries. Widths may differ; both must divide by `heads`."""
+    def log_relations(x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        if d % heads:
+            raise ValueError(f"relation heads {heads} do not divide width {d}")
+        x = x.view(b, t, heads, d // heads).transpose(1, 2)
+        scores = x @ x.transpose(-1, -2) / (d // heads) ** 0.5
+        scores = scores.masked_fill(~mask.bool()[:, None, None, :], float("-inf"))
+        return torch.log_softmax(scores.float(), dim=-1)
+
+    log_s, log_t = log_relations(student), log_relations(teacher)
+    p_t = log_t.exp()
+    # Masked keys have p_t = 0 and -inf logs: count them as 0, not nan.
+    kl = (p_t * (log_t - log_s)).nan_to_num(0.0).sum(-1)
+    valid = mask.bool()[:, None, :].expand_as(kl)
+    return kl[valid].mean()

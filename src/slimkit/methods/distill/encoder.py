@@ -1,0 +1,159 @@
+"""Distillation for text encoders, from the uncompressed model (or any teacher) on unlabelled
+text: sentence embeddings (cosine or MSE, Reimers and Gurevych 2020), hidden states through an
+automatic layer mapping with learned projections where widths differ (TinyBERT, Jiao et al. 2020),
+and self-attention relations of the last layer (MiniLMv2, Wang et al. 2021): softmax(X X^T) over
+relation heads for queries, keys and values, matched with KL divergence, which works across
+different head counts and widths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...core import Batch, Context, MethodConfig, check_range, check_training, register
+from ...core.errors import ConfigError, SlimkitError
+from ...train import fit
+from .losses import attention_relations, masked_mean_pool
+
+PROJECTIONS = ("query", "key", "value")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EncoderKD(MethodConfig):
+    """loss = w_e * embedding loss + w_h * hidden-state MSE + w_a * attention-relation KL."""
+
+    method = "distill.encoder"
+    needs_data = True
+    needs_teacher = True
+    embedding_loss: Literal["cosine", "mse"] = "cosine"
+    embedding_weight: float = 1.0
+    hidden_weight: float = 0.0
+    attention_weight: float = 0.0
+    relation_heads: int = 12
+    layer_map: tuple[int, ...] = ()
+    epochs: float = 1.0
+    lr: float = 1e-4
+    batch_size: int = 32
+    schedule: Literal["constant", "linear"] = "linear"
+
+    def validate(self) -> None:
+        for name in ("embedding_weight", "hidden_weight", "attention_weight"):
+            check_range(name, getattr(self, name), 0.0, 1000.0)
+        if self.embedding_weight + self.hidden_weight + self.attention_weight <= 0:
+            raise ConfigError("embedding_weight", self.embedding_weight,
+                              "a positive weight on at least one loss")
+        check_range("relation_heads", self.relation_heads, 1, 1024)
+        for i in self.layer_map:
+            check_range("layer_map", i, 0, 1024)
+        check_training(self)
+
+
+def _layers(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks: the largest ModuleList of the encoder."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise SlimkitError("distill.encoder: the model has no list of layers")
+    return max(lists, key=len)
+
+
+def layer_map(n_student: int, n_teacher: int) -> list[int]:
+    """Uniform mapping: student layer i learns teacher layer ceil((i + 1) * T / S) - 1, so the
+    last layers meet and the others spread evenly."""
+    return [-(-(i + 1) * n_teacher // n_student) - 1 for i in range(n_student)]
+
+
+class _Relations:
+    """Captures the query/key/value projections of one layer during a forward pass."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        self.out: dict[str, torch.Tensor] = {}
+        found = {name.rpartition(".")[2]: m for name, m in layer.named_modules()
+                 if name.rpartition(".")[2] in PROJECTIONS}
+        if set(found) != set(PROJECTIONS):
+            raise SlimkitError("distill.encoder: attention relations need query/key/value "
+                               "projections in the last layer")
+        self.handles = [m.register_forward_hook(self._hook(k)) for k, m in found.items()]
+
+    def _hook(self, key: str) -> Callable[..., None]:
+        def fn(_m: nn.Module, _args: Any, out: torch.Tensor) -> None:
+            self.out[key] = out
+        return fn
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _hidden(model: nn.Module, batch: Batch, task: Any) -> tuple[torch.Tensor, ...]:
+    out = model(*task.inputs(batch), output_hidden_states=True)
+    return tuple(out.hidden_states)
+
+
+def encoder_loss_fn(teacher: nn.Module, student: nn.Module, task: Any, config: EncoderKD,
+                    projections: nn.ModuleList, mapping: list[int]
+                    ) -> Callable[[nn.Module, Batch], torch.Tensor]:
+    use_attn = config.attention_weight > 0
+    t_rel = _Relations(_layers(teacher)[-1]) if use_attn else None
+    s_rel = _Relations(_layers(student)[-1]) if use_attn else None
+
+    def loss_fn(model: nn.Module, batch: Batch) -> torch.Tensor:
+        mask = task.inputs(batch)[1]
+        with torch.no_grad():
+            t_hidden = _hidden(teacher, batch, task)
+        s_hidden = _hidden(model, batch, task)
+        t_emb, s_emb = masked_mean_pool(t_hidden[-1], mask), masked_mean_pool(s_hidden[-1], mask)
+        if config.embedding_loss == "cosine":
+            loss = config.embedding_weight * (1 - F.cosine_similarity(s_emb, t_emb)).mean()
+        else:
+            loss = config.embedding_weight * F.mse_loss(s_emb, t_emb)
+        if config.hidden_weight > 0:
+            keep = mask.unsqueeze(-1).to(s_hidden[-1].dtype)
+            for i, t in enumerate(mapping):
+                diff = (projections[i](s_hidden[i + 1]) - t_hidden[t + 1]) * keep
+                loss = loss + config.hidden_weight * diff.pow(2).sum() / keep.sum() / \
+                    diff.shape[-1] / len(mapping)
+        if t_rel is not None and s_rel is not None:
+            for key in PROJECTIONS:
+                loss = loss + config.attention_weight * attention_relations(
+                    s_rel.out[key], t_rel.out[key].detach(), mask, config.relation_heads) / 3
+        return loss
+
+    loss_fn.cleanup = lambda: [r.remove() for r in (t_rel, s_rel) if r is not None]  # type: ignore[attr-defined]
+    return loss_fn
+
+
+@register(EncoderKD)
+def apply_encoder_kd(model: nn.Module, config: EncoderKD, ctx: Context) -> nn.Module:
+    task = ctx.require_task(config.method)
+    teacher = ctx.teacher
+    if teacher is None:
+        raise SlimkitError("distill.encoder: no teacher (Context.teacher is None)")
+    teacher.eval()
+    n_s, n_t = len(_layers(model)), len(_layers(teacher))
+    mapping = list(config.layer_map) or layer_map(n_s, n_t)
+    if len(mapping) != n_s or max(mapping) >= n_t:
+        raise ConfigError("layer_map", list(config.layer_map),
+                          f"{n_s} teacher layer indices in [0, {n_t})")
+    with torch.no_grad():
+        sample = task.calibration_batches(1, 2)[0]
+        s_dim = _hidden(model, sample, task)[-1].shape[-1]
+        t_dim = _hidden(teacher, sample, task)[-1].shape[-1]
+    # Projections exist only while training (TinyBERT's W_h); identity where widths agree.
+    projections = nn.ModuleList(nn.Identity() if s_dim == t_dim else nn.Linear(s_dim, t_dim)
+                                for _ in range(n_s))
+    fn = encoder_loss_fn(teacher, model, task, config, projections, mapping)
+    try:
+        losses = fit(model, task, ctx, epochs=config.epochs, lr=config.lr,
+                     batch_size=config.batch_size, loss_fn=fn, desc="distill: encoder",
+                     extra_params=list(projections.parameters()), schedule=config.schedule)
+    finally:
+        fn.cleanup()  # type: ignore[attr-defined]
+    ctx.info.update({"layer_map": mapping, "steps": len(losses),
+                     "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 6)})
+    return model

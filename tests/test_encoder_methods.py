@@ -1,0 +1,109 @@
+"""Text-encoder methods on a tiny random BERT: vocabulary pruning and encoder distillation."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import slimkit
+from slimkit.methods.distill.encoder import layer_map
+from slimkit.methods.distill.losses import attention_relations
+
+pytest.importorskip("transformers")
+
+from slimkit.models import tiny_model  # noqa: E402
+from slimkit.tasks.inputs import InputsTask  # noqa: E402
+
+SMALL = {"hidden_size": 48, "num_hidden_layers": 4, "num_attention_heads": 4,
+         "intermediate_size": 96, "vocab_size": 200, "max_position_embeddings": 64}
+# Larger initial weights: with BERT's default 0.02 each random layer barely changes its input.
+DEEP = {**SMALL, "initializer_range": 0.3}
+
+
+def _batches(n: int, vocab_top: int = 120, seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
+    """Ids 3..vocab_top only (the model's vocabulary is 200): rows above are never used."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(3, vocab_top, (8, 12), generator=gen)
+        mask = torch.ones_like(ids)
+        mask[-2:, 8:] = 0
+        out.append((ids, mask))
+    return out
+
+
+def test_layer_map_is_uniform_and_ends_together() -> None:
+    assert layer_map(3, 6) == [1, 3, 5]
+    assert layer_map(2, 6) == [2, 5]
+    assert layer_map(6, 6) == list(range(6))
+
+
+def test_attention_relation_loss_is_zero_for_equal_inputs_and_ignores_padding() -> None:
+    x = torch.randn(2, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert float(attention_relations(x, x, mask, 2)) == pytest.approx(0.0, abs=1e-6)
+    y = x.clone()
+    y[0, 3:] = 100.0  # padded positions of row 0 must not matter
+    assert float(attention_relations(y, x, mask, 2)) == pytest.approx(0.0, abs=1e-6)
+    assert float(attention_relations(torch.randn(2, 5, 8), x, mask, 2)) > 0
+
+
+def test_vocabulary_pruning_keeps_used_rows_exactly(tmp_path) -> None:
+    model = tiny_model("bert", 0, **SMALL)
+    task = InputsTask(_batches(4))
+    x = task.inputs(task.batches[0])
+    with torch.no_grad():
+        before = model(*x).last_hidden_state
+    rec = slimkit.compress_(model, slimkit.Plan([slimkit.Vocab(unk_id=1, keep_ids=(0, 2))]),
+                            slimkit.Context(task=task))
+    info = rec[0].info
+    assert info["vocab_before"] == 200 and info["vocab_after"] <= 120
+    keep = x[1].bool()  # padded positions may hold ids the corpus never showed unmasked
+    with torch.no_grad():
+        assert torch.equal(model(*x).last_hidden_state[keep], before[keep])
+        unseen = torch.full((1, 4), 150)
+        unk = torch.full((1, 4), 1)
+        assert torch.equal(model(unseen).last_hidden_state, model(unk).last_hidden_state)
+    slimkit.save(model, tmp_path / "v")
+    loaded = slimkit.load(tmp_path / "v").model
+    with torch.no_grad():
+        assert torch.equal(loaded(*x).last_hidden_state, model(*x).last_hidden_state)
+
+
+def test_vocab_config_errors_name_the_field() -> None:
+    model = tiny_model("bert", 0, **SMALL)
+    task = InputsTask(_batches(1))
+    with pytest.raises(slimkit.ConfigError, match="module"):
+        slimkit.compress_(model, slimkit.Plan([slimkit.Vocab(module="pooler", unk_id=1)]),
+                          slimkit.Context(task=task))
+    with pytest.raises(slimkit.ConfigError, match="min_count"):
+        slimkit.Vocab(min_count=0)
+
+
+@pytest.mark.parametrize("weights", [{}, {"hidden_weight": 1.0, "attention_weight": 1.0}])
+def test_encoder_distillation_brings_a_truncated_student_closer(weights) -> None:
+    teacher = tiny_model("bert", 0, **DEEP)
+    task = InputsTask(_batches(6, seed=1))
+    student = copy.deepcopy(teacher)
+    slimkit.compress_(student, slimkit.Plan([slimkit.Layers(container="encoder.layer",
+                                                            indices=(0, 2), recover="none")]),
+                      slimkit.Context(task=task))
+    x = _batches(1, seed=9)[0]
+
+    def cosine(m) -> float:
+        with torch.no_grad():
+            a = m(*x).last_hidden_state.mean(1)
+            b = teacher(*x).last_hidden_state.mean(1)
+        return float(torch.nn.functional.cosine_similarity(a, b).mean())
+
+    before = cosine(student)
+    assert before < 0.99
+    ctx = slimkit.Context(task=task, teacher=teacher)
+    rec = slimkit.compress_(student, slimkit.Plan([slimkit.EncoderKD(
+        epochs=8, lr=1e-3, batch_size=8, relation_heads=4, **weights)]), ctx)
+    assert rec[0].info["layer_map"] == [1, 3]
+    assert cosine(student) > before
+    assert len(student.encoder.layer) == 2 and not any(
+        "proj" in n for n, _ in student.named_parameters())  # projections are not kept
