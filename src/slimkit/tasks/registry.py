@@ -8,7 +8,7 @@ from typing import Any
 from ..core.errors import SlimkitError
 from ..core.task import Task
 
-TASK_NAMES = ("movielens", "synthetic", "fashion-mnist")
+TASK_NAMES = ("movielens", "synthetic", "fashion-mnist", "text-encoder")
 
 
 def make_task(name: str, **kwargs: Any) -> Task:
@@ -23,6 +23,10 @@ def make_task(name: str, **kwargs: Any) -> Task:
         from .vision import VisionTask
 
         task = VisionTask.fashion_mnist(**kwargs)
+    elif name == "text-encoder":
+        from .text import TextEncoderTask
+
+        task = TextEncoderTask(**kwargs)
     else:
         raise SlimkitError(f"task: expected one of {', '.join(TASK_NAMES)}, got {name!r}")
     task.spec = {"name": name, "kwargs": kwargs}

