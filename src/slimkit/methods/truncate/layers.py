@@ -60,7 +60,9 @@ def apply_layers(model: nn.Module, config: Layers, ctx: Context) -> nn.Module:
     n = len(blocks)
     task = ctx.task
     if task is not None:
-        batches = [task.inputs(b) for b in task.calibration_batches(config.calibration_batches)]
+        # Given indices need only the shape check: one batch, not a ranking over many.
+        n_batches = config.calibration_batches if config.drop > 0 else 1
+        batches = [task.inputs(b) for b in task.calibration_batches(n_batches)]
         scores, removable = block_influence(model, blocks, batches)
         # None, not inf, for blocks never scored: metrics.json must stay valid JSON.
         ctx.info["block_influence"] = [round(s, 6) if math.isfinite(s) else None for s in scores]
