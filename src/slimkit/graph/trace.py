@@ -36,6 +36,17 @@ def tensors_of(output: Any) -> list[torch.Tensor]:
     return tensors_of(to_tuple()) if callable(to_tuple) else []
 
 
+def eval_outputs(model: nn.Module, inputs: Sequence[Any]) -> list[torch.Tensor]:
+    """The model's output tensors (as float) on `inputs` in eval mode without gradients; the
+    model's training mode is restored."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            return [t.detach().float() for t in tensors_of(model.eval()(*inputs))]
+    finally:
+        model.train(was_training)
+
+
 class _Flat(nn.Module):
     """Calls the model and returns its output tensors, so export never sees cache objects."""
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..methods.distill.losses import masked_mean_pool
 from .hf import ATTENTION, _config, _transformers, attach_spec
 
 # sentence_bert_config.json of the model: inputs longer than this are truncated.
@@ -50,9 +51,7 @@ def minilm_tokenizer() -> Any:
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of `hidden` [batch, seq, dim] over the tokens where `mask` is 1, L2-normalised: the
     pooling sentence-transformers applies to all-MiniLM-L6-v2 (Reimers and Gurevych, 2019)."""
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    summed = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-    return F.normalize(summed, dim=-1)
+    return F.normalize(masked_mean_pool(hidden, mask), dim=-1)
 
 
 @torch.inference_mode()

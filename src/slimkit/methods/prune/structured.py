@@ -22,7 +22,7 @@ from ...core import Context, Targets, check_range, register
 from ...core.errors import SlimkitError
 from ...graph.deps import Analysis, Group, analyse_units
 from ...graph.shrink import AttrFix, Keep, probe, shrink
-from ...graph.trace import tensors_of
+from ...graph.trace import eval_outputs
 from ..recovery import Recovery, recover
 from . import importance
 
@@ -157,12 +157,7 @@ def _all_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _output_shapes(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[tuple[int, ...]]:
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            return [tuple(t.shape) for t in tensors_of(model.eval()(*inputs))]
-    finally:
-        model.train(was_training)
+    return [tuple(t.shape) for t in eval_outputs(model, inputs)]
 
 
 def _scores(model: nn.Module, analysis: Analysis, groups: list[Group], config: Structured,
