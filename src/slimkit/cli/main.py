@@ -8,6 +8,7 @@ import sys
 
 from ..core.errors import SlimkitError
 from . import commands
+from .auto import add_parser as add_auto_parser
 
 EXIT_USER_ERROR = 2
 
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("artifact", help="artifact directory (model.safetensors + manifest.json)")
     ev.add_argument("--split", default="test", choices=["test", "valid"])
     ev.set_defaults(func=commands.evaluate)
+
+    add_auto_parser(sub)
 
     rep = sub.add_parser("report", help="(re)write report.html and report.md from metrics.json")
     rep.add_argument("run_dir", help="a run directory holding metrics.json")

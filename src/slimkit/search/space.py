@@ -7,8 +7,12 @@ parameters to search (`float: [lo, hi]`, `int: [lo, hi]`, `choice: [...]`) and f
       params: {ratio: {float: [0.2, 0.7]}, criterion: {choice: [l2, taylor]}}
       fixed: {targets: {names: [tower.*, head]}}
     - method: quantize.embedding
-      optional: true
       params: {bits: {choice: [8, 4, 2]}}
+      sensitivity: {bits: 2}
+
+`sensitivity` (optional) narrows the space before the search: the step is applied with these
+settings to one targeted layer at a time, and a layer that alone costs more than the quality
+budget is excluded from the step's targets for the whole search (see search/narrow.py).
 """
 
 from __future__ import annotations
@@ -30,6 +34,14 @@ class Slot:
     optional: bool
     params: dict[str, dict[str, list[Any]]]
     fixed: dict[str, Any]
+    sensitivity: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"method": self.method, "optional": self.optional,
+                                "params": self.params, "fixed": self.fixed}
+        if self.sensitivity is not None:
+            data["sensitivity"] = self.sensitivity
+        return data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,15 +72,50 @@ class SearchSpace:
             optional = step.get("optional", False)
             if not isinstance(optional, bool):
                 raise ConfigError(f"{field}.optional", optional, "true or false")
-            slots.append(Slot(str(method), optional, dict(params), dict(step.get("fixed", {}))))
-        space = cls(tuple(slots))
-        return space
+            fixed = step.get("fixed", {}) or {}
+            sensitivity = step.get("sensitivity")
+            for key, value in (("fixed", fixed), ("sensitivity", sensitivity)):
+                if value is not None and not isinstance(value, dict):
+                    raise ConfigError(f"{field}.{key}", value, "a mapping of parameter values")
+            unknown = set(step) - {"method", "optional", "params", "fixed", "sensitivity"}
+            if unknown:
+                raise ConfigError(f"{field}.{sorted(unknown)[0]}", step[sorted(unknown)[0]],
+                                  "one of method, optional, params, fixed, sensitivity")
+            config_cls, _ = lookup(method)
+            if sensitivity and "targets" not in {f.name for f in dataclasses.fields(config_cls)}:
+                raise ConfigError(f"{field}.sensitivity", sensitivity,
+                                  "nothing: only methods with a targets field are probed per layer")
+            slot = Slot(str(method), optional, dict(params), dict(fixed),
+                        None if sensitivity is None else dict(sensitivity))
+            _check_buildable(slot, field)
+            slots.append(slot)
+        return cls(tuple(slots))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": [slot.to_dict() for slot in self.slots]}
 
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
         import yaml
 
         return cls.from_dict(yaml.safe_load(Path(path).read_text()))
+
+
+def _check_buildable(slot: Slot, field: str) -> None:
+    """Fail before any trial runs: both ends of every range and every choice must build a valid
+    step (with the other parameters at their lowest value)."""
+    lowest = {name: next(iter(spec.values()))[0] for name, spec in slot.params.items()}
+    variants = [{}] + [{name: v} for name, spec in slot.params.items()
+                       for v in next(iter(spec.values()))]
+    if slot.sensitivity:
+        variants.append(dict(slot.sensitivity))
+    for variant in variants:
+        values = {**slot.fixed, **lowest, **variant}
+        try:
+            Plan.from_dict({"version": 1, "steps": [{"method": slot.method, **values}]})
+        except ConfigError as exc:
+            raise ConfigError(f"{field}.{exc.field.split('.', 1)[-1]}", exc.value,
+                              exc.expected, unknown=exc.unknown) from None
 
 
 def suggest_plan(trial: Any, space: SearchSpace) -> Plan:
@@ -90,3 +137,21 @@ def suggest_plan(trial: Any, space: SearchSpace) -> Plan:
                                                    log=kind == "log_float")
         steps.append({"method": slot.method, **values})
     return Plan.from_dict({"version": 1, "steps": steps})
+
+
+def describe(params: dict[str, Any], space: SearchSpace) -> str:
+    """`prune.magnitude(sparsity=0.62) > quantize.embedding(bits=4)`: the steps a trial's
+    parameters choose, with the searched values only (fixed ones are in the plan)."""
+    parts = []
+    for i, slot in enumerate(space.slots):
+        key = f"{i}.{slot.method}"
+        if slot.optional and not params.get(f"{key}.use", False):
+            continue
+        args = ", ".join(f"{name}={_short(params[f'{key}.{name}'])}" for name in slot.params
+                         if f"{key}.{name}" in params)
+        parts.append(f"{slot.method}({args})" if args else slot.method)
+    return " > ".join(parts) or "(no compression)"
+
+
+def _short(value: Any) -> Any:
+    return round(value, 3) if isinstance(value, float) else value

@@ -1,129 +1,204 @@
-"""The search loop: an Optuna study whose trials are plans. Each trial compresses a copy of the
-model, measures quality on the validation split, the saved artifact's bytes and latency, and
-records them on the trial; the answer is the best plan by the objective among the trials within
-the quality budget, plus the Pareto front of (quality drop, bytes, latency).
+"""The search loop: an Optuna study whose trials are compression plans.
 
-The study lives in a database (SQLite file by default, any Optuna RDB URL otherwise), so a
-search that is stopped resumes where it stopped and several processes can share one study.
-TPE is told the budget as a constraint (Optuna's constrained TPE), so it learns where the
-feasible plans are instead of discarding the rest.
+The study lives in a database (a SQLite file by default, any Optuna RDB URL otherwise), so a
+search that is stopped resumes where it stopped and several processes, on one machine or many,
+share one study: each asks the study for the next trial, so no trial is run twice or lost. The
+first process records the baseline, the budget and the (narrowed) search space on the study;
+the others check they compress the same model for the same target. TPE is told the budget as a
+constraint (Optuna's constrained TPE) so it learns where the feasible plans are; NSGA-II
+searches the (drop, bytes, latency) front directly.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
-import time
+import os
+import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from torch import nn
 
-from ..core import Context
-from ..core.compress import compress_
 from ..core.errors import SlimkitError
 from ..export.artifact import artifact_bytes, save
-from .space import SearchSpace, suggest_plan
+from . import records
+from .narrow import narrow
+from .objective import TrialFunction, counted
+from .space import SearchSpace
+from .storage import fail_dead_local_trials, open_study, requeue
+from .trial import latency_ms
 
 log = logging.getLogger(__name__)
 Objective = Literal["size", "latency"]
+OBJECTIVE_KEYS = {"size": "bytes", "latency": "latency_ms"}
 
 
 @dataclasses.dataclass
 class SearchResult:
-    trials: list[dict[str, Any]]  # every finished trial: number, plan, metrics, bytes, ms, drop
+    trials: list[dict[str, Any]]  # every trial of the study, any state (see records.trial_row)
     best: dict[str, Any] | None  # best by the objective within the budget (None: none fits)
-    pareto: list[dict[str, Any]]  # non-dominated trials on (drop, bytes, latency)
+    pareto: list[dict[str, Any]]  # non-dominated measured trials on (drop, bytes, latency)
     baseline: dict[str, Any]
+    sensitivity: list[dict[str, Any]]
+    data: dict[str, Any]  # everything above as written to search.json
+
+    @property
+    def finished(self) -> list[dict[str, Any]]:
+        return [t for t in self.trials if t["state"] in ("COMPLETE", "PRUNED")]
 
 
-def _latency_ms(model: nn.Module, inputs: tuple[torch.Tensor, ...], repeats: int = 7) -> float:
-    model.eval()
-    times = []
-    with torch.inference_mode():
-        model(*inputs)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(*inputs)
-            times.append((time.perf_counter() - start) * 1e3)
-    return sorted(times)[len(times) // 2]
+def _check_args(objective: str, sampler: str, trials: int, max_drop: float, keep: str) -> None:
+    if objective not in OBJECTIVE_KEYS:
+        raise SlimkitError(f"objective: expected 'size' or 'latency', got {objective!r}")
+    if sampler not in ("tpe", "nsga2"):
+        raise SlimkitError(f"sampler: expected 'tpe' or 'nsga2', got {sampler!r}")
+    if not isinstance(trials, int) or trials < 1:
+        raise SlimkitError(f"trials: expected an integer >= 1, got {trials!r}")
+    if not max_drop >= 0:
+        raise SlimkitError(f"max_drop: expected a number >= 0, got {max_drop!r}")
+    if keep not in ("all", "pareto"):
+        raise SlimkitError(f"keep: expected 'all' or 'pareto', got {keep!r}")
 
 
-def _measure(model: nn.Module, task: Any, path: Path, batch: int) -> dict[str, Any]:
-    metrics = task.evaluate(model, "valid")
-    save(model, path, metrics={"valid": metrics}, task=task)
-    return {"metrics": metrics, "bytes": artifact_bytes(path),
-            "latency_ms": _latency_ms(model, tuple(task.example_inputs(batch)))}
-
-
-def _drop(task: Any, base: dict[str, float], metrics: dict[str, float]) -> float:
-    """Quality lost relative to the baseline, positive = worse, in the primary metric's units."""
-    key = task.primary_metric
-    sign = 1.0 if task.higher_is_better else -1.0
-    return sign * (base[key] - metrics[key])
+def _agree(study: Any, key: str, value: Any, field: str) -> Any:
+    """Record `value` on a new study; on an existing one, insist it is the same."""
+    stored = study.user_attrs.get(key)
+    if stored is None:
+        study.set_user_attr(key, value)
+        return value
+    if stored != value:
+        raise SlimkitError(f"{field}: study {study.study_name!r} was started with {stored!r}, "
+                           f"got {value!r} (use the same settings, or another study name)")
+    return stored
 
 
 def auto(model: nn.Module, task: Any, space: SearchSpace, *, max_drop: float,
          objective: Objective = "size", trials: int = 30, out: str | Path = "runs/auto",
          storage: str | None = None, study_name: str = "slimkit", seed: int = 0,
-         latency_batch: int = 512, sampler: Literal["tpe", "nsga2"] = "tpe") -> SearchResult:
-    """Run (or resume) the search until the study holds `trials` finished trials."""
-    try:
-        import optuna
-    except ImportError:
-        raise SlimkitError("auto: needs optuna (pip install 'slimkit[search]')") from None
-    if objective not in ("size", "latency"):
-        raise SlimkitError(f"objective: expected 'size' or 'latency', got {objective!r}")
+         latency_batch: int = 512, sampler: Literal["tpe", "nsga2"] = "tpe",
+         sensitivity: bool = True, early_stop: bool = True, keep: str = "all",
+         on_trial: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
+         ) -> SearchResult:
+    """Run (or join, or resume) the search until the study holds `trials` finished trials.
+
+    `model` is never modified. Artifacts: `out/baseline`, `out/trials/NNNN` (every measured
+    trial; with keep="pareto" only the front and the best stay); `out/search.json` and
+    `out/report.html` are rewritten after every trial; `on_trial(row, data)` sees each
+    finished trial's row and the whole search.json content.
+    """
+    _check_args(objective, sampler, trials, max_drop, keep)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    baseline = _measure(model, task, out / "baseline", latency_batch)
-    key = "bytes" if objective == "size" else "latency_ms"
+    study = open_study(storage, study_name, sampler=sampler, seed=seed, trials=trials)
+    key = OBJECTIVE_KEYS[objective]
+    _agree(study, "max_drop", float(max_drop), "max_drop")
+    _agree(study, "objective", objective, "objective")
+    _agree(study, "space", space.to_dict(), "space")
 
-    def run_trial(trial: Any) -> float:
-        plan = suggest_plan(trial, space)
-        candidate = copy.deepcopy(model)
-        ctx = Context(task=task, seed=seed + trial.number)
-        compress_(candidate, plan, ctx)
-        result = _measure(candidate, task, out / "trials" / f"{trial.number:04d}", latency_batch)
-        drop = _drop(task, baseline["metrics"], result["metrics"])
-        trial.set_user_attr("plan", plan.to_dict())
-        trial.set_user_attr("metrics", result["metrics"])
-        trial.set_user_attr("bytes", result["bytes"])
-        trial.set_user_attr("latency_ms", result["latency_ms"])
-        trial.set_user_attr("drop", drop)
-        trial.set_constraint("quality_drop", drop - max_drop)  # feasible when <= 0
-        return float(result[key])
+    baseline = _baseline(model, task, out / "baseline", latency_batch)
+    stored = study.user_attrs.get("baseline_metrics")
+    if stored is None:
+        study.set_user_attr("baseline_metrics", baseline["metrics"])
+    elif any(abs(stored[k] - baseline["metrics"].get(k, float("nan"))) > 1e-6 for k in stored):
+        raise SlimkitError(f"model: study {study_name!r} was started from a model with "
+                           f"{stored}, this one has {baseline['metrics']} (pass the same "
+                           "model, or another study name)")
+    baseline["metrics"] = stored or baseline["metrics"]  # every worker judges drops alike
+    if sensitivity and "narrowed_space" not in study.user_attrs:
+        narrowed, rows = narrow(model, task, space, max_drop=max_drop, seed=seed,
+                                baseline=baseline["metrics"][task.primary_metric])
+        study.set_user_attr("narrowed_space", narrowed.to_dict())
+        study.set_user_attr("sensitivity", rows)
+    narrowed = SearchSpace.from_dict(study.user_attrs.get("narrowed_space", space.to_dict()))
+    context = {"task": task.name, "primary_metric": task.primary_metric,
+               "higher_is_better": task.higher_is_better, "max_drop": float(max_drop),
+               "objective": objective, "latency_batch": latency_batch,
+               "storage": storage, "study_name": study_name, "baseline": baseline}
 
-    chosen: Any = optuna.samplers.TPESampler(seed=seed) if sampler == "tpe" \
-        else optuna.samplers.NSGAIISampler(seed=seed)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=study_name, storage=storage, sampler=chosen,
-                                direction="minimize", load_if_exists=True)
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    # A trial killed mid-way stays RUNNING in the database; it is not counted and not redone.
-    left = trials - len(done)
-    if left > 0:
-        study.optimize(run_trial, n_trials=left, catch=(SlimkitError,))
-    finished = [_row(t) for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    feasible = [r for r in finished if r["drop"] <= max_drop]
-    best = min(feasible, key=lambda r: r[key]) if feasible else None
-    return SearchResult(finished, best, pareto_front(finished), baseline)
+    teacher = copy.deepcopy(model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    fail_dead_local_trials(study)
+    run = TrialFunction(model, teacher, task, narrowed, baseline, out, worker,
+                        max_drop=max_drop, key=key, seed=seed, batch=latency_batch,
+                        early_stop=early_stop, multi=sampler == "nsga2", trials=trials)
+    while counted(study.get_trials(deepcopy=False)) < trials:
+        # One trial per call: optimize() keeps the heartbeat and fails stale trials for us.
+        try:
+            study.optimize(run, n_trials=1, catch=(SlimkitError,))
+        except BaseException:  # Ctrl-C: optimize() recorded the trial FAIL; queue it again
+            requeue(study, run.last_number)
+            raise
+        if run.over_budget:
+            break
+        data = write_outputs(study, out, context)
+        if on_trial is not None and run.last_number is not None:
+            on_trial(next(r for r in data["trials"] if r["number"] == run.last_number), data)
+    data = write_outputs(study, out, context)
+    if keep == "pareto":
+        _drop_dominated_artifacts(data, out)
+        write_data(data, out)
+    rows = data["trials"]
+    best = next((r for r in rows if r["best"]), None)
+    return SearchResult(rows, best, [r for r in rows if r["pareto"]], baseline,
+                        data.get("sensitivity", []), data)
 
 
-def _row(trial: Any) -> dict[str, Any]:
-    attrs = trial.user_attrs
-    return {"number": trial.number, "plan": attrs["plan"], "metrics": attrs["metrics"],
-            "bytes": attrs["bytes"], "latency_ms": attrs["latency_ms"], "drop": attrs["drop"]}
+def _baseline(model: nn.Module, task: Any, path: Path, batch: int) -> dict[str, Any]:
+    """The uncompressed model measured like a trial; its artifact is written once (workers
+    sharing the directory reuse it when it holds the same model)."""
+    metrics = task.evaluate(model, "valid")
+    manifest = path / "manifest.json"
+    if not (manifest.is_file() and
+            json.loads(manifest.read_text()).get("metrics", {}).get("valid") == metrics):
+        save(model, path, metrics={"valid": metrics}, task=task)
+    return {"metrics": metrics, "bytes": artifact_bytes(path), "artifact": "baseline",
+            "latency_ms": latency_ms(model, tuple(task.example_inputs(batch)))}
 
 
-def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows no other row beats on all of drop, bytes and latency (and strictly on one)."""
-    keys = ("drop", "bytes", "latency_ms")
+def collect(study: Any, context: dict[str, Any]) -> dict[str, Any]:
+    """search.json's content, read back from the study (so any worker writes the same)."""
+    rows = [records.trial_row(t) for t in study.get_trials(deepcopy=False)]
+    key = OBJECTIVE_KEYS[context["objective"]]
+    best = records.annotate(rows, max_drop=context["max_drop"], key=key)
+    data: dict[str, Any] = {"version": 1, "title": f"slimkit auto: {context['task']}",
+                            **context, "trials": rows, "best": None, "best_position": None,
+                            "pareto": [r["number"] for r in rows if r["pareto"]],
+                            "sensitivity": study.user_attrs.get("sensitivity", [])}
+    if best is not None:
+        position, size = records.front_position(rows, best, key)
+        data["best"] = best["number"]
+        data["best_position"] = {"position": position, "front_size": size, "by": key}
+    return data
 
-    def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
-        return all(a[k] <= b[k] for k in keys) and any(a[k] < b[k] for k in keys)
 
-    return [r for r in rows if not any(dominates(o, r) for o in rows if o is not r)]
+def write_outputs(study: Any, out: Path, context: dict[str, Any]) -> dict[str, Any]:
+    """Write search.json and report.html atomically; returns the data."""
+    return write_data(collect(study, context), out)
+
+
+def write_data(data: dict[str, Any], out: Path) -> dict[str, Any]:
+    from ..report import _write_atomic
+
+    _write_atomic(out / "search.json", json.dumps(data, indent=1).encode())
+    try:
+        from ..report.search_html import write_search_report
+    except ImportError:  # the page is optional; search.json holds everything
+        return data
+    write_search_report(out, data)
+    return data
+
+
+def _drop_dominated_artifacts(data: dict[str, Any], out: Path) -> None:
+    import shutil
+
+    for row in data["trials"]:
+        if row["artifact"] and not (row["pareto"] or row["best"]):
+            shutil.rmtree(out / row["artifact"], ignore_errors=True)
+            row["artifact"] = None

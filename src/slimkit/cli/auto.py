@@ -1,0 +1,156 @@
+"""`slimkit auto`: search for the best plan within a quality budget, print the trials as they
+finish, the Pareto front, and the answer measured again on the test split."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.table import Table
+
+from .. import Context, SlimkitError, load, make_task
+from .progress import console
+
+DEFAULT_SPACES = {"movielens": "ctr", "synthetic": "ctr"}
+
+
+def add_parser(sub: Any) -> None:
+    auto = sub.add_parser("auto", help="search plans until the model meets its target: the "
+                          "smallest (or fastest) plan within a quality budget, plus the Pareto "
+                          "front; resumable, several workers may share one study")
+    auto.add_argument("--task", default="movielens", choices=sorted(DEFAULT_SPACES))
+    auto.add_argument("--task-opt", action="append", default=[], metavar="KEY=VALUE",
+                      help="task option, e.g. n_rows=5000 for the synthetic task (repeatable)")
+    auto.add_argument("--model", help="input model: an artifact directory or a state-dict "
+                      "checkpoint (default: OUT/baseline if there, else train a teacher)")
+    auto.add_argument("--arch", default="deepfm", choices=["deepfm", "dcnv2"])
+    auto.add_argument("--max-drop", type=float, required=True,
+                      help="quality budget: largest allowed drop of the task's primary metric "
+                      "(e.g. 0.002 AUC)")
+    auto.add_argument("--objective", default="size", choices=["size", "latency"])
+    auto.add_argument("--trials", type=int, default=30, help="finished trials the study should "
+                      "hold (counted across runs and workers; default 30)")
+    auto.add_argument("--storage", help="Optuna RDB URL (default: sqlite:///OUT/study.db); "
+                      "e.g. postgresql://user@host/db for workers on several machines")
+    auto.add_argument("--study", default="slimkit", help="study name in the storage")
+    auto.add_argument("--space", help="search space YAML (default: recipes/search-ctr.yaml's "
+                      "content, embedded)")
+    auto.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2"],
+                      help="tpe: best plan under the budget; nsga2: the whole Pareto front")
+    auto.add_argument("--out", default="runs/auto", help="directory for artifacts, search.json "
+                      "and report.html (default: runs/auto)")
+    auto.add_argument("--seed", type=int, default=0)
+    auto.add_argument("--latency-batch", type=int, default=512)
+    auto.add_argument("--no-sensitivity", action="store_true",
+                      help="do not narrow the space by per-layer sensitivity")
+    auto.add_argument("--no-early-stop", action="store_true",
+                      help="run every trial to the end, even when it cannot fit the budget")
+    auto.add_argument("--keep", default="all", choices=["all", "pareto"],
+                      help="trial artifacts to keep at the end (default: all)")
+    auto.set_defaults(func=run_auto)
+
+
+def _space(args: argparse.Namespace) -> Any:
+    from ..search import SearchSpace
+
+    if args.space:
+        if not Path(args.space).is_file():
+            raise SlimkitError(f"--space: no such file {args.space!r}")
+        return SearchSpace.load(args.space)
+    import yaml
+
+    from ..tasks.ctr.search_space import CTR_SPACE_YAML
+
+    return SearchSpace.from_dict(yaml.safe_load(CTR_SPACE_YAML))
+
+
+def _model(args: argparse.Namespace, task: Any) -> torch.nn.Module:
+    from .commands import _load_input_model, _teacher
+
+    if args.model:
+        return _load_input_model(Path(args.model), task, args.arch)
+    saved = Path(args.out) / "baseline"
+    if (saved / "manifest.json").is_file():  # a resumed run or a second worker: same teacher
+        console.print(f"model: {saved} (the teacher of this search)")
+        return load(saved).model
+    console.print(f"training a {args.arch} teacher on {task.name} ...")
+    return _teacher(task, args.arch, args.seed, Context(task=task, seed=args.seed))[0]
+
+
+def _trial_line(row: dict[str, Any], base: dict[str, Any], metric: str) -> None:
+    if row["bytes"] is None:
+        console.print(f"trial {row['number']:>3} {row['state']:<9} {row['note']}")
+        return
+    mark = "[green]fits[/]" if row["feasible"] else "[red]over[/]"
+    console.print(f"trial {row['number']:>3} {mark} {metric} drop {row['drop']:+.4f}  "
+                  f"{row['bytes'] / 1024:8.1f} KB ({base['bytes'] / row['bytes']:5.1f}x)  "
+                  f"{row['latency_ms']:6.3f} ms  {row['steps']}")
+
+
+def _front_table(result: Any, metric: str) -> Table:
+    base = result.baseline
+    table = Table(title="Pareto front (quality drop, bytes, latency) of the finished trials")
+    for col in ("trial", f"{metric} drop", "KB", "x smaller", "ms", "x faster", "fits", "plan"):
+        table.add_column(col, justify="left" if col == "plan" else "right")
+    for r in sorted(result.pareto, key=lambda r: r["bytes"]):
+        table.add_row(f"{r['number']}{' *' if r['best'] else ''}", f"{r['drop']:+.4f}",
+                      f"{r['bytes'] / 1024:.1f}", f"{base['bytes'] / r['bytes']:.1f}",
+                      f"{r['latency_ms']:.3f}", f"{base['latency_ms'] / r['latency_ms']:.2f}",
+                      "yes" if r["feasible"] else "no", r["steps"])
+    return table
+
+
+def run_auto(args: argparse.Namespace) -> int:
+    from ..search import auto
+    from .commands import _task_options
+
+    space = _space(args)  # validated before any data or model is touched
+    if not args.max_drop >= 0:
+        raise SlimkitError(f"--max-drop: expected a number >= 0, got {args.max_drop}")
+    if args.trials < 1:
+        raise SlimkitError(f"--trials: expected an integer >= 1, got {args.trials}")
+    try:
+        task = make_task(args.task, **_task_options(args.task_opt))
+    except (TypeError, ValueError) as exc:
+        raise SlimkitError(f"--task-opt: {exc}") from None
+    model = _model(args, task)
+    metric = task.primary_metric
+    result = auto(model, task, space, max_drop=args.max_drop, objective=args.objective,
+                  trials=args.trials, out=args.out, storage=args.storage,
+                  study_name=args.study, seed=args.seed, latency_batch=args.latency_batch,
+                  sampler=args.sampler, sensitivity=not args.no_sensitivity,
+                  early_stop=not args.no_early_stop, keep=args.keep,
+                  on_trial=lambda row, data: _trial_line(row, data["baseline"], metric))
+    return _summary(result, task, Path(args.out), metric)
+
+
+def _summary(result: Any, task: Any, out: Path, metric: str) -> int:
+    from ..search.trial import quality_drop
+
+    counts: dict[str, int] = {}
+    for r in result.trials:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    console.print("trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
+    if result.pareto:
+        console.print(_front_table(result, metric))
+    best, base = result.best, result.baseline
+    if best is None:
+        console.print(f"no trial fits the budget ({metric} drop <= "
+                      f"{result.data['max_drop']}); see {out / 'report.html'}")
+        return 1
+    where = result.data["best_position"]
+    test_drop = quality_drop(task, task.evaluate(load(out / "baseline").model, "test"),
+                             task.evaluate(load(out / best["artifact"]).model, "test"))
+    console.print(
+        f"best within the budget: trial {best['number']}, {base['bytes'] / best['bytes']:.1f}x "
+        f"smaller ({best['bytes'] / 1024:.1f} KB), {base['latency_ms'] / best['latency_ms']:.2f}x "
+        f"faster at batch {result.data['latency_batch']}, {metric} drop {best['drop']:+.4f} on "
+        f"valid ({test_drop:+.4f} on test); rank {best['rank']} (on the Pareto front), "
+        f"position {where['position']} of {where['front_size']} front points by "
+        f"{'size' if where['by'] == 'bytes' else 'latency'}")
+    console.print(f"plan: {best['steps']}")
+    console.print(f"artifact: {out / best['artifact']}   report: {out / 'report.html'}   "
+                  f"trials: {out / 'search.json'}")
+    return 0

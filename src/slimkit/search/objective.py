@@ -1,0 +1,82 @@
+"""The function Optuna calls for each trial: pick a plan, run it, record everything on the trial
+(plan, searched steps, metrics, bytes, latency, drop, artifact, worker, why it stopped)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..core.errors import SlimkitError
+from .space import SearchSpace, describe, suggest_plan
+from .trial import Hopeless, run_plan_trial
+
+log = logging.getLogger(__name__)
+COUNTED = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")  # a failed trial leaves its slot free
+INTERRUPTED = "interrupted"
+
+
+class OverBudget(SlimkitError):
+    """Another worker took the study's last trial slot while this one was asking."""
+
+
+def counted(trials: list[Any], below: int | None = None) -> int:
+    """Trials that hold a slot of the budget (optionally only those numbered below `below`)."""
+    return sum(t.state.name in COUNTED and (below is None or t.number < below) for t in trials)
+
+
+class TrialFunction:
+    """Run one plan per call; `last_number` / `over_budget` tell the loop what happened."""
+
+    def __init__(self, model: nn.Module, teacher: nn.Module, task: Any, space: SearchSpace,
+                 baseline: dict[str, Any], out: Path, worker: str, *, max_drop: float,
+                 key: str, seed: int, batch: int, early_stop: bool, multi: bool,
+                 trials: int) -> None:
+        self.model, self.teacher, self.task, self.space = model, teacher, task, space
+        self.baseline, self.out, self.worker = baseline, out, worker
+        self.max_drop, self.key, self.seed, self.batch = max_drop, key, seed, batch
+        self.early_stop, self.multi, self.trials = early_stop, multi, trials
+        self.last_number: int | None = None
+        self.over_budget = False
+
+    def __call__(self, trial: Any) -> Any:
+        import optuna
+
+        self.last_number = trial.number
+        trial.set_user_attr("worker", self.worker)
+        # Workers check the budget before asking; two asking at once may overshoot by one.
+        if counted(trial.study.get_trials(deepcopy=False), below=trial.number) >= self.trials:
+            self.over_budget = True
+            trial.set_user_attr("note", "not run: the trial budget was reached")
+            raise OverBudget("the trial budget was reached by other workers")
+        plan = suggest_plan(trial, self.space)
+        trial.set_user_attr("plan", plan.to_dict())
+        trial.set_user_attr("steps", describe(trial.params, self.space))
+        trial.set_user_attr("note", INTERRUPTED)  # what stays if the process dies mid-trial
+        artifact = f"trials/{trial.number:04d}"
+        try:
+            result = run_plan_trial(
+                self.model, self.teacher, self.task, plan, baseline=self.baseline["metrics"],
+                max_drop=self.max_drop, seed=self.seed, path=self.out / artifact,
+                batch=self.batch, early_stop=self.early_stop,
+                report=None if self.multi else lambda step, drop: trial.report(drop, step))
+        except Hopeless as stop:
+            trial.set_user_attr("note", str(stop))
+            trial.set_user_attr("intermediate_drop", stop.drop)
+            trial.set_constraint("quality_drop", stop.drop - self.max_drop)
+            log.info("trial %d: %s", trial.number, stop)
+            raise optuna.TrialPruned(str(stop)) from None
+        except SlimkitError as exc:
+            trial.set_user_attr("note", f"failed: {exc}")
+            log.warning("trial %d failed: %s", trial.number, exc)
+            raise
+        trial.set_user_attr("note", "")
+        for name in ("metrics", "bytes", "latency_ms", "drop"):
+            trial.set_user_attr(name, result[name])
+        trial.set_user_attr("artifact", artifact)
+        trial.set_constraint("quality_drop", result["drop"] - self.max_drop)  # fits when <= 0
+        if self.multi:
+            return result["drop"], result["bytes"], result["latency_ms"]
+        return result[self.key]
