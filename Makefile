@@ -11,6 +11,8 @@ FASHION := /usr/share/datasets/fashion-mnist
 $(STAMP): pyproject.toml Makefile
 	# Fashion-MNIST (the vision task's data) ships as a Debian package.
 	test -d $(FASHION) || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist)
+	# The search report's test drives Debian's chromium through chromedriver (no network).
+	test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: this exact spec resolves to the local CPU build.

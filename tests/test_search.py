@@ -1,15 +1,23 @@
-"""Automatic search: plans from a space, budget, resume from the same storage, Pareto front."""
+"""Automatic search: space validation, every trial recorded, resume from the same storage,
+sensitivity narrowing, early stop of hopeless trials, Pareto front and ranks."""
 
 from __future__ import annotations
 
+import copy
+import json
+
 import pytest
+import torch
 
 import slimkit
 
 optuna = pytest.importorskip("optuna")
 
-from slimkit.search import SearchSpace, auto  # noqa: E402
-from slimkit.search.study import pareto_front  # noqa: E402
+from slimkit.core import compress_  # noqa: E402
+from slimkit.core.plan import Plan  # noqa: E402
+from slimkit.search import SearchSpace, auto, narrow  # noqa: E402
+from slimkit.search.records import nondominated_ranks, pareto_front  # noqa: E402
+from slimkit.search.trial import Hopeless, run_plan_trial  # noqa: E402
 
 SPACE = {"steps": [
     {"method": "prune.structured", "optional": True,
@@ -25,29 +33,107 @@ def test_space_errors_name_the_field() -> None:
     with pytest.raises(slimkit.ConfigError, match=r"steps\[0\].params.ratio"):
         SearchSpace.from_dict({"steps": [{"method": "prune.structured",
                                           "params": {"ratio": {"between": [0, 1]}}}]})
+    # The upper end of a range is checked too, before any trial runs.
+    with pytest.raises(slimkit.ConfigError, match=r"steps\[0\].sparsity.*1.5"):
+        SearchSpace.from_dict({"steps": [{"method": "prune.magnitude",
+                                          "params": {"sparsity": {"float": [0.5, 1.5]}}}]})
+    with pytest.raises(slimkit.ConfigError, match=r"steps\[0\].bits.*3"):
+        SearchSpace.from_dict({"steps": [{"method": "quantize.embedding",
+                                          "params": {"bits": {"choice": [8, 3]}}}]})
+    with pytest.raises(slimkit.ConfigError, match=r"steps\[0\].sensitivity"):
+        SearchSpace.from_dict({"steps": [{"method": "distill.logits",
+                                          "sensitivity": {"epochs": 1.0}}]})
+    with pytest.raises(slimkit.ConfigError, match=r"steps\[0\].fixd"):
+        SearchSpace.from_dict({"steps": [{"method": "finetune", "fixd": {}}]})
 
 
 def test_search_records_every_trial_and_resumes(make_model, tiny_task, tmp_path) -> None:
     space = SearchSpace.from_dict(SPACE)
     model = make_model("deepfm")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    first = auto(model, tiny_task, space, max_drop=0.05, trials=3, out=tmp_path / "run",
-                 storage=storage, latency_batch=64)
-    assert [r["number"] for r in first.trials] == [0, 1, 2]
-    again = auto(model, tiny_task, space, max_drop=0.05, trials=5, out=tmp_path / "run",
-                 storage=storage, latency_batch=64)
-    assert [r["number"] for r in again.trials] == [0, 1, 2, 3, 4]
-    assert again.trials[:3] == first.trials  # the first trials are intact
-    for row in again.trials:
-        assert (tmp_path / "run" / "trials" / f"{row['number']:04d}" / "manifest.json").is_file()
-    if again.best is not None:
-        feasible = [r for r in again.trials if r["drop"] <= 0.05]
+    kw = dict(max_drop=0.05, out=tmp_path / "run", storage=storage, latency_batch=64)
+    first = auto(model, tiny_task, space, trials=3, **kw)
+    assert [r["number"] for r in first.finished] == [0, 1, 2]
+    again = auto(model, tiny_task, space, trials=5, **kw)
+    assert [r["number"] for r in again.finished] == [0, 1, 2, 3, 4]
+    raw = ("number", "state", "plan", "params", "metrics", "bytes", "latency_ms", "drop",
+           "artifact", "worker", "note")
+    # The first trials are intact (ranks and the front may change as trials arrive).
+    assert [{k: r[k] for k in raw} for r in again.trials[:3]] == \
+        [{k: r[k] for k in raw} for r in first.trials]
+    for key, value in model.state_dict().items():  # the input model is never modified
+        assert torch.equal(value, before[key])
+    for row in again.finished:
+        if row["state"] == "COMPLETE":
+            assert (tmp_path / "run" / row["artifact"] / "manifest.json").is_file()
+            assert row["plan"]["version"] == 1 and row["steps"]
+    measured = [r for r in again.trials if r["bytes"] is not None]
+    feasible = [r for r in measured if r["drop"] <= 0.05]
+    if feasible:
         assert again.best["bytes"] == min(r["bytes"] for r in feasible)
-    assert again.pareto and all(r in again.trials for r in again.pareto)
+        assert again.best["rank"] == 1 and again.data["best_position"]["position"] >= 1
+    assert again.pareto and all(r["rank"] == 1 for r in again.pareto)
+    saved = json.loads((tmp_path / "run" / "search.json").read_text())
+    assert [r["number"] for r in saved["trials"]] == [r["number"] for r in again.trials]
+    assert saved["baseline"]["bytes"] > max(r["bytes"] for r in measured if r["steps"] !=
+                                            "(no compression)") or not measured
+    # A study answers only to the target it was started with.
+    with pytest.raises(slimkit.SlimkitError, match="max_drop"):
+        auto(model, tiny_task, space, trials=5, **{**kw, "max_drop": 0.01})
+    with pytest.raises(slimkit.SlimkitError, match="model"):
+        auto(make_model("deepfm", seed=1), tiny_task, space, trials=5, **kw)
 
 
-def test_pareto_front_keeps_only_non_dominated() -> None:
+def test_narrowing_excludes_layers_over_the_budget(make_model, tiny_task) -> None:
+    model = make_model("deepfm")
+    space = SearchSpace.from_dict({"steps": [
+        {"method": "quantize.embedding", "params": {"bits": {"choice": [8, 4]}},
+         "sensitivity": {"bits": 2}}]})
+    drops = {r["layer"]: r["drop"] for r in narrow(model, tiny_task, space, max_drop=1.0)[1]}
+    assert len(drops) >= 4  # every embedding table was probed
+    budget = sorted(drops.values())[len(drops) // 2]  # half the tables are over it
+    narrowed, rows = narrow(model, tiny_task, space, max_drop=budget)
+    excluded = {r["layer"] for r in rows if not r["kept"]}
+    assert excluded == {layer for layer, d in drops.items() if d > budget} and excluded
+    config = Plan.from_dict({"version": 1, "steps": [
+        {"method": "quantize.embedding", "bits": 4, **narrowed.slots[0].fixed}]}).steps[0]
+    candidate = copy.deepcopy(model)
+    compress_(candidate, Plan(steps=(config,)), slimkit.Context(task=tiny_task))
+    for layer in drops:
+        untouched = type(candidate.get_submodule(layer)) is type(model.get_submodule(layer))
+        assert untouched == (layer in excluded)
+
+
+def test_hopeless_trial_stops_after_the_step_that_ruins_it(make_model, tiny_task,
+                                                           tmp_path) -> None:
+    model = make_model("deepfm")
+    finetune = Plan.from_dict({"version": 1, "steps": [{"method": "finetune", "epochs": 3.0}]})
+    compress_(model, finetune, slimkit.Context(task=tiny_task))  # a model with quality to lose
+    base = tiny_task.evaluate(model, "valid")
+    ruin = {"method": "prune.magnitude", "sparsity": 0.99, "targets": {"names": ["*"]}}
+    then_quantize = Plan.from_dict({"version": 1, "steps": [
+        ruin, {"method": "quantize.embedding", "bits": 8}]})
+    seen: list[tuple[int, float]] = []
+    with pytest.raises(Hopeless) as stop:
+        run_plan_trial(model, model, tiny_task, then_quantize, baseline=base, max_drop=1e-4,
+                       seed=0, path=tmp_path / "a", batch=64,
+                       report=lambda step, drop: seen.append((step, drop)))
+    assert stop.value.step == 0 and seen and seen[0][0] == 0
+    assert not (tmp_path / "a").exists()  # nothing measured or saved for a stopped trial
+    # With training still to come the bar is looser (10x the budget), so a small loss passes.
+    drop = seen[0][1]
+    then_train = Plan.from_dict({"version": 1, "steps": [
+        ruin, {"method": "distill.logits", "epochs": 0.2}]})
+    result = run_plan_trial(model, model, tiny_task, then_train, baseline=base,
+                            max_drop=drop / 5, seed=0, path=tmp_path / "b", batch=64)
+    assert (tmp_path / "b" / "manifest.json").is_file() and result["bytes"] > 0
+
+
+def test_pareto_front_and_ranks() -> None:
     rows = [{"drop": 0.0, "bytes": 10, "latency_ms": 1.0},
             {"drop": 0.1, "bytes": 5, "latency_ms": 1.0},
-            {"drop": 0.1, "bytes": 10, "latency_ms": 1.0}]
+            {"drop": 0.1, "bytes": 10, "latency_ms": 1.0},
+            {"drop": 0.2, "bytes": 10, "latency_ms": 2.0}]
     assert pareto_front(rows) == rows[:2]
+    assert nondominated_ranks(rows) == [1, 1, 2, 3]

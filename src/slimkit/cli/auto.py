@@ -141,16 +141,22 @@ def _summary(result: Any, task: Any, out: Path, metric: str) -> int:
                       f"{result.data['max_drop']}); see {out / 'report.html'}")
         return 1
     where = result.data["best_position"]
-    test_drop = quality_drop(task, task.evaluate(load(out / "baseline").model, "test"),
-                             task.evaluate(load(out / best["artifact"]).model, "test"))
+    artifact = out / best["artifact"]
+    local = (artifact / "manifest.json").is_file()  # else another worker ran it
+    test = ""
+    if local:
+        drop = quality_drop(task, task.evaluate(load(out / "baseline").model, "test"),
+                            task.evaluate(load(artifact).model, "test"))
+        test = f" ({drop:+.4f} on test)"
     console.print(
         f"best within the budget: trial {best['number']}, {base['bytes'] / best['bytes']:.1f}x "
         f"smaller ({best['bytes'] / 1024:.1f} KB), {base['latency_ms'] / best['latency_ms']:.2f}x "
         f"faster at batch {result.data['latency_batch']}, {metric} drop {best['drop']:+.4f} on "
-        f"valid ({test_drop:+.4f} on test); rank {best['rank']} (on the Pareto front), "
-        f"position {where['position']} of {where['front_size']} front points by "
+        f"valid{test}; rank {best['rank']} (1 = on the Pareto front), position "
+        f"{where['position']} of {where['front_size']} front points by "
         f"{'size' if where['by'] == 'bytes' else 'latency'}")
     console.print(f"plan: {best['steps']}")
-    console.print(f"artifact: {out / best['artifact']}   report: {out / 'report.html'}   "
+    where_art = artifact if local else f"{best['artifact']} in the --out of worker {best['worker']}"
+    console.print(f"artifact: {where_art}   report: {out / 'report.html'}   "
                   f"trials: {out / 'search.json'}")
     return 0

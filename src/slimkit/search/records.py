@@ -59,8 +59,11 @@ def annotate(rows: list[dict[str, Any]], *, max_drop: float, key: str) -> dict[s
         r["rank"], r["pareto"] = rank, rank == 1
         r["feasible"] = r["drop"] <= max_drop
     feasible = [r for r in measured if r["feasible"]]
-    # Ties on the objective go to the smaller drop, then to the earlier trial.
-    best = min(feasible, key=lambda r: (r[key], r["drop"], r["number"])) if feasible else None
+    # Ties on the objective go to the smaller drop, then the other cost, then the earlier trial
+    # (so the answer is always on the front).
+    other = "latency_ms" if key == "bytes" else "bytes"
+    best = min(feasible, key=lambda r: (r[key], r["drop"], r[other], r["number"])) \
+        if feasible else None
     if best is not None:
         best["best"] = True
     return best

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
+import time
 import warnings
 from typing import Any
 
@@ -41,14 +43,19 @@ def open_study(url: str, name: str, *, sampler: str, seed: int, trials: int) -> 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # SQLite serialises writers; wait for the lock instead of failing when workers collide.
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    try:
-        storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
-                             grace_period=GRACE_S,
-                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
-    except (ImportError, ValueError) as exc:
-        raise SlimkitError(f"storage: cannot open {url!r} ({_first_line(exc)})") from None
-    except Exception as exc:  # sqlalchemy's errors: bad URL, unreachable server, no driver
-        raise SlimkitError(f"storage: cannot open {url!r} ({_first_line(exc)})") from None
+    for attempt in range(5):
+        try:
+            storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
+                                 grace_period=GRACE_S, heartbeat_stale_trial_callback=(
+                                     RetryHeartbeatStaleTrialCallback(max_retry=1)))
+            break
+        except Exception as exc:  # sqlalchemy's: bad URL, unreachable server, no driver
+            # Workers starting together on a new database race to create its tables.
+            racing = type(exc).__name__ in ("IntegrityError", "OperationalError")
+            if racing and attempt < 4:
+                time.sleep(0.2 + random.random())
+                continue
+            raise SlimkitError(f"storage: cannot open {url!r} ({_first_line(exc)})") from None
     directions = ["minimize"] * (3 if sampler == "nsga2" else 1)
     study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
                                 sampler=_sampler(sampler, seed, trials), directions=directions)
