@@ -94,11 +94,20 @@ def _front_table(result: Any, metric: str) -> Table:
     table = Table(title="Pareto front (quality drop, bytes, latency) of the finished trials")
     for col in ("trial", f"{metric} drop", "KB", "x smaller", "ms", "x faster", "fits", "plan"):
         table.add_column(col, justify="left" if col == "plan" else "right")
-    for r in sorted(result.pareto, key=lambda r: r["bytes"]):
+    repeats: dict[str, list[int]] = {}
+    for r in sorted(result.pareto, key=lambda r: (r["bytes"], not r["best"], r["number"])):
+        repeats.setdefault(r["steps"], []).append(r["number"])
+        if len(repeats[r["steps"]]) > 1:  # the same plan proposed again: shown once
+            continue
         table.add_row(f"{r['number']}{' *' if r['best'] else ''}", f"{r['drop']:+.4f}",
                       f"{r['bytes'] / 1024:.1f}", f"{base['bytes'] / r['bytes']:.1f}",
                       f"{r['latency_ms']:.3f}", f"{base['latency_ms'] / r['latency_ms']:.2f}",
                       "yes" if r["feasible"] else "no", r["steps"])
+    again = {plan: n[1:] for plan, n in repeats.items() if len(n) > 1}
+    if again:
+        table.caption = "* best. Same plan again in trials " + "; ".join(
+            f"{n[0]}: {', '.join(map(str, more))}" for n, more in
+            ((repeats[p], m) for p, m in again.items()))
     return table
 
 
