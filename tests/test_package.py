@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import slimkit
 from slimkit.tasks.ctr.demo_plan import DEMO_PLAN_YAML
 
@@ -31,4 +33,17 @@ def test_public_api_is_explicit() -> None:
 
 def test_every_shipped_recipe_loads() -> None:
     for path in sorted((ROOT / "recipes").glob("*.yaml")):
+        if path.name.startswith("search-"):  # search spaces, not plans
+            continue
         assert slimkit.Plan.load(path).steps, path.name
+
+
+def test_search_space_file_matches_embedded_default() -> None:
+    pytest.importorskip("optuna")
+    import yaml
+
+    from slimkit.search import SearchSpace
+    from slimkit.tasks.ctr.search_space import CTR_SPACE_YAML
+
+    shipped = SearchSpace.load(ROOT / "recipes" / "search-ctr.yaml")
+    assert shipped == SearchSpace.from_dict(yaml.safe_load(CTR_SPACE_YAML))

@@ -116,3 +116,22 @@ def test_two_workers_share_one_study(setup, tmp_path) -> None:
         out = by_pid[t.user_attrs["worker"].rpartition(":")[2]]
         if "same plan" not in t.user_attrs["note"]:
             assert (out / t.user_attrs["artifact"] / "manifest.json").is_file()
+
+
+def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys) -> None:
+    from slimkit.cli.main import main
+
+    base = _command(setup, tmp_path / "bad", 2)[3:]  # argv after `python -m slimkit.cli.main`
+    cases = {
+        "--max-drop": (["--max-drop", "-1"], "--max-drop"),
+        "--space": (["--space", str(tmp_path / "none.yaml")], "--space"),
+        "--storage": (["--storage", "nosuchdb://x"], "storage"),
+    }
+    for flag, (value, field) in cases.items():
+        argv = list(base)
+        i = argv.index(flag)
+        argv[i:i + 2] = value
+        assert main(argv) == 2, flag
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and field in err[0], err
+    assert not (tmp_path / "bad" / "trials").exists()

@@ -179,6 +179,16 @@ def report(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run_dir)
     file = run_dir / "metrics.json"
+    if not file.is_file() and (run_dir / "search.json").is_file():  # a `slimkit auto` directory
+        from ..report.search_html import write_search_report
+
+        try:
+            data = json.loads((run_dir / "search.json").read_text())
+        except json.JSONDecodeError:
+            raise SlimkitError(f"run_dir: {str(run_dir / 'search.json')!r} is not valid "
+                               "JSON") from None
+        console.print(f"wrote {write_search_report(run_dir, data)}")
+        return 0
     if not file.is_file():
         raise SlimkitError(f"run_dir: no metrics.json in {str(run_dir)!r}")
     try:

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_auto_parser(sub)
 
-    rep = sub.add_parser("report", help="(re)write report.html and report.md from metrics.json")
+    rep = sub.add_parser("report", help="(re)write report.html and report.md from metrics.json "
+                         "(or report.html from a search's search.json)")
     rep.add_argument("run_dir", help="a run directory holding metrics.json")
     rep.set_defaults(func=commands.report)
     return parser
