@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"slimkit: error: {exc.strerror or exc}: {exc.filename or ''}\n")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        sys.stderr.write("slimkit: interrupted; run again with --resume to continue\n")
+        sys.stderr.write("slimkit: interrupted; run the same command again to continue (demo and "
+                         "run: add --resume)\n")
         return 130
 
 
