@@ -137,3 +137,17 @@ def test_pareto_front_and_ranks() -> None:
             {"drop": 0.2, "bytes": 10, "latency_ms": 2.0}]
     assert pareto_front(rows) == rows[:2]
     assert nondominated_ranks(rows) == [1, 1, 2, 3]
+
+
+def test_nsga2_searches_the_three_objectives(make_model, tiny_task, tmp_path) -> None:
+    space = SearchSpace.from_dict(SPACE)
+    result = auto(make_model("deepfm"), tiny_task, space, max_drop=0.05, trials=4,
+                  out=tmp_path / "run", sampler="nsga2", latency_batch=64, sensitivity=False)
+    study = optuna.load_study(study_name="slimkit", storage=result.data["storage"])
+    assert len(study.directions) == 3 and len(result.finished) == 4
+    for t in study.trials:  # values are (drop, bytes, latency), as the rows say
+        row = next(r for r in result.trials if r["number"] == t.number)
+        assert t.values == [row["drop"], row["bytes"], row["latency_ms"]]
+    with pytest.raises(slimkit.SlimkitError, match="sampler"):  # a study keeps its sampler
+        auto(make_model("deepfm"), tiny_task, space, max_drop=0.05, trials=5,
+             out=tmp_path / "run", sampler="tpe", latency_batch=64, sensitivity=False)
