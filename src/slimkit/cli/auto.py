@@ -132,10 +132,10 @@ def run_auto(args: argparse.Namespace) -> int:
                   sampler=args.sampler, sensitivity=not args.no_sensitivity,
                   early_stop=not args.no_early_stop, keep=args.keep,
                   on_trial=lambda row, data: _trial_line(row, data["baseline"], metric))
-    return _summary(result, task, Path(args.out), metric)
+    return _summary(result, task, Path(args.out), metric, model)
 
 
-def _summary(result: Any, task: Any, out: Path, metric: str) -> int:
+def _summary(result: Any, task: Any, out: Path, metric: str, model: torch.nn.Module) -> int:
     from ..search.trial import quality_drop
 
     counts: dict[str, int] = {}
@@ -154,7 +154,7 @@ def _summary(result: Any, task: Any, out: Path, metric: str) -> int:
     local = (artifact / "manifest.json").is_file()  # else another worker ran it
     test = ""
     if local:
-        drop = quality_drop(task, task.evaluate(load(out / "baseline").model, "test"),
+        drop = quality_drop(task, task.evaluate(model, "test"),
                             task.evaluate(load(artifact).model, "test"))
         test = f" ({drop:+.4f} on test)"
     console.print(

@@ -24,13 +24,12 @@ from typing import Any, Literal
 from torch import nn
 
 from ..core.errors import SlimkitError
-from ..export.artifact import artifact_bytes, save
 from . import records
 from .narrow import narrow
 from .objective import TrialFunction, counted
 from .space import SearchSpace
 from .storage import fail_dead_local_trials, open_study, requeue
-from .trial import latency_ms
+from .trial import measure
 
 log = logging.getLogger(__name__)
 Objective = Literal["size", "latency"]
@@ -100,7 +99,8 @@ def auto(model: nn.Module, task: Any, space: SearchSpace, *, max_drop: float,
     _agree(study, "objective", objective, "objective")
     _agree(study, "space", space.to_dict(), "space")
 
-    baseline = _baseline(model, task, out / "baseline", latency_batch)
+    baseline = {**measure(model, task, out / "baseline", latency_batch, reuse=True),
+                "artifact": "baseline"}
     stored = study.user_attrs.get("baseline_metrics")
     if stored is None:
         study.set_user_attr("baseline_metrics", baseline["metrics"])
@@ -140,6 +140,7 @@ def auto(model: nn.Module, task: Any, space: SearchSpace, *, max_drop: float,
         data = write_outputs(study, out, context)
         if on_trial is not None and run.last_number is not None:
             on_trial(next(r for r in data["trials"] if r["number"] == run.last_number), data)
+    # Read again at the end: other workers may have finished trials since the last write.
     data = write_outputs(study, out, context)
     if keep == "pareto":
         _drop_dominated_artifacts(data, out)
@@ -148,18 +149,6 @@ def auto(model: nn.Module, task: Any, space: SearchSpace, *, max_drop: float,
     best = next((r for r in rows if r["best"]), None)
     return SearchResult(rows, best, [r for r in rows if r["pareto"]], baseline,
                         data.get("sensitivity", []), data)
-
-
-def _baseline(model: nn.Module, task: Any, path: Path, batch: int) -> dict[str, Any]:
-    """The uncompressed model measured like a trial; its artifact is written once (workers
-    sharing the directory reuse it when it holds the same model)."""
-    metrics = task.evaluate(model, "valid")
-    manifest = path / "manifest.json"
-    if not (manifest.is_file() and
-            json.loads(manifest.read_text()).get("metrics", {}).get("valid") == metrics):
-        save(model, path, metrics={"valid": metrics}, task=task)
-    return {"metrics": metrics, "bytes": artifact_bytes(path), "artifact": "baseline",
-            "latency_ms": latency_ms(model, tuple(task.example_inputs(batch)))}
 
 
 def collect(study: Any, context: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ Every trial uses the same seed, so two trials differ only by their plans, and a 
 from __future__ import annotations
 
 import copy
-import time
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,9 @@ from torch import nn
 from ..core import Context
 from ..core.compress import compress_
 from ..core.plan import Plan
+from ..eval.cost import latency_interleaved
 from ..export.artifact import artifact_bytes, save
+from ..methods.quantize.sensitivity import metric_drop
 
 # A step may lose quality that a later training step (fine-tuning, distillation) wins back, so
 # the bar is loose while training is still to come and tight once only compression is left.
@@ -44,28 +46,25 @@ def trains(config: Any) -> bool:
 def quality_drop(task: Any, base: dict[str, float], metrics: dict[str, float]) -> float:
     """Quality lost relative to the baseline, positive = worse, in the primary metric's units."""
     key = task.primary_metric
-    sign = 1.0 if task.higher_is_better else -1.0
-    return sign * (base[key] - metrics[key])
+    return metric_drop(task, base[key], metrics[key])
 
 
 def latency_ms(model: nn.Module, inputs: tuple[torch.Tensor, ...], repeats: int = 7) -> float:
     """Median wall time of one forward pass in torch on this machine, after one warm-up call."""
-    model.eval()
-    times = []
-    with torch.inference_mode():
-        model(*inputs)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(*inputs)
-            times.append((time.perf_counter() - start) * 1e3)
-    return sorted(times)[len(times) // 2]
+    timed = latency_interleaved({"m": model}, {0: inputs}, rounds=1, repeats=repeats, warmup=1)
+    return timed["m"]["0"]["median"]
 
 
 def measure(model: nn.Module, task: Any, path: Path, batch: int,
-            plan: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Quality on the validation split, saved artifact bytes and latency at `batch`."""
+            plan: dict[str, Any] | None = None, *, reuse: bool = False) -> dict[str, Any]:
+    """Quality on the validation split, saved artifact bytes and latency at `batch`. With
+    `reuse`, an artifact already at `path` with the same metrics is kept, not rewritten (workers
+    sharing a directory write the baseline once)."""
     metrics = task.evaluate(model, "valid")
-    save(model, path, plan=plan, metrics={"valid": metrics}, task=task)
+    manifest = path / "manifest.json"
+    if not (reuse and manifest.is_file() and
+            json.loads(manifest.read_text()).get("metrics", {}).get("valid") == metrics):
+        save(model, path, plan=plan, metrics={"valid": metrics}, task=task)
     return {"metrics": metrics, "bytes": artifact_bytes(path),
             "latency_ms": latency_ms(model, tuple(task.example_inputs(batch)))}
 

@@ -41,7 +41,7 @@ def for_layer(config: MethodConfig) -> ConfigFactory:
     return lambda name: dataclasses.replace(config, targets=Targets(names=(name,)))
 
 
-def _drop(task: Task, baseline: float, value: float) -> float:
+def metric_drop(task: Task, baseline: float, value: float) -> float:
     """Positive = worse, whichever direction the metric improves in."""
     return baseline - value if task.higher_is_better else value - baseline
 
@@ -96,7 +96,7 @@ def layer_sensitivity(model: nn.Module, task: Task,
             rows.append({
                 "layer": name, "type": type(get_submodule(model, name)).__name__,
                 "method": config.method, "metric": metric, "baseline": baseline, "value": value,
-                "drop": _drop(task, baseline, value),
+                "drop": metric_drop(task, baseline, value),
                 "bytes_before": module_bytes(get_submodule(model, name)),
                 "bytes_after": module_bytes(get_submodule(trial, name)),
                 "seconds": round(time.perf_counter() - start, 4), "info": info,
