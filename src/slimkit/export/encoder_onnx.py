@@ -99,16 +99,26 @@ def _export_fp32(model: nn.Module, path: Path, opset: int = 17) -> None:
     os.replace(tmp, path)
 
 
-def quantize_dynamic_int8(src: Path, dst: Path) -> Path:
+def quantize_dynamic_int8(src: Path, dst: Path, int8_range: str = "portable") -> Path:
     """ONNX Runtime quantize_dynamic: INT8 weights per output channel (mean cosine 0.9925 on
     MiniLM vs 0.962 per tensor), activations quantized at run time. DefaultTensorType avoids
-    "Unable to find data type" on graphs whose shapes ORT cannot infer."""
+    "Unable to find data type" on graphs whose shapes ORT cannot infer. `int8_range`
+    "portable" is ORT's reduce_range (7-bit weights): its u8 x s8 kernels on x86 CPUs without
+    VNNI add pairs of products in 16 bits, which full-range weights can overflow."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from .onnx import record_int8_range
+
+    if int8_range not in ("portable", "full"):
+        from ..core.errors import ConfigError
+
+        raise ConfigError("int8_range", int8_range, "'portable' or 'full'")
     tmp = dst.with_name(f".{dst.name}.q.tmp")
     quantize_dynamic(str(src), str(tmp), per_channel=True, weight_type=QuantType.QInt8,
+                     reduce_range=int8_range == "portable",
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    record_int8_range(tmp, 64 if int8_range == "portable" else 127)
     os.replace(tmp, dst)
     return dst
 

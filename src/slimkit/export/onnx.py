@@ -23,6 +23,7 @@ from ..graph import set_submodule
 from ..tasks.ctr.models import MeanBag
 
 log = logging.getLogger(__name__)
+INT8_WEIGHT_MAX_KEY = "slimkit.int8_weight_max"
 
 
 def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: str | Path, *,
@@ -56,9 +57,33 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
         torch.onnx.export(export_model, inputs, str(tmp), dynamo=False, opset_version=opset,
                           input_names=names, output_names=["output"], dynamic_axes=axes,
                           do_constant_folding=True)
+    weight_max = int8_weight_max(model)
+    if weight_max is not None:
+        record_int8_range(tmp, weight_max)
     os.replace(tmp, path)
     log.info("exported %s (%d bytes)", path, path.stat().st_size)
     return path
+
+
+def int8_weight_max(model: nn.Module) -> int | None:
+    """Largest |code| of the model's int8 GEMM weights (modules holding an int8 `weight` with a
+    `weight_scale`), or None when it has none."""
+    found = [int(m.weight.int().abs().max()) for m in model.modules()
+             if isinstance(getattr(m, "weight_scale", None), torch.Tensor)
+             and isinstance(getattr(m, "weight", None), torch.Tensor)
+             and m.weight.dtype == torch.int8 and m.weight.numel()]
+    return max(found) if found else None
+
+
+def record_int8_range(path: Path, weight_max: int) -> None:
+    """Write the int8 weight range into the ONNX file's metadata, so a session on a CPU whose
+    int8 kernels add pairs in 16 bits can tell whether this graph is exact there."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = INT8_WEIGHT_MAX_KEY, str(weight_max)
+    onnx.save(proto, str(path))
 
 
 def _is_hf(model: nn.Module) -> bool:

@@ -3,6 +3,7 @@ time them with the same interleaved latency measurement as torch models (deploye
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.cpu import PORTABLE_WEIGHT_MAX, cpu_features
 from ..eval.cost import Inputs, latency_interleaved
+
+log = logging.getLogger(__name__)
 
 
 class OrtSession:
@@ -36,6 +40,16 @@ class OrtSession:
         self.session = ort.InferenceSession(str(path), options,
                                             providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self._check_int8_range()
+
+    def _check_int8_range(self) -> None:
+        """Warn when the graph's int8 weights can overflow this CPU's 16-bit pair sums."""
+        meta = self.session.get_modelmeta().custom_metadata_map
+        weight_max = int(meta.get("slimkit.int8_weight_max", 0))
+        if weight_max > PORTABLE_WEIGHT_MAX and cpu_features().onnxruntime_saturates:
+            log.warning("%s: int8 weights up to %d were quantized for CPUs with VNNI; this CPU "
+                        "has none, so ONNX Runtime's u8 x s8 kernels may saturate (re-quantize "
+                        "with int8_range='portable')", self.path, weight_max)
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         if len(inputs) != len(self.input_names):

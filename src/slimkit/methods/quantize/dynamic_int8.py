@@ -4,6 +4,7 @@ run time per batch, executed by fbgemm's int8 GEMM (Jacob et al. 2018; PyTorch d
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from torch import nn
 
@@ -15,12 +16,19 @@ from .int8_linear import DynamicInt8Linear
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DynamicInt8(MethodConfig):
-    """Replace Linear layers by DynamicInt8Linear. `reduce_range` keeps activations to 7 bits,
-    which avoids int16 accumulation overflow in fbgemm's kernels on CPUs without VNNI."""
+    """Replace Linear layers by DynamicInt8Linear.
 
+    `int8_range`: "portable" (default) stores weights in [-64, 64], so no pair of u8 x s8 products
+    overflows int16 in the x86 kernels of CPUs without VNNI (fbgemm, ONNX Runtime MLAS): the
+    activations keep all 8 bits and results are the same on every x86 CPU. "full" uses
+    [-127, 127], for fleets with AVX-512 VNNI or AMX only (on a CPU without them slimkit re-packs
+    such weights at load, and ONNX Runtime sessions warn). `reduce_range` quantizes activations
+    to 7 bits instead (fbgemm's own remedy; not what ONNX Runtime computes)."""
     method = "quantize.dynamic_int8"
+    leaves_int8_kernels = True
     per_channel: bool = True
-    reduce_range: bool = True
+    int8_range: Literal["portable", "full"] = "portable"
+    reduce_range: bool = False
     fuse_relu: bool = True
     min_features: int = 16
     targets: Targets = Targets()
@@ -55,7 +63,8 @@ def apply_dynamic_int8(model: nn.Module, config: DynamicInt8, ctx: Context) -> n
             continue
         relu = _next_relu(model, name) if config.fuse_relu else None
         new = DynamicInt8Linear.from_linear(linear, per_channel=config.per_channel,
-                                            reduce_range=config.reduce_range, relu=relu is not None)
+                                            reduce_range=config.reduce_range, relu=relu is not None,
+                                            int8_range=config.int8_range)
         swap_module(model, name, new, new.spec())
         if relu is not None:
             swap_module(model, relu, nn.Identity(), {})
@@ -63,4 +72,5 @@ def apply_dynamic_int8(model: nn.Module, config: DynamicInt8, ctx: Context) -> n
     ctx.info["quantized"] = done
     ctx.info["skipped_small"] = skipped
     ctx.info["fused_relu"] = sum(1 for n in done if get_submodule(model, n).relu)
+    ctx.info["int8_range"] = config.int8_range
     return model

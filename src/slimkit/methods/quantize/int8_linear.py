@@ -8,6 +8,7 @@ the packed kernel weight is rebuilt lazily after construction or loading.
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -15,16 +16,33 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...core.cpu import FULL_WEIGHT_MAX, PORTABLE_WEIGHT_MAX, cpu_features, requantize_to_portable
 
-def quantize_weight_int8(weight: torch.Tensor,
-                         per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric INT8: q = round(w / s), s = max|w| / 127 per output row (or per tensor)."""
+log = logging.getLogger(__name__)
+INT8_RANGES = {"portable": PORTABLE_WEIGHT_MAX, "full": FULL_WEIGHT_MAX}
+
+
+def quantize_weight_int8(weight: torch.Tensor, per_channel: bool,
+                         qmax: int = FULL_WEIGHT_MAX) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric INT8: q = round(w / s), s = max|w| / qmax per output row (or per tensor)."""
     w = weight.detach().float()
     amax = w.abs().amax(dim=1) if per_channel else w.abs().amax().expand(w.shape[0])
     # An all-zero row (fully pruned neuron) still needs a positive scale for the kernel.
-    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
-    q = torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8)
+    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    q = torch.clamp(torch.round(w / scale[:, None]), -qmax, qmax).to(torch.int8)
     return q, scale.contiguous()
+
+
+def kernel_weight(codes: torch.Tensor, scale: torch.Tensor,
+                  activations_7bit: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The codes and scales to hand this CPU's fbgemm kernel: the stored ones, unless a pair of
+    products could overflow int16 here (full-range weights, 8-bit activations, no VNNI)."""
+    if activations_7bit or codes.numel() == 0 or not cpu_features().fbgemm_saturates or \
+            int(codes.int().abs().max()) <= PORTABLE_WEIGHT_MAX:
+        return codes, scale
+    log.info("full-range int8 weights re-packed to [-64, 64]: this CPU's int8 kernels add "
+             "pairs of products in 16 bits (no VNNI)")
+    return requantize_to_portable(codes, scale)
 
 
 class DynamicInt8Linear(nn.Module):
@@ -35,11 +53,17 @@ class DynamicInt8Linear(nn.Module):
     supports_autograd = False
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 reduce_range: bool = True, relu: bool = False) -> None:
+                 reduce_range: bool = False, relu: bool = False,
+                 weight_max: int = PORTABLE_WEIGHT_MAX) -> None:
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
+        # reduce_range: 7-bit activations (fbgemm's own remedy for int16 overflow). weight_max:
+        # the range the codes were quantized to (64 = portable). The kernel checks the codes
+        # themselves, so artifacts from before weight_max (full range, 7-bit activations) stay
+        # right everywhere.
         self.reduce_range = reduce_range
+        self.weight_max = weight_max
         self.relu = relu
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_features))
@@ -49,10 +73,12 @@ class DynamicInt8Linear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, per_channel: bool = True,
-                    reduce_range: bool = True, relu: bool = False) -> DynamicInt8Linear:
+                    reduce_range: bool = False, relu: bool = False,
+                    int8_range: str = "portable") -> DynamicInt8Linear:
+        weight_max = INT8_RANGES[int8_range]
         new = cls(linear.in_features, linear.out_features, linear.bias is not None, reduce_range,
-                  relu)
-        q, scale = quantize_weight_int8(linear.weight, per_channel)
+                  relu, weight_max)
+        q, scale = quantize_weight_int8(linear.weight, per_channel, weight_max)
         new.weight.copy_(q)
         new.weight_scale.copy_(scale)
         if linear.bias is not None:
@@ -62,18 +88,19 @@ class DynamicInt8Linear(nn.Module):
     def spec(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.bias is not None, "reduce_range": self.reduce_range,
-                "relu": self.relu}
+                "relu": self.relu, "weight_max": self.weight_max}
 
     def _invalidate(self) -> None:
         self._packed = None
 
     def _pack(self) -> Any:
         zero_points = torch.zeros(self.out_features, dtype=torch.long)
+        codes, scale = kernel_weight(self.weight, self.weight_scale, self.reduce_range)
         with warnings.catch_warnings():
             # torch deprecates creating quantized tensors, but fbgemm's prepack still takes one.
             warnings.simplefilter("ignore", UserWarning)
             qweight = torch._make_per_channel_quantized_tensor(
-                self.weight, self.weight_scale.double(), zero_points, 0)
+                codes, scale.double(), zero_points, 0)
             return torch.ops.quantized.linear_prepack(qweight, self.bias)
 
     def dequantized_weight(self) -> torch.Tensor:
@@ -104,6 +131,12 @@ class DynamicInt8Linear(nn.Module):
         new.load_state_dict(self.state_dict())
         new.train(self.training)
         return new
+
+    def extra_runtime_bytes(self) -> int:
+        """fbgemm's prepacked weight, built on the first forward (see runtime_memory)."""
+        from .runtime_memory import fbgemm_prepacked_bytes  # local: only this method needs it
+
+        return fbgemm_prepacked_bytes(self.weight.numel(), self.out_features)
 
 
 @contextlib.contextmanager

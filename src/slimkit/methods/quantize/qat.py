@@ -15,21 +15,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...core import Context, MethodConfig, Targets, check_range, check_training, register
+from ...core.cpu import PORTABLE_WEIGHT_MAX
 from ...core.errors import SlimkitError
 from ...graph import set_submodule, swap_module
 from ...train import fit
 from .dynamic_int8 import _next_relu
-from .int8_linear import DynamicInt8Linear
+from .int8_linear import INT8_RANGES, DynamicInt8Linear
 from .lsq import init_step, integer_codes, lsq, qrange
 
 
 class LsqLinear(nn.Module):
     """Training-time wrapper: F.linear on LSQ fake-quantized weight (and input)."""
 
-    def __init__(self, linear: nn.Linear, weight_bits: int, activation_bits: int) -> None:
+    def __init__(self, linear: nn.Linear, weight_bits: int, activation_bits: int,
+                 weight_max: int = PORTABLE_WEIGHT_MAX) -> None:
         super().__init__()
         self.linear = linear
-        self.wq = qrange(weight_bits, signed=True)
+        # Trained within the range the deployed kernel will hold (portable: [-64, 64]).
+        self.weight_max = min(qrange(weight_bits, signed=True)[1], weight_max)
+        self.wq = (self.weight_max, self.weight_max)
         self.weight_step = nn.Parameter(init_step(linear.weight, self.wq[1], dim=1))
         self.activation_bits = activation_bits
         self.aq = qrange(activation_bits, signed=True) if activation_bits else (0, 0)
@@ -50,7 +54,7 @@ class LsqLinear(nn.Module):
         """INT8 weights with the learned per-channel steps as scales (activations dynamic)."""
         lin = self.linear
         new = DynamicInt8Linear(lin.in_features, lin.out_features, lin.bias is not None,
-                                relu=relu)
+                                reduce_range=False, relu=relu, weight_max=self.weight_max)
         step = self.weight_step.detach().reshape(-1)
         with torch.no_grad():
             new.weight.copy_(integer_codes(lin.weight, step[:, None], *self.wq).to(torch.int8))
@@ -62,12 +66,15 @@ class LsqLinear(nn.Module):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class QAT(MethodConfig):
-    """LSQ fine-tuning, then conversion to int8 modules (`activation_bits` 0: dynamic INT8)."""
+    """LSQ fine-tuning, then conversion to int8 modules (`activation_bits` 0: dynamic INT8).
+    `int8_range` as in quantize.dynamic_int8: "portable" trains weights within [-64, 64]."""
 
     method = "quantize.qat"
     needs_data = True
+    leaves_int8_kernels = True
     weight_bits: Literal[8] = 8
     activation_bits: Literal[0] = 0
+    int8_range: Literal["portable", "full"] = "portable"
     epochs: float = 1.0
     lr: float = 1e-4
     batch_size: int = 512
@@ -89,7 +96,8 @@ def apply_qat(model: nn.Module, config: QAT, ctx: Context) -> nn.Module:
         raise SlimkitError("quantize.qat: targets match no Linear module wide enough")
     wrappers = {}
     for name, linear in chosen:
-        wrapper = LsqLinear(linear, config.weight_bits, config.activation_bits)
+        wrapper = LsqLinear(linear, config.weight_bits, config.activation_bits,
+                            INT8_RANGES[config.int8_range])
         set_submodule(model, name, wrapper)  # temporary: replaced below, never saved
         wrappers[name] = wrapper
     losses = fit(model, task, ctx, epochs=config.epochs, lr=config.lr,

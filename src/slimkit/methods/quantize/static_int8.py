@@ -15,6 +15,7 @@ from ...core import Context, MethodConfig, Targets, check_range, register
 from ...core.errors import SlimkitError
 from ...graph import get_submodule, swap_module
 from .dynamic_int8 import _next_relu
+from .int8_linear import INT8_RANGES
 from .observers import Histogram, activation_qparams
 from .static_modules import StaticInt8Conv2d, StaticInt8Linear
 
@@ -27,10 +28,13 @@ class StaticInt8(MethodConfig):
     `observer` on `calibration_batches` batches). `backend`: "torch" runs fbgemm's int8 kernels
     eagerly; "onnxruntime" emulates ORT's QDQ arithmetic in torch (slower in torch, but evaluation
     matches the deployed ORT graph); "auto" picks torch on x86. Both export (slimkit.export.onnx)
-    to the same QDQ graph, which ORT runs with its fused int8 kernels. `reduce_range`
-    keeps activations to 7 bits, which avoids int16 accumulation overflow (u8 x s8 pairs) in
-    fbgemm's and ORT's kernels on CPUs without VNNI. `keep_quantized` passes quantized tensors
-    between consecutive layers of an nn.Sequential (torch backend) instead of de-quantizing."""
+    to the same QDQ graph, which ORT runs with its fused int8 kernels. `int8_range`
+    "portable" (default) stores weights in [-64, 64] so no pair of u8 x s8 products overflows
+    int16 in fbgemm's or ORT's kernels on x86 CPUs without VNNI, while activations keep 8 bits;
+    "full" ([-127, 127]) is for fleets with AVX-512 VNNI or AMX only (re-packed at load on other
+    CPUs). `reduce_range` calibrates activations to 7 bits instead (the older remedy: coarser,
+    and ORT clamps to 8 bits anyway). `keep_quantized` passes quantized tensors between
+    consecutive layers of an nn.Sequential (torch backend) instead of de-quantizing."""
 
     method = "quantize.static_int8"
     needs_data = True
@@ -39,7 +43,8 @@ class StaticInt8(MethodConfig):
     calibration_batches: int = 16
     batch_size: int = 256
     backend: Literal["torch", "onnxruntime", "auto"] = "auto"
-    reduce_range: bool = True
+    int8_range: Literal["portable", "full"] = "portable"
+    reduce_range: bool = False
     fuse_relu: bool = True
     keep_quantized: bool = True
     min_features: int = 16
@@ -133,7 +138,8 @@ def apply_static_int8(model: nn.Module, config: StaticInt8, ctx: Context) -> nn.
     chained = _chain(model, layers, relus, qparams) if (
         config.keep_quantized and backend == "torch") else set()
     for name, layer in layers.items():
-        new = _build(layer, relus[name] is not None, backend, name in chained)
+        new = _build(layer, relus[name] is not None, backend, name in chained,
+                     INT8_RANGES[config.int8_range])
         new.set_weight(layer.weight, layer.bias)
         new.set_qparams(*qparams[name])
         swap_module(model, name, new, new.spec())
@@ -141,7 +147,7 @@ def apply_static_int8(model: nn.Module, config: StaticInt8, ctx: Context) -> nn.
             swap_module(model, relus[name], nn.Identity(), {})
     ctx.info.update(quantized=list(layers), skipped=[n for n, _ in chosen if n not in layers],
                     fused_relu=sum(r is not None for r in relus.values()), chained=sorted(chained),
-                    backend=backend, observer=config.observer)
+                    backend=backend, observer=config.observer, int8_range=config.int8_range)
     return model
 
 
@@ -162,12 +168,12 @@ def _chain(model: nn.Module, layers: dict[str, nn.Module], relus: dict[str, str 
     return chained
 
 
-def _build(layer: nn.Module, relu: bool, backend: str,
-           quantized_output: bool) -> StaticInt8Linear | StaticInt8Conv2d:
+def _build(layer: nn.Module, relu: bool, backend: str, quantized_output: bool,
+           weight_max: int) -> StaticInt8Linear | StaticInt8Conv2d:
     if isinstance(layer, nn.Linear):
         return StaticInt8Linear(layer.in_features, layer.out_features, layer.bias is not None,
-                                relu, backend, quantized_output)
+                                relu, backend, quantized_output, weight_max)
     return StaticInt8Conv2d(layer.in_channels, layer.out_channels, list(layer.kernel_size),
                             list(layer.stride), list(layer.padding), list(layer.dilation),
                             layer.groups, layer.bias is not None, relu, backend,
-                            quantized_output)
+                            quantized_output, weight_max)

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .int8_linear import quantize_weight_int8, untraced
+from ...core.cpu import PORTABLE_WEIGHT_MAX
+from .int8_linear import kernel_weight, quantize_weight_int8, untraced
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -99,6 +100,7 @@ class _StaticInt8(nn.Module):
     relu: bool
     backend: str
     quantized_output: bool
+    weight_max: int
 
     def _init_state(self, out_ch: int, weight_shape: tuple[int, ...], bias: bool) -> None:
         self.register_buffer("weight", torch.zeros(weight_shape, dtype=torch.int8))
@@ -114,7 +116,7 @@ class _StaticInt8(nn.Module):
         self._packed = None
 
     def set_weight(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        q, scale = quantize_weight_int8(weight.detach().flatten(1), per_channel=True)
+        q, scale = quantize_weight_int8(weight.detach().flatten(1), True, self.weight_max)
         self.weight.copy_(q.view_as(self.weight))
         self.weight_scale.copy_(scale)
         if bias is not None:
@@ -136,8 +138,10 @@ class _StaticInt8(nn.Module):
 
     def _qweight(self) -> torch.Tensor:
         zero_points = torch.zeros(self.weight.shape[0], dtype=torch.long)
-        return torch._make_per_channel_quantized_tensor(
-            self.weight, self.weight_scale.double(), zero_points, 0)
+        # Even 7-bit calibrated activations reach 255 on outliers (quantize clamps to 0..255),
+        # so only the codes decide whether this CPU needs a re-pack.
+        codes, scale = kernel_weight(self.weight, self.weight_scale, activations_7bit=False)
+        return torch._make_per_channel_quantized_tensor(codes, scale.double(), zero_points, 0)
 
     def _kernel(self) -> Any:
         if self._packed is None:
@@ -172,6 +176,14 @@ class _StaticInt8(nn.Module):
     def spec(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def extra_runtime_bytes(self) -> int:
+        """fbgemm's prepacked weight (torch backend only, built on the first forward)."""
+        if self.backend != "torch":
+            return 0
+        from .runtime_memory import fbgemm_prepacked_bytes  # local: only this method needs it
+
+        return fbgemm_prepacked_bytes(self.weight.numel(), self.weight.shape[0])
+
 
 class StaticInt8Linear(_StaticInt8):
     """y = requant(x_q W_q^T + b) (then ReLU if `relu`): Jacob et al. 2018 integer-only inference
@@ -179,18 +191,19 @@ class StaticInt8Linear(_StaticInt8):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  relu: bool = False, backend: str = "torch",
-                 quantized_output: bool = False) -> None:
+                 quantized_output: bool = False, weight_max: int = PORTABLE_WEIGHT_MAX) -> None:
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
         self.in_features, self.out_features = in_features, out_features
         self.relu, self.backend, self.quantized_output = relu, backend, quantized_output
+        self.weight_max = weight_max
         self._init_state(out_features, (out_features, in_features), bias)
 
     def spec(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.bias is not None, "relu": self.relu, "backend": self.backend,
-                "quantized_output": self.quantized_output}
+                "quantized_output": self.quantized_output, "weight_max": self.weight_max}
 
     def _prepack(self, qweight: torch.Tensor) -> Any:
         return torch.ops.quantized.linear_prepack(qweight, self.bias)
@@ -215,7 +228,7 @@ class StaticInt8Conv2d(_StaticInt8):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: list[int],
                  stride: list[int], padding: list[int], dilation: list[int], groups: int = 1,
                  bias: bool = True, relu: bool = False, backend: str = "torch",
-                 quantized_output: bool = False) -> None:
+                 quantized_output: bool = False, weight_max: int = PORTABLE_WEIGHT_MAX) -> None:
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
@@ -223,6 +236,7 @@ class StaticInt8Conv2d(_StaticInt8):
         self.kernel_size, self.stride = list(kernel_size), list(stride)
         self.padding, self.dilation = list(padding), list(dilation)
         self.relu, self.backend, self.quantized_output = relu, backend, quantized_output
+        self.weight_max = weight_max
         self._init_state(out_channels, (out_channels, in_channels // groups, *kernel_size), bias)
 
     def spec(self) -> dict[str, Any]:
@@ -230,7 +244,7 @@ class StaticInt8Conv2d(_StaticInt8):
                 "kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding,
                 "dilation": self.dilation, "groups": self.groups, "bias": self.bias is not None,
                 "relu": self.relu, "backend": self.backend,
-                "quantized_output": self.quantized_output}
+                "quantized_output": self.quantized_output, "weight_max": self.weight_max}
 
     def conv_args(self) -> tuple[list[int], list[int], list[int], int]:
         return self.stride, self.padding, self.dilation, self.groups
