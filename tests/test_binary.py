@@ -101,7 +101,7 @@ def test_packed_linear_matches_fake_quantized_float(cls, kind) -> None:
 
 
 def test_cache_built_in_inference_mode_still_serves_autograd() -> None:
-    q = BinaryLinear.from_linear(nn.Linear(8, 4), "xnor")
+    q = BinaryLinear.from_linear(nn.Linear(8, 4), "xnor", cache=True)
     with torch.inference_mode():
         q(torch.randn(2, 8))
     x = torch.randn(2, 8, requires_grad=True)

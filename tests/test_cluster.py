@@ -55,8 +55,10 @@ def test_zeros_are_not_clustered_and_stay_zero() -> None:
     assert indices.dtype == torch.uint8 and codebook.numel() == 15
     assert torch.equal(indices == 0, w == 0)
     layer = ClusteredLayer("linear", [64, 64], 4)
-    layer.indices.copy_(indices)
+    layer.set_codes(indices)
     layer.codebook.copy_(codebook)
+    assert layer.indices.shape == (64, 32)  # 15 centroids + the zero: 4 bits a weight
+    assert torch.equal(layer.codes(), indices)
     dense = layer.dense_weight()
     assert torch.all(dense[w == 0] == 0)
     assert (dense - w).norm() < 0.1 * w.norm()  # 15 shared values approximate the weights
@@ -77,9 +79,9 @@ def test_centroid_gradient_is_sum_of_member_gradients() -> None:
         ref.weight.copy_(layer.dense_weight())
         ref.bias.copy_(layer.bias)
     ref(x).pow(2).sum().backward()
-    expected = centroid_gradient(ref.weight.grad, layer.indices, 7)
+    expected = centroid_gradient(ref.weight.grad, layer.codes(), 7)
     assert torch.allclose(layer.codebook.grad, expected, atol=1e-5)
-    manual = torch.stack([ref.weight.grad[layer.indices == k + 1].sum() for k in range(7)])
+    manual = torch.stack([ref.weight.grad[layer.codes() == k + 1].sum() for k in range(7)])
     assert torch.allclose(expected, manual, atol=1e-5)
 
 
@@ -96,7 +98,7 @@ def test_cluster_step_keeps_zeros_and_saves_exactly(tmp_path) -> None:
                                                  bits={"fc2": 4}, epochs=0))), ctx)
     assert {m.bits for m in model.modules() if isinstance(m, ClusteredLayer)} == {6, 3, 4}
     assert model.fc2.bits == 4 and model.fc1.bits == 3 and model.conv1.bits == 6
-    assert float((model.fc1.indices == 0).float().mean()) == pytest.approx(0.6, abs=0.01)
+    assert float((model.fc1.codes() == 0).float().mean()) == pytest.approx(0.6, abs=0.01)
     x = torch.randn(5, 1, 28, 28)
     with torch.inference_mode():
         out = model(x)
@@ -106,6 +108,9 @@ def test_cluster_step_keeps_zeros_and_saves_exactly(tmp_path) -> None:
         assert torch.equal(loaded.model(x), out)
     entry = loaded.manifest["tensors"]["fc1.indices"]
     assert entry["encoding"].startswith("huffman") and entry["bits_per_weight"] < 2.0
+    assert entry["shape"] == list(model.fc1.weight_shape)  # a byte an index before coding
+    # Resident: 3 bits an index, packed per output row.
+    assert loaded.model.fc1.indices.shape == (16, -(-model.fc1.weight_shape[1] * 3 // 8))
     twin = copy.deepcopy(loaded.model)
     with torch.inference_mode():
         assert torch.equal(twin(x), out)
@@ -115,7 +120,7 @@ def test_finetuning_moves_centroids_only(tiny_task, make_model) -> None:
     model = make_model()
     ctx = slimkit.Context(task=tiny_task)
     slimkit.compress_(model, slimkit.Plan(steps=(Cluster(linear_bits=4, epochs=0),)), ctx)
-    before = {n: (m.indices.clone(), m.codebook.clone()) for n, m in model.named_modules()
+    before = {n: (m.codes(), m.codebook.clone()) for n, m in model.named_modules()
               if isinstance(m, ClusteredLayer)}
     again = make_model()
     records = slimkit.compress_(again, slimkit.Plan(steps=(
@@ -123,7 +128,7 @@ def test_finetuning_moves_centroids_only(tiny_task, make_model) -> None:
     changed = 0
     for name, (indices, codebook) in before.items():
         layer = again.get_submodule(name)
-        assert torch.equal(layer.indices, indices)  # assignments fixed
+        assert torch.equal(layer.codes(), indices)  # assignments fixed
         assert "codebook" in layer._buffers and not layer.codebook.requires_grad
         changed += int(not torch.equal(layer.codebook, codebook))
     assert changed == len(before)

@@ -22,7 +22,8 @@ def test_exact_sparsity_even_with_ties() -> None:
 def test_pruned_entries_are_the_smallest() -> None:
     w = torch.randn(64, 64)
     mask = magnitude_mask(w, 0.6)
-    assert w[mask == 0].abs().max() <= w[mask == 1].abs().min()
+    assert mask.dtype == torch.bool
+    assert w[~mask].abs().max() <= w[mask].abs().min()
 
 
 def test_global_allocates_by_magnitude_across_layers() -> None:
@@ -47,9 +48,18 @@ def test_per_layer_sparsity_and_masks_survive_training(tiny_task, make_model) ->
     layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
     for layer in layers:  # exactly floor(s * n) zeros in every layer
         assert int((layer.weight == 0).sum()) == int(0.7 * layer.weight.numel())
-    fit(model, tiny_task, ctx, epochs=0.5, lr=1e-2, batch_size=256)
+    # After the step no mask is held (inference needs none); training re-derives them.
+    assert not any("weight_mask" in m._buffers for m in model.modules())
+    seen: list[torch.dtype] = []
+
+    def on_step(_step: int, _total: int) -> None:
+        seen.extend(m.weight_mask.dtype for m in layers if "weight_mask" in m._buffers)
+
+    fit(model, tiny_task, ctx, epochs=0.5, lr=1e-2, batch_size=256, on_step=on_step)
+    assert seen and set(seen) == {torch.bool}  # a byte a weight, not an fp32 copy
     for layer in layers:
         assert int((layer.weight == 0).sum()) >= int(0.7 * layer.weight.numel())
+    assert not any("weight_mask" in m._buffers for m in model.modules())
     assert record.info["sparsity"] == pytest.approx(0.7, abs=0.01)
 
 

@@ -90,10 +90,11 @@ def test_module_matches_dequantized_weight_and_rebuilds_exactly(bits, group, sym
 
 def test_cache_is_invalidated_on_load_and_deepcopy_is_independent() -> None:
     torch.manual_seed(0)
-    a = WeightOnlyLinear.from_linear(nn.Linear(16, 8), bits=4, group_size=8)
+    a = WeightOnlyLinear.from_linear(nn.Linear(16, 8), bits=4, group_size=8, cache=True)
     b = WeightOnlyLinear.from_linear(nn.Linear(16, 8), bits=4, group_size=8)
     x = torch.randn(3, 16)
     before = a(x)  # builds a's cache
+    assert a._dense is not None and b._dense is None
     clone = copy.deepcopy(a)
     a.load_state_dict(b.state_dict())
     assert torch.equal(a(x), b(x)) and not torch.equal(a(x), before)
@@ -264,7 +265,7 @@ def test_non_sequential_capture_uses_the_float_model_in_one_pass() -> None:
 
 
 def test_cache_built_in_inference_mode_still_allows_backward() -> None:
-    q = WeightOnlyLinear.from_linear(nn.Linear(8, 4), bits=4, group_size=-1)
+    q = WeightOnlyLinear.from_linear(nn.Linear(8, 4), bits=4, group_size=-1, cache=True)
     with torch.inference_mode():
         q(torch.randn(2, 8))
     x = torch.randn(2, 8, requires_grad=True)

@@ -6,6 +6,8 @@ state dict matches the saved tensors exactly, without pickling any module.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from torch import nn
@@ -40,8 +42,12 @@ def _drop(container: nn.Module, indices: list[int]) -> None:
         container._modules[str(i)] = module
 
 
+MASK = "weight_mask"
+
+
 def mark_masked(model: nn.Module, paths: list[str]) -> None:
-    """Log that `paths` hold pruning masks, so a reloaded model keeps their zeros while training."""
+    """Log that `paths` were pruned, so any later training (in this plan or after a reload) keeps
+    their zeros. No mask is stored: training derives it from the zeros (`attach_masks`)."""
     _mark(model, paths)
     edit_log(model).append({"op": "mask", "paths": list(paths)})
 
@@ -53,13 +59,49 @@ def _mark(model: nn.Module, paths: list[str]) -> None:
         get_submodule(model, path).__dict__["slimkit_masked"] = True
 
 
-def restore_masks(model: nn.Module) -> None:
-    """After loading weights: masks are the non-zero pattern of each flagged layer's weight."""
+def is_masked(module: nn.Module) -> bool:
+    """Whether pruning flagged `module` (its zeros must survive training)."""
+    return bool(module.__dict__.get("slimkit_masked"))
+
+
+def attach_masks(model: nn.Module) -> list[nn.Module]:
+    """For training only: give each flagged layer that has no mask yet a bool `weight_mask` of
+    its non-zeros; returns the layers given one, for `detach_masks` when training ends.
+
+    A mask costs a byte a weight, so it lives only while training runs: at inference the
+    zeros are in the weights already.
+    """
+    added = []
     for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if module.__dict__.get("slimkit_masked") and isinstance(weight, nn.Parameter):
-            module.register_buffer("weight_mask", (weight != 0).to(weight.dtype),
-                                   persistent=False)
+        if not is_masked(module) or MASK in module._buffers:
+            continue
+        weight = module._parameters.get("weight")
+        if isinstance(weight, nn.Parameter):
+            module.register_buffer(MASK, weight.detach() != 0, persistent=False)
+            added.append(module)
+    return added
+
+
+def detach_masks(modules: list[nn.Module]) -> None:
+    for module in modules:
+        module._buffers.pop(MASK, None)
+
+
+@contextlib.contextmanager
+def training_masks(model: nn.Module) -> Iterator[None]:
+    """Masks for the flagged layers while the block runs (see `attach_masks`)."""
+    added = attach_masks(model)
+    try:
+        yield
+    finally:
+        detach_masks(added)
+
+
+def restore_masks(model: nn.Module) -> None:
+    """Called after loading weights. Nothing to rebuild: the replayed "mask" edits flag the
+    pruned layers and training derives their masks from the zeros (`attach_masks`), so a loaded
+    model holds no mask tensor."""
+    del model
 
 
 def apply_edit(model: nn.Module, edit: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """The fine-tune loop shared by every method that trains.
 
-Masks registered by pruning (`weight_mask` buffers) are re-applied after every optimizer step, so
-zeros stay zeros through any later training in the plan.
+Masks (`weight_mask` bool buffers) are re-applied after every optimizer step, so zeros stay zeros
+through any later training in the plan: a pruning step holds its own while it trains, and layers
+flagged as pruned get one derived from their zeros for the length of each `fit` call only.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 from ..core.context import Context
 from ..core.errors import SlimkitError
 from ..core.task import Batch, Task
+from ..graph import MASK, training_masks
 
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 
@@ -45,30 +47,29 @@ def fit(model: nn.Module, task: Task, ctx: Context, *, epochs: float, lr: float,
         optimizer, (lambda s: 1.0 - s / total) if schedule == "linear" else (lambda s: 1.0))
     gen = torch.Generator().manual_seed(ctx.seed)
     losses: list[float] = []
-    model.train()
-    step = 0
-    bar = ctx.progress(range(total), total=total, desc=desc)
-    it = iter(bar)
-    epoch = 0
-    while step < total:
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-        for batch in task.train_batches(batch_size, seed=seed):
-            if step >= total:
-                break
-            loss = loss_fn(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            apply_masks(model)
-            losses.append(loss.item())
-            step += 1
-            next(it, None)
-            if on_step is not None:
-                on_step(step, total)
-        epoch += 1
-    for _ in it:  # drain so a progress bar closes at 100%
-        pass
+    with training_masks(model):
+        model.train()
+        step = 0
+        bar = ctx.progress(range(total), total=total, desc=desc)
+        it = iter(bar)
+        while step < total:
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+            for batch in task.train_batches(batch_size, seed=seed):
+                if step >= total:
+                    break
+                loss = loss_fn(model, batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                apply_masks(model)
+                losses.append(loss.item())
+                step += 1
+                next(it, None)
+                if on_step is not None:
+                    on_step(step, total)
+        for _ in it:  # drain so a progress bar closes at 100%
+            pass
     model.eval()
     return losses
 
@@ -76,6 +77,6 @@ def fit(model: nn.Module, task: Task, ctx: Context, *, epochs: float, lr: float,
 @torch.no_grad()
 def apply_masks(model: nn.Module) -> None:
     for module in model.modules():
-        mask = getattr(module, "weight_mask", None)
+        mask = module._buffers.get(MASK)
         if isinstance(mask, torch.Tensor):
             module.weight.mul_(mask)

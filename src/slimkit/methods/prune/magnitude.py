@@ -1,5 +1,7 @@
 """Unstructured magnitude pruning (Han et al. 2015), one-shot or gradual with the cubic schedule
-of Zhu and Gupta (2017). Masks are kept as `weight_mask` buffers so later training keeps zeros."""
+of Zhu and Gupta (2017). While this step trains, bool `weight_mask` buffers hold the masks; when
+it ends they are dropped and the layers flagged, so later training re-derives them from the zeros
+(`slimkit.graph.training_masks`) and an inference model carries no mask."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from torch import nn
 
 from ...core import Context, MethodConfig, Targets, check_range, check_training, register
 from ...core.errors import ConfigError, SlimkitError
-from ...graph import mark_masked
+from ...graph import MASK, mark_masked
 from ...train import fit
 from .masks import cubic_sparsity, global_masks, sparsity_of
 
@@ -54,8 +56,31 @@ def _set_masks(layers: list[nn.Module], sparsity: float, scope: str) -> None:
         masks = [global_masks([w], sparsity)[0] for w in weights]
     with torch.no_grad():
         for module, mask in zip(layers, masks, strict=True):
-            module.register_buffer("weight_mask", mask, persistent=False)
+            module.register_buffer(MASK, mask, persistent=False)
             module.weight.mul_(mask)
+
+
+def _prune(model: nn.Module, layers: list[nn.Module], config: Magnitude, ctx: Context) -> None:
+    if config.schedule == "oneshot":
+        _set_masks(layers, config.sparsity, config.scope)
+        if config.epochs > 0:
+            fit(model, ctx.require_task(config.method), ctx, epochs=config.epochs, lr=config.lr,
+                batch_size=config.batch_size, desc="prune: fine-tune")
+        return
+    task = ctx.require_task(config.method)
+    total = max(1, int(config.epochs * task.num_train_batches(config.batch_size)))
+    # Reach the final sparsity at 3/4 of training and recover at it for the last quarter.
+    ramp = max(1, int(0.75 * total))
+    _set_masks(layers, config.initial_sparsity, config.scope)
+
+    def on_step(step: int, _total: int) -> None:
+        if step % config.update_every == 0 or step == ramp:
+            target = cubic_sparsity(step, ramp, config.sparsity, config.initial_sparsity)
+            _set_masks(layers, target, config.scope)
+
+    fit(model, task, ctx, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+        on_step=on_step, desc="prune: gradual")
+    _set_masks(layers, config.sparsity, config.scope)
 
 
 @register(Magnitude)
@@ -64,26 +89,12 @@ def apply_magnitude(model: nn.Module, config: Magnitude, ctx: Context) -> nn.Mod
     if not chosen:
         raise SlimkitError("prune.magnitude: targets match no Linear/Conv module")
     layers = [m for _, m in chosen]
-    if config.schedule == "oneshot":
-        _set_masks(layers, config.sparsity, config.scope)
-        if config.epochs > 0:
-            fit(model, ctx.require_task(config.method), ctx, epochs=config.epochs, lr=config.lr,
-                batch_size=config.batch_size, desc="prune: fine-tune")
-    else:
-        task = ctx.require_task(config.method)
-        total = max(1, int(config.epochs * task.num_train_batches(config.batch_size)))
-        # Reach the final sparsity at 3/4 of training and recover at it for the last quarter.
-        ramp = max(1, int(0.75 * total))
-        _set_masks(layers, config.initial_sparsity, config.scope)
-
-        def on_step(step: int, _total: int) -> None:
-            if step % config.update_every == 0 or step == ramp:
-                target = cubic_sparsity(step, ramp, config.sparsity, config.initial_sparsity)
-                _set_masks(layers, target, config.scope)
-
-        fit(model, task, ctx, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
-            on_step=on_step, desc="prune: gradual")
-        _set_masks(layers, config.sparsity, config.scope)
+    try:
+        _prune(model, layers, config, ctx)
+    finally:
+        # The masks served this step's training only; later training re-derives them.
+        for module in layers:
+            module._buffers.pop(MASK, None)
     mark_masked(model, [name for name, _ in chosen])
     ctx.info["sparsity"] = round(sparsity_of([m.weight for m in layers]), 6)
     ctx.info["layers"] = {name: round(sparsity_of([m.weight]), 4) for name, m in chosen}

@@ -11,20 +11,21 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 
 def global_masks(weights: list[torch.Tensor], sparsity: float) -> list[torch.Tensor]:
-    """Masks that zero exactly floor(sparsity * total) smallest-magnitude entries across `weights`.
+    """Bool keep-masks that zero exactly floor(sparsity * total) smallest-magnitude entries across
+    `weights` (a byte an entry, a quarter of a float mask).
 
     A threshold comparison would over-prune when many weights tie (e.g. already-zero weights), so
     the k smallest are chosen by a stable sort and the count is exact.
     """
     flat = torch.cat([w.detach().abs().flatten() for w in weights])
     k = int(sparsity * flat.numel())
-    keep = torch.ones_like(flat)
+    keep = torch.ones_like(flat, dtype=torch.bool)
     if k > 0:
         order = torch.sort(flat, stable=True).indices
-        keep[order[:k]] = 0.0
+        keep[order[:k]] = False
     masks, start = [], 0
     for w in weights:
-        masks.append(keep[start:start + w.numel()].view_as(w).to(w.dtype))
+        masks.append(keep[start:start + w.numel()].view_as(w).clone())
         start += w.numel()
     return masks
 

@@ -15,6 +15,7 @@ from ...core.errors import SlimkitError
 from ...graph import set_submodule, swap_module
 from ...train import fit
 from .binary_linear import BinaryLinear, FakeSignLinear, TernaryLinear
+from .runtime_memory import CACHED, PACKED
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,8 @@ class BinaryWeights(MethodConfig):
     `threshold` * mean|W| per channel. With `epochs` > 0 the model trains first with quantized
     forwards and straight-through gradients on latent fp32 weights clipped to [-clip, clip].
     Layers with fewer than `min_features` inputs or outputs (a 1-output head) stay fp32: they hold
-    few bytes and all of the model's output passes through them.
+    few bytes and all of the model's output passes through them. `cache` keeps each layer's
+    de-quantized fp32 weight in memory (speed over memory; off: packed codes only).
     """
 
     method = "quantize.binary"
@@ -39,6 +41,7 @@ class BinaryWeights(MethodConfig):
     lr: float = 1e-3
     batch_size: int = 512
     min_features: int = 16
+    cache: bool = False
     targets: Targets = Targets()
 
     @property
@@ -91,7 +94,7 @@ def apply_binary(model: nn.Module, config: BinaryWeights, ctx: Context) -> nn.Mo
         _recover(model, chosen, config, ctx)
     cls = TernaryLinear if config.kind == "ternary" else BinaryLinear
     for name, linear in chosen:
-        new = cls.from_linear(linear, config.kind, config.threshold)
+        new = cls.from_linear(linear, config.kind, config.threshold, config.cache)
         swap_module(model, name, new, new.spec())
     if skipped:
         log.info("%s: kept fp32 (fewer than %d features): %s", config.method,
@@ -99,4 +102,5 @@ def apply_binary(model: nn.Module, config: BinaryWeights, ctx: Context) -> nn.Mo
     ctx.info["quantized"] = [name for name, _ in chosen]
     ctx.info["skipped_small"] = skipped
     ctx.info["bits"] = cls.bits
+    ctx.info["memory_mode"] = CACHED if config.cache else PACKED
     return model

@@ -2,8 +2,10 @@
 wrapper used while training them.
 
 The state dict holds only plain tensors: packed codes (uint8), fp32 per-channel scales and the fp32
-bias, so safetensors artifacts rebuild the layer exactly. The dense weight is de-quantized once and
-cached; the cache is dropped on load_state_dict, on device moves and on deepcopy.
+bias, so safetensors artifacts rebuild the layer exactly. By default each forward de-quantizes
+the weight a block of output rows at a time (resident: the packed codes; outputs equal to the
+cached mode's within fp32 rounding, see blockwise.py); with `cache=True` the dense weight is kept,
+and the cache is dropped on load_state_dict, on device moves and on deepcopy.
 """
 
 from __future__ import annotations
@@ -15,18 +17,23 @@ from torch import nn
 from torch.nn import functional as F
 
 from .binary_math import fake_quantize, pack_codes, quantize, ste, unpack_codes
+from .blockwise import block_rows, blockwise_linear
 from .int8_linear import untraced
+from .runtime_memory import CACHED, PACKED, dense_cache_bytes, storage_bytes
 
 
 class _PackedSignLinear(nn.Module):
-    """y = x (scale * codes)^T + b with codes packed `bits` per weight."""
+    """y = x (scale * codes)^T + b with codes packed `bits` per weight. `weight` is a read-only
+    de-quantized view for code written against nn.Linear, built on each access."""
 
     bits: ClassVar[int] = 1
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 cache: bool = False) -> None:
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
+        self.cache = bool(cache)
         width = -(-in_features * self.bits // 8)
         self.register_buffer("packed", torch.zeros(out_features, width, dtype=torch.uint8))
         self.register_buffer("scale", torch.ones(out_features))
@@ -35,8 +42,9 @@ class _PackedSignLinear(nn.Module):
         self.register_load_state_dict_post_hook(lambda module, _keys: module._invalidate())
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, kind: str, factor: float = 0.7) -> Any:
-        new = cls(linear.in_features, linear.out_features, linear.bias is not None)
+    def from_linear(cls, linear: nn.Linear, kind: str, factor: float = 0.7,
+                    cache: bool = False) -> Any:
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None, cache)
         codes, scale = quantize(linear.weight, kind, factor)
         new.packed.copy_(pack_codes(codes, kind))
         new.scale.copy_(scale)
@@ -47,7 +55,26 @@ class _PackedSignLinear(nn.Module):
 
     def spec(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,
-                "bias": self.bias is not None}
+                "bias": self.bias is not None, "cache": self.cache}
+
+    @property
+    def weight(self) -> torch.Tensor:
+        with untraced():
+            return self.dequantized_weight()
+
+    @property
+    def memory_mode(self) -> str:
+        return CACHED if self.cache else PACKED
+
+    def stored_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+
+    def extra_runtime_bytes(self) -> int:
+        """The fp32 weight cache in cached mode; nothing in packed mode."""
+        return dense_cache_bytes(self.out_features * self.in_features, self.cache)
+
+    def runtime_bytes(self) -> int:
+        return storage_bytes(self.buffers()) + self.extra_runtime_bytes()
 
     def _invalidate(self) -> None:
         self._dense = None
@@ -62,19 +89,33 @@ class _PackedSignLinear(nn.Module):
     def dequantized_weight(self) -> torch.Tensor:
         # Built outside inference mode so the cache can also serve later training forwards.
         with torch.inference_mode(False), torch.no_grad():
-            return (self.codes().to(self.scale.device) * self.scale[:, None]).contiguous()
+            return self.dequantized_rows(slice(None)).contiguous()
+
+    def dequantized_rows(self, rows: slice) -> torch.Tensor:
+        codes = unpack_codes(self.packed[rows], self.bits, self.in_features)
+        return codes.to(self.scale.device) * self.scale[rows, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._dense is None:
+        if not (self.cache or torch.onnx.is_in_onnx_export()):
+            return blockwise_linear(x, self.out_features, self._constant_rows, self.bias,
+                                    block_rows(self.in_features))
+        dense = self._dense
+        if dense is None:
             # Unpacking is not traced into ONNX (no bitwise AND on bytes there): the exported
             # graph holds the de-quantized weight as a constant.
             with untraced():
-                self._dense = self.dequantized_weight()
-        return F.linear(x, self._dense.to(x.dtype), self.bias)
+                dense = self.dequantized_weight()
+            if self.cache:
+                self._dense = dense
+        return F.linear(x, dense.to(x.dtype), self.bias)
+
+    def _constant_rows(self, rows: slice) -> torch.Tensor:
+        with torch.no_grad():
+            return self.dequantized_rows(rows)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"{self.bits}-bit codes")
+                f"{self.bits}-bit codes, {self.memory_mode}")
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
         # Rebuilt from spec + state: the copy starts without the dense cache (memory) and with

@@ -17,6 +17,7 @@ from ...graph import swap_module
 from ...train import fit
 from ..encode.huffman import choose_form, encode_form
 from .clustered_layer import ClusteredLayer
+from .runtime_memory import CACHED, PACKED
 
 DEFAULT_TYPES = ("Linear", "Conv2d")
 
@@ -26,7 +27,9 @@ class Cluster(MethodConfig):
     """Replace Linear/Conv2d weights by `bits`-bit indices into a per-layer codebook of
     2**bits - 1 centroids (index 0 is the pruned zero). The paper used 8 bits for conv and 5 for
     fully connected layers. `bits` maps name globs to per-layer overrides (first match wins).
-    The centroids are then fine-tuned for `epochs` with the task loss, assignments fixed."""
+    The centroids are then fine-tuned for `epochs` with the task loss, assignments fixed.
+    Indices are held packed at their bit width; `cache` also keeps each layer's gathered fp32
+    weight in memory (speed over memory, off by default)."""
 
     method = "quantize.cluster"
     conv_bits: int = 8
@@ -36,6 +39,7 @@ class Cluster(MethodConfig):
     epochs: float = 1.0
     lr: float = 1e-4
     batch_size: int = 128
+    cache: bool = False
     targets: Targets = Targets()
 
     @property
@@ -86,7 +90,8 @@ def apply_cluster(model: nn.Module, config: Cluster, ctx: Context) -> nn.Module:
         raise SlimkitError("quantize.cluster: targets match no Linear/Conv2d module")
     layers: dict[str, ClusteredLayer] = {}
     for name, module in chosen:
-        new = ClusteredLayer.from_module(module, config.bits_for(name, module), config.iters)
+        new = ClusteredLayer.from_module(module, config.bits_for(name, module), config.iters,
+                                         config.cache)
         swap_module(model, name, new, new.spec())
         layers[name] = new
     if config.epochs > 0:
@@ -98,7 +103,8 @@ def apply_cluster(model: nn.Module, config: Cluster, ctx: Context) -> nn.Module:
         finally:
             for layer in layers.values():
                 layer.set_trainable(False)
-    reports = {name: {"bits": layer.bits, **stream_report(layer.indices)}
+    # The artifact stores each layer's indices a byte each (see ClusteredLayer), as reported.
+    reports = {name: {"bits": layer.bits, **stream_report(layer.codes())}
                for name, layer in layers.items()}
     numel = sum(r["numel"] for r in reports.values())
     payload = sum(r["payload_bits"] for r in reports.values())
@@ -108,11 +114,16 @@ def apply_cluster(model: nn.Module, config: Cluster, ctx: Context) -> nn.Module:
                                         / max(numel, 1), 4)
     ctx.info["entropy_bits_per_weight"] = round(entropy / max(numel, 1), 4)
     ctx.info["entropy_gap_pct"] = round(100 * (payload / entropy - 1), 3) if entropy else 0.0
+    ctx.info["memory_mode"] = CACHED if config.cache else PACKED
     return model
 
 
 @torch.no_grad()
 def codebook_usage(model: nn.Module) -> dict[str, int]:
     """Distinct non-zero indices used per clustered layer (at most 2**bits - 1)."""
-    return {n: int(torch.unique(m.indices[m.indices > 0]).numel())
-            for n, m in model.named_modules() if isinstance(m, ClusteredLayer)}
+    usage = {}
+    for name, module in model.named_modules():
+        if isinstance(module, ClusteredLayer):
+            codes = module.codes()
+            usage[name] = int(torch.unique(codes[codes > 0]).numel())
+    return usage

@@ -119,7 +119,16 @@ def dequantize_groups(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Te
     """Dense fp32 weight [out, in] from codes and per-group parameters."""
     rows, cols = codes.shape
     group = effective_group(cols, group_size)
-    idx = torch.arange(cols) // group
+    if cols % group == 0:
+        # Broadcast each group's parameters instead of gathering them per weight: the same
+        # per-weight arithmetic (so the same floats), without two [out, in] temporaries.
+        q = codes.reshape(rows, cols // group, group).float()
+        if offset is None:
+            w = (q - (1 << (bits - 1))) * scale.float().unsqueeze(-1)
+        else:
+            w = q * scale.float().unsqueeze(-1) + offset.float().unsqueeze(-1)
+        return w.reshape(rows, cols)
+    idx = torch.arange(cols, device=codes.device) // group
     s = scale.float()[:, idx]
     if offset is None:
         return (codes.float() - (1 << (bits - 1))) * s

@@ -1,5 +1,6 @@
 """WeightOnlyLinear: a Linear layer stored as packed 8/4/3/2-bit codes with per-group scales (and
-offsets), de-quantized once into a cached fp32 weight that F.linear uses.
+offsets). By default (`cache=False`) each forward de-quantizes the weight for that call only, so
+the resident state is the packed form; `cache=True` keeps the fp32 weight (speed over memory).
 
 The state dict holds plain tensors only (uint8 codes, fp16/fp32 scales, optional offsets, bias,
 optional AWQ input scale), so safetensors artifacts rebuild it exactly from `type(m)(**m.spec())`.
@@ -9,8 +10,9 @@ Why no low-bit kernel: torch 2.13's CPU kernels `_weight_int4pack_mm_for_cpu` an
 --kernels, MiniLM shapes, 2 busy AVX-512 cores): with fp32 activations they are 10-100x slower
 (int4 at 1536x384, batch 256: 124 ms vs 1.1-1.5 ms). Their fast path needs bf16 activations, which
 changes the numerics; it roughly ties F.linear at batch 1-16 and is slower at batch 256. So the
-packed form is the storage format and the run-time weight is the dense fp32 cache (run-time memory
-is that of fp32).
+packed form is the resident format and F.linear runs on de-quantized weights: a block of output
+rows at a time per call (transient: about 4 MiB, see blockwise.py) or, with `cache=True`, the
+whole weight kept (run-time memory of fp32). The two modes agree within fp32 rounding.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .blockwise import block_rows, blockwise_linear
 from .groupwise import (
     BITS,
     dequantize_groups,
@@ -31,6 +34,7 @@ from .groupwise import (
     unpack_codes,
 )
 from .int8_linear import untraced
+from .runtime_memory import CACHED, PACKED, dense_cache_bytes, storage_bytes
 
 SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -39,13 +43,18 @@ class WeightOnlyLinear(nn.Module):
     """y = x W^T + b with W group-wise quantized to `bits`.
 
     AWQ's input scale s is kept here rather than folded into a preceding LayerNorm or Linear (which
-    needs graph knowledge and sharing of s between q/k/v): the cached weight is Q(W s) / s, so the
-    run-time cost of the scale is zero and the module works after any producer.
+    needs graph knowledge and sharing of s between q/k/v): the de-quantized weight is Q(W s) / s,
+    so the run-time cost of the scale is zero and the module works after any producer.
+
+    `weight` is a read-only view for code written against nn.Linear (torch's
+    TransformerEncoderLayer and MultiheadAttention read their children's `.weight`): it is
+    de-quantized on each access and never stored.
     """
 
     def __init__(self, in_features: int, out_features: int, bits: int = 4,
                  group_size: int = 128, symmetric: bool = False, bias: bool = True,
-                 scale_dtype: str = "float16", input_scale: bool = False) -> None:
+                 scale_dtype: str = "float16", input_scale: bool = False,
+                 cache: bool = False) -> None:
         super().__init__()
         if bits not in BITS or scale_dtype not in SCALE_DTYPES:
             raise ValueError(f"WeightOnlyLinear: bits={bits!r} scale_dtype={scale_dtype!r} "
@@ -56,6 +65,7 @@ class WeightOnlyLinear(nn.Module):
         self.group_size = group_size
         self.symmetric = symmetric
         self.scale_dtype = scale_dtype
+        self.cache = bool(cache)
         groups = num_groups(in_features, group_size)
         dtype = SCALE_DTYPES[scale_dtype]
         self.register_buffer("qweight", torch.zeros(out_features, packed_width(in_features, bits),
@@ -71,11 +81,12 @@ class WeightOnlyLinear(nn.Module):
     @classmethod
     def from_codes(cls, linear: nn.Linear, codes: torch.Tensor, scale: torch.Tensor,
                    offset: torch.Tensor | None, *, bits: int, group_size: int,
-                   input_scale: torch.Tensor | None = None) -> WeightOnlyLinear:
+                   input_scale: torch.Tensor | None = None,
+                   cache: bool = False) -> WeightOnlyLinear:
         """Wrap codes [out, in] and group parameters produced by RTN, GPTQ or AWQ."""
         dtype = "float16" if scale.dtype == torch.float16 else "float32"
         new = cls(linear.in_features, linear.out_features, bits, group_size, offset is None,
-                  linear.bias is not None, dtype, input_scale is not None)
+                  linear.bias is not None, dtype, input_scale is not None, cache)
         with torch.no_grad():
             new.qweight.copy_(pack_codes(codes, bits))
             new.scale.copy_(scale)
@@ -89,27 +100,63 @@ class WeightOnlyLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, bits: int, group_size: int,
-                    symmetric: bool = False, scale_dtype: str = "float16") -> WeightOnlyLinear:
+                    symmetric: bool = False, scale_dtype: str = "float16",
+                    cache: bool = False) -> WeightOnlyLinear:
         """Round-to-nearest quantization of `linear`."""
         codes, scale, offset = quantize_groups(linear.weight, bits, group_size, symmetric,
                                                SCALE_DTYPES[scale_dtype])
-        return cls.from_codes(linear, codes, scale, offset, bits=bits, group_size=group_size)
+        return cls.from_codes(linear, codes, scale, offset, bits=bits, group_size=group_size,
+                              cache=cache)
 
     def spec(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric,
                 "bias": self.bias is not None, "scale_dtype": self.scale_dtype,
-                "input_scale": self.input_scale is not None}
+                "input_scale": self.input_scale is not None, "cache": self.cache}
 
     def codes(self) -> torch.Tensor:
         return unpack_codes(self.qweight, self.bits, self.in_features)
 
     def dequantized_weight(self) -> torch.Tensor:
         """The effective fp32 weight [out, in], with AWQ's 1 / s folded in."""
-        w = dequantize_groups(self.codes(), self.scale, self.offset, self.bits, self.group_size)
+        out = torch.empty(self.out_features, self.in_features, device=self.qweight.device)
+        step = block_rows(self.in_features)
+        for start in range(0, self.out_features, step):
+            rows = slice(start, start + step)
+            out[rows] = self.dequantized_rows(rows)
+        return out
+
+    def dequantized_rows(self, rows: slice) -> torch.Tensor:
+        """Rows `rows` of the effective weight; every weight goes through the same ops whichever
+        block it is de-quantized in."""
+        codes = unpack_codes(self.qweight[rows], self.bits, self.in_features)
+        offset = self.offset[rows] if self.offset is not None else None
+        w = dequantize_groups(codes, self.scale[rows], offset, self.bits, self.group_size)
         if self.input_scale is not None:
             w = w / self.input_scale.float()[None, :]
         return w
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The de-quantized fp32 weight, built on each access (not cached, not trainable)."""
+        with torch.no_grad(), untraced():
+            return self.dequantized_weight()
+
+    @property
+    def memory_mode(self) -> str:
+        return CACHED if self.cache else PACKED
+
+    def stored_bytes(self) -> int:
+        """Bytes of every stored tensor (codes, scales, offsets, bias, input scale)."""
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+
+    def extra_runtime_bytes(self) -> int:
+        """The fp32 weight cache in cached mode; nothing in packed mode."""
+        return dense_cache_bytes(self.out_features * self.in_features, self.cache)
+
+    def runtime_bytes(self) -> int:
+        """Resident bytes while serving: the buffers plus the weight cache if `cache`."""
+        return storage_bytes(self.buffers()) + self.extra_runtime_bytes()
 
     def _invalidate(self) -> None:
         self._dense = None
@@ -120,6 +167,9 @@ class WeightOnlyLinear(nn.Module):
         return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.cache or torch.onnx.is_in_onnx_export()):
+            return blockwise_linear(x, self.out_features, self._constant_rows, self.bias,
+                                    block_rows(self.in_features))
         dense = self._dense
         if dense is None:
             # A cache first built under inference_mode would be an inference tensor, which a
@@ -127,23 +177,28 @@ class WeightOnlyLinear(nn.Module):
             # Untraced: an ONNX export holds the de-quantized weight as a constant (the exporter
             # has no bitwise AND on bytes to unpack with).
             with torch.inference_mode(False), torch.no_grad(), untraced():
-                dense = self.dequantized_weight().to(self.qweight.device)
-            self._dense = dense
+                dense = self.dequantized_weight()
+            if self.cache:
+                self._dense = dense
         bias = self.bias
         if dense.dtype != x.dtype:
             dense = dense.to(x.dtype)
             bias = bias.to(x.dtype) if bias is not None else None
         return F.linear(x, dense, bias)
 
+    def _constant_rows(self, rows: slice) -> torch.Tensor:
+        with torch.no_grad():
+            return self.dequantized_rows(rows)
+
     def packed_bytes(self) -> int:
-        """Bytes of every stored tensor (codes, scales, offsets, bias, input scale)."""
-        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+        """Alias of `stored_bytes` (kept for existing callers)."""
+        return self.stored_bytes()
 
     def extra_repr(self) -> str:
         kind = "sym" if self.symmetric else "asym"
         awq = ", awq scale" if self.input_scale is not None else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"int{self.bits}, group={self.group_size}, {kind}{awq}")
+                f"int{self.bits}, group={self.group_size}, {kind}{awq}, {self.memory_mode}")
 
     def __deepcopy__(self, memo: dict[int, Any]) -> WeightOnlyLinear:
         # Copy the stored tensors only; the dense cache (4x-16x larger) is rebuilt lazily.

@@ -144,3 +144,9 @@ class QuantizedEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, int{self.bits}, mode={self.mode}"
+
+    def extra_runtime_bytes(self) -> int:
+        """The fused rows fbgemm reads (codes + scale + offset per row), a copy built on the
+        first forward beside the buffers."""
+        scale_bytes = 4 if self.bits == 8 else 2
+        return self.num_embeddings * (self.packed.shape[1] + 2 * scale_bytes)

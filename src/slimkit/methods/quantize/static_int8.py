@@ -38,6 +38,7 @@ class StaticInt8(MethodConfig):
 
     method = "quantize.static_int8"
     needs_data = True
+    leaves_int8_kernels = True
     observer: Literal["minmax", "percentile", "mse", "kl"] = "percentile"
     percentile: float = 99.99
     calibration_batches: int = 16

@@ -97,6 +97,8 @@ class _StaticQDQ(torch.autograd.Function):
 class _StaticInt8(nn.Module):
     """Shared state and run-time plumbing of the static INT8 Linear and Conv2d."""
 
+    # fbgemm's int8 ops and the QDQ emulation define no backward: training through them is wrong.
+    supports_autograd = False
     relu: bool
     backend: str
     quantized_output: bool

@@ -24,6 +24,7 @@ from .awq import ActivationStats, apply_clip, search_clip, search_scales
 from .gptq import HessianAccumulator, gptq_quantize, hessian_error
 from .groupwise import BITS, quantize_groups
 from .lowbit_linear import SCALE_DTYPES, WeightOnlyLinear
+from .runtime_memory import CACHED, PACKED
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,9 @@ class WeightOnly(MethodConfig):
     `group_size` inputs (-1: one per output channel; a shorter last group when the width is not a
     multiple). Activations stay float. `sequential` captures each layer's inputs after the earlier
     layers are quantized (one cut-short calibration pass per group of layers sharing an input);
-    False captures every layer in one pass of the float model (faster, less accurate)."""
+    False captures every layer in one pass of the float model (faster, less accurate).
+    `cache`: keep each layer's de-quantized fp32 weight in memory (faster forwards, fp32 run-time
+    memory); off by default, so a layer holds only its packed codes and scales."""
 
     method = "quantize.weight_only"
     bits: Literal[8, 4, 3, 2] = 4
@@ -73,6 +76,7 @@ class WeightOnly(MethodConfig):
     calibration_batches: int = 8
     sequential: bool = True
     scale_dtype: Literal["float16", "float32"] = "float16"
+    cache: bool = False
     targets: Targets = Targets()
 
     @property
@@ -178,7 +182,7 @@ def _gptq(linear: nn.Linear, hessian: torch.Tensor, config: WeightOnly,
         symmetric=config.symmetric, damp_percent=o.damp_percent, block_size=o.block_size,
         act_order=o.act_order, dtype=SCALE_DTYPES[config.scale_dtype])
     new = WeightOnlyLinear.from_codes(linear, codes, scale, offset, bits=config.bits,
-                                      group_size=config.group_size)
+                                      group_size=config.group_size, cache=config.cache)
     report["error"] = hessian_error(weight, new.dequantized_weight(), hessian)
     return new
 
@@ -199,7 +203,7 @@ def _awq(linear: nn.Linear, stats: ActivationStats, config: WeightOnly,
     codes, scale, offset = quantize_groups(scaled, bits, group, sym, dtype)
     report.update(alpha=alpha, error=min(losses) / max(losses[0], 1e-30))
     return WeightOnlyLinear.from_codes(linear, codes, scale, offset, bits=bits, group_size=group,
-                                       input_scale=s)
+                                       input_scale=s, cache=config.cache)
 
 
 def _calibrated(model: nn.Module, chosen: list[tuple[str, nn.Linear]], config: WeightOnly,
@@ -244,7 +248,8 @@ def _calibrated(model: nn.Module, chosen: list[tuple[str, nn.Linear]], config: W
 
 def _rtn(model: nn.Module, name: str, linear: nn.Linear, config: WeightOnly) -> None:
     new = WeightOnlyLinear.from_linear(linear, bits=config.bits, group_size=config.group_size,
-                                       symmetric=config.symmetric, scale_dtype=config.scale_dtype)
+                                       symmetric=config.symmetric, scale_dtype=config.scale_dtype,
+                                       cache=config.cache)
     swap_module(model, name, new, new.spec())
 
 
@@ -270,4 +275,5 @@ def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: Context) -> nn.
     ctx.info["quantized"] = [name for name, _ in chosen]
     ctx.info["bits"] = config.bits
     ctx.info["algorithm"] = config.algorithm
+    ctx.info["memory_mode"] = CACHED if config.cache else PACKED
     return model
