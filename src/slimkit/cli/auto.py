@@ -11,6 +11,7 @@ import torch
 from rich.table import Table
 
 from .. import Context, SlimkitError, load, make_task
+from ..rundir import open_run_dir, write_errors
 from .progress import console
 
 DEFAULT_SPACES = {"movielens": "ctr", "synthetic": "ctr"}
@@ -67,10 +68,11 @@ def _space(args: argparse.Namespace) -> Any:
 
 
 def _model(args: argparse.Namespace, task: Any) -> torch.nn.Module:
-    from .commands import _load_input_model, _teacher
+    from .commands import _teacher
+    from .inputs import load_input_model
 
     if args.model:
-        return _load_input_model(Path(args.model), task, args.arch)
+        return load_input_model(Path(args.model), task, args.arch)
     saved = Path(args.out) / "baseline"
     if (saved / "manifest.json").is_file():  # a resumed run or a second worker: same teacher
         console.print(f"model: {saved} (the teacher of this search)")
@@ -124,15 +126,17 @@ def run_auto(args: argparse.Namespace) -> int:
         task = make_task(args.task, **_task_options(args.task_opt))
     except (TypeError, ValueError) as exc:
         raise SlimkitError(f"--task-opt: {exc}") from None
-    model = _model(args, task)
-    metric = task.primary_metric
-    result = auto(model, task, space, max_drop=args.max_drop, objective=args.objective,
-                  trials=args.trials, out=args.out, storage=args.storage,
-                  study_name=args.study, seed=args.seed, latency_batch=args.latency_batch,
-                  sampler=args.sampler, sensitivity=not args.no_sensitivity,
-                  early_stop=not args.no_early_stop, keep=args.keep,
-                  on_trial=lambda row, data: _trial_line(row, data["baseline"], metric))
-    return _summary(result, task, Path(args.out), metric, model)
+    out = Path(args.out)
+    with open_run_dir(out, "auto"), write_errors(out):  # locked before the teacher trains
+        model = _model(args, task)
+        metric = task.primary_metric
+        result = auto(model, task, space, max_drop=args.max_drop, objective=args.objective,
+                      trials=args.trials, out=out, storage=args.storage,
+                      study_name=args.study, seed=args.seed, latency_batch=args.latency_batch,
+                      sampler=args.sampler, sensitivity=not args.no_sensitivity,
+                      early_stop=not args.no_early_stop, keep=args.keep,
+                      on_trial=lambda row, data: _trial_line(row, data["baseline"], metric))
+        return _summary(result, task, out, metric, model)
 
 
 def _summary(result: Any, task: Any, out: Path, metric: str, model: torch.nn.Module) -> int:

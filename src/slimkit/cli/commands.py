@@ -13,7 +13,10 @@ import yaml
 from rich.table import Table
 
 from .. import Context, Plan, SlimkitError, load, make_task, run_plan
+from ..core import check_plan
+from ..rundir import check_out, open_run_dir, write_errors
 from ..tasks.registry import task_from_spec
+from .inputs import load_input_model
 from .progress import console, rich_progress
 
 
@@ -83,30 +86,13 @@ def demo(args: argparse.Namespace) -> int:
     task = make_task("movielens")
     ctx = Context(task=task, seed=args.seed, progress=rich_progress)
     out = Path(args.out)
-    model, seconds = (None, 0.0) if args.resume and (out / "progress.json").is_file() \
-        else _teacher(task, args.model, args.seed, ctx)
-    metrics = run_plan(model, task, plan, out, ctx=ctx, resume=args.resume,
-                       baseline_seconds=seconds, on_stage=_stage_line,
-                       title=f"slimkit demo: {args.model} on MovieLens-100k CTR")
+    with open_run_dir(out, "demo"), write_errors(out):  # locked before the teacher trains
+        model, seconds = (None, 0.0) if args.resume and (out / "progress.json").is_file() \
+            else _teacher(task, args.model, args.seed, ctx)
+        metrics = run_plan(model, task, plan, out, ctx=ctx, resume=args.resume,
+                           baseline_seconds=seconds, on_stage=_stage_line,
+                           title=f"slimkit demo: {args.model} on MovieLens-100k CTR")
     return _finish(metrics, out)
-
-
-def _load_input_model(path: Path, task: Any, arch: str) -> torch.nn.Module:
-    if path.is_dir():
-        return load(path).model
-    if not path.is_file():
-        raise SlimkitError(f"--model: no such file or directory {str(path)!r}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise SlimkitError(f"--model: cannot read checkpoint {str(path)!r} ({exc})") from None
-    model = task.build_model(arch)
-    try:
-        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
-    except (RuntimeError, AttributeError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise SlimkitError(f"--model: checkpoint does not fit {arch!r} ({first})") from None
-    return model.eval()
 
 
 def _task_options(pairs: list[str]) -> dict[str, Any]:
@@ -121,6 +107,8 @@ def _task_options(pairs: list[str]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     plan = Plan.load(args.plan)  # validated before any model or data is touched
+    if not plan.steps:
+        check_plan(torch.nn.Module(), plan)  # "plan: no steps", before any data is read
     options = _task_options(args.task_opt)
     out = Path(args.out)
     if args.model:
@@ -136,18 +124,23 @@ def run(args: argparse.Namespace) -> int:
         task = make_task(args.task, **options)
     except (TypeError, ValueError) as exc:
         raise SlimkitError(f"--task-opt: {exc}") from None
+    check_out(out, "run")
     ctx = Context(task=task, seed=args.seed, progress=rich_progress)
     resuming = args.resume and (out / "progress.json").is_file()
-    if resuming:
-        model, seconds = None, 0.0
-    elif args.model:
-        model, seconds = _load_input_model(Path(args.model), task, args.arch), 0.0
-    else:
-        model, seconds = _teacher(task, args.arch, args.seed, ctx)
-    metrics = run_plan(model, task, plan, out, ctx=ctx, resume=args.resume,
-                       baseline_name="input" if args.model else "teacher",
-                       baseline_seconds=seconds, on_stage=_stage_line,
-                       title=f"slimkit run: {Path(args.plan).name} on {task.name}")
+    model = None
+    if args.model and not resuming:
+        model = load_input_model(Path(args.model), task, args.arch)
+    if not resuming:  # the whole plan, before a teacher trains: an untrained one has its modules
+        check_plan(model if model is not None else task.build_model(args.arch), plan,
+                   field="--model" if args.model else "model")
+    with open_run_dir(out, "run"), write_errors(out):
+        seconds = 0.0
+        if model is None and not resuming:
+            model, seconds = _teacher(task, args.arch, args.seed, ctx)
+        metrics = run_plan(model, task, plan, out, ctx=ctx, resume=args.resume,
+                           baseline_name="input" if args.model else "teacher",
+                           baseline_seconds=seconds, on_stage=_stage_line,
+                           title=f"slimkit run: {Path(args.plan).name} on {task.name}")
     return _finish(metrics, out)
 
 

@@ -1,6 +1,6 @@
 """Core: torch only. Method configs and registry, Targets, Context, Plan, compress_, Record."""
 
-from .compress import Record, compress_, edit_log
+from .compress import Record, check_finite, check_plan, compress_, edit_log
 from .config import (
     MethodConfig,
     check_range,
@@ -17,6 +17,6 @@ from .task import Batch, Task
 
 __all__ = [
     "ArtifactError", "Batch", "ConfigError", "Context", "MethodConfig", "Plan", "Record",
-    "SlimkitError", "Targets", "Task", "check_range", "check_training", "compress_", "edit_log",
-    "lookup", "method_names", "register",
+    "SlimkitError", "Targets", "Task", "check_finite", "check_plan", "check_range",
+    "check_training", "compress_", "edit_log", "lookup", "method_names", "register",
 ]

@@ -12,9 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import lookup
+from .config import MethodConfig, lookup
 from .context import Context
+from .errors import SlimkitError
 from .plan import Plan
+from .targets import Targets, _matches
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,9 @@ def compress_(model: nn.Module, plan: Plan, ctx: Context, *, first_step: int = 0
     Step i runs with seed `ctx.seed + first_step + i` inside a forked RNG, so results depend only
     on the plan and seed (a runner applying steps one by one passes `first_step`), and the
     caller's random state is left alone. A teacher made here lives only for this call.
+    The plan is checked against the model first (`check_plan`), before any step runs.
     """
+    check_plan(model, plan, first_step=first_step)
     own_teacher = ctx.teacher is None and any(s.needs_teacher for s in plan.steps)
     if own_teacher:
         ctx.teacher = copy.deepcopy(model).eval()
@@ -73,3 +77,71 @@ def edit_log(model: nn.Module) -> list[dict[str, Any]]:
     """Structural edits applied to `model` so far, replayed by the artifact loader."""
     edits: list[dict[str, Any]] = model.__dict__.setdefault("slimkit_edits", [])
     return edits
+
+
+def check_plan(model: nn.Module, plan: Plan, *, first_step: int = 0, field: str = "model") -> None:
+    """Refuse, before any work, a plan that cannot run on `model`; one line naming the step.
+
+    Checked: an empty plan; NaN/Inf in the model (`check_finite`); a step that trains after a
+    step that leaves int8 kernels without gradients (or on a model that already holds them);
+    targets whose names match no module of the model. Names are checked against `model` for
+    every step because slimkit's methods only keep, swap (same name) or remove modules, so a
+    name absent now cannot appear later; explicit `types` only for the first step, since
+    earlier steps swap types. Not checked: a later step's targets that an earlier step removes
+    (truncate.layers), and the methods' default types (the method itself refuses those).
+    """
+    if not plan.steps:
+        raise SlimkitError("plan: no steps")
+    check_finite(model, field=field)
+    names = [name for name, _ in model.named_modules() if name]
+    types = {name: type(module).__name__ for name, module in model.named_modules() if name}
+    frozen = next((f"the {field} holds {name!r}, an int8 kernel without gradients"
+                   for name, m in model.named_modules()
+                   if getattr(m, "supports_autograd", True) is False), None)
+    for i, step in enumerate(plan.steps):
+        label = f"steps[{first_step + i}] ({step.method})"
+        if frozen is not None and trains(step):
+            raise SlimkitError(f"{label}: cannot train: {frozen}; put training steps "
+                               "before quantize steps")
+        for where, targets in _targets_of(step):
+            chosen = [n for n in names if _matches(n, targets.names)
+                      and not _matches(n, targets.exclude)
+                      and (i > 0 or not targets.types or types[n] in targets.types)]
+            if not chosen:
+                what = f"names {list(targets.names)}" + (
+                    f" exclude {list(targets.exclude)}" if targets.exclude else "") + (
+                    f" types {list(targets.types)}" if targets.types and i == 0 else "")
+                raise SlimkitError(f"{label}: {where} match no module of the {field} ({what})")
+        if frozen is None and type(step).leaves_int8_kernels:
+            frozen = f"{label} leaves int8 kernels without gradients"
+
+
+def trains(step: MethodConfig) -> bool:
+    """Whether a step runs the training loop: it carries an optimizer (`lr`) and trains for
+    `epochs` > 0, unless its recovery is "none" (the rule every training method follows)."""
+    epochs = getattr(step, "epochs", 0.0)
+    return (hasattr(step, "lr") and isinstance(epochs, (int, float)) and epochs > 0
+            and getattr(step, "recover", "") != "none")
+
+
+def _targets_of(step: MethodConfig) -> list[tuple[str, Targets]]:
+    return [(f.name, value) for f in dataclasses.fields(step)
+            if isinstance(value := getattr(step, f.name), Targets)]
+
+
+@torch.no_grad()
+def check_finite(model: nn.Module, *, field: str = "model") -> None:
+    """Refuse a model with NaN or Inf in a floating-point parameter or buffer (a broken export
+    or a diverged training run): nothing sensible can be measured or compressed from it."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    for name, tensor in tensors:
+        if not tensor.is_floating_point():  # integer codes and packed weights cannot be NaN
+            continue
+        bad = ~torch.isfinite(tensor)
+        count = int(bad.sum())
+        if count:
+            kind = "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
+            what = "parameter" if isinstance(tensor, nn.Parameter) else "buffer"
+            raise SlimkitError(f"{field}: {what} {name!r} holds {kind} ({count} of "
+                               f"{tensor.numel()} values); the model is broken, re-export or "
+                               "retrain it")

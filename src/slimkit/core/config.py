@@ -26,6 +26,9 @@ class MethodConfig:
     method: ClassVar[str] = ""
     needs_data: ClassVar[bool] = False
     needs_teacher: ClassVar[bool] = False
+    # Leaves int8 kernels without gradients in the model (read by check_plan: later training
+    # is refused before any work instead of failing mid-run).
+    leaves_int8_kernels: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.validate()
