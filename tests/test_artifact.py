@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import slimkit
-from slimkit.graph import is_masked
 from slimkit.export import MANIFEST, WEIGHTS, artifact_bytes
 from slimkit.export.encoding import decode, encode, pack_bits, unpack_bits
+from slimkit.graph import is_masked
 
 
 def test_bitmap_encoding_round_trip_and_is_smaller() -> None:

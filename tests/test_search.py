@@ -90,11 +90,14 @@ def test_narrowing_excludes_layers_over_the_budget(make_model, tiny_task) -> Non
     space = SearchSpace.from_dict({"steps": [
         {"method": "quantize.embedding", "params": {"bits": {"choice": [8, 4]}},
          "sensitivity": {"bits": 2}}]})
-    drops = {r["layer"]: r["drop"] for r in narrow(model, tiny_task, space, max_drop=1.0)[1]}
+    probed = narrow(model, tiny_task, space, max_drop=1.0)[1]
+    drops = {r["layer"]: r["drop"] for r in probed if r["status"] == "measured"}
+    assert all(r["reason"] for r in probed if r["status"] != "measured")
     assert len(drops) >= 4  # every embedding table was probed
     budget = sorted(drops.values())[len(drops) // 2]  # half the tables are over it
     narrowed, rows = narrow(model, tiny_task, space, max_drop=budget)
     excluded = {r["layer"] for r in rows if not r["kept"]}
+    assert all(r["kept"] for r in rows if r["status"] != "measured")
     assert excluded == {layer for layer, d in drops.items() if d > budget} and excluded
     config = Plan.from_dict({"version": 1, "steps": [
         {"method": "quantize.embedding", "bits": 4, **narrowed.slots[0].fixed}]}).steps[0]
@@ -151,3 +154,69 @@ def test_nsga2_searches_the_three_objectives(make_model, tiny_task, tmp_path) ->
     with pytest.raises(slimkit.SlimkitError, match="sampler"):  # a study keeps its sampler
         auto(make_model("deepfm"), tiny_task, space, max_drop=0.05, trials=5,
              out=tmp_path / "run", sampler="tpe", latency_batch=64, sensitivity=False)
+
+
+def test_a_failing_probe_keeps_the_layer_and_says_why(make_model, tiny_task,
+                                                      monkeypatch) -> None:
+    from slimkit.methods.quantize import sensitivity
+
+    real = sensitivity.compress_
+
+    def flaky(model, plan, ctx, **kw):
+        if plan.steps[0].targets.names == ("re:embeddings\\.1",):
+            raise RuntimeError("probe crashed")
+        return real(model, plan, ctx, **kw)
+
+    monkeypatch.setattr(sensitivity, "compress_", flaky)
+    space = SearchSpace.from_dict({"steps": [
+        {"method": "quantize.embedding", "params": {"bits": {"choice": [8, 4]}},
+         "sensitivity": {"bits": 2}}]})
+    narrowed, rows = narrow(make_model("deepfm"), tiny_task, space, max_drop=-1.0)
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert [(r["layer"], r["reason"], r["kept"], r["drop"]) for r in failed] == \
+        [("embeddings.1", "RuntimeError: probe crashed", True, None)]
+    # Every measured layer is over a negative budget and excluded; the failed one is not.
+    excluded = narrowed.slots[0].fixed["targets"]["exclude"]
+    assert "re:embeddings\\.1" not in excluded and "re:embeddings\\.0" in excluded
+
+
+def test_a_crashing_trial_is_recorded_and_the_search_goes_on(make_model, tiny_task, tmp_path,
+                                                             monkeypatch) -> None:
+    from slimkit.search import objective
+
+    real, calls = objective.run_plan_trial, []
+
+    def crash_once(*args, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyError("no such layer")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(objective, "run_plan_trial", crash_once)
+    space = SearchSpace.from_dict({"steps": [
+        {"method": "quantize.embedding", "params": {"bits": {"choice": [8, 4]}}}]})
+    result = auto(make_model("deepfm"), tiny_task, space, trials=2, max_drop=0.05,
+                  out=tmp_path / "run", latency_batch=64, sensitivity=False)
+    first = result.trials[0]
+    assert first["state"] == "FAIL" and first["error"] == "KeyError: 'no such layer'"
+    assert first["note"] == "failed: KeyError: 'no such layer'"
+    assert [r["state"] for r in result.trials[1:]] == ["COMPLETE", "COMPLETE"]
+    saved = json.loads((tmp_path / "run" / "search.json").read_text())
+    assert saved["trials"][0]["note"] == first["note"]
+    assert "KeyError: 'no such layer'" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_a_space_where_every_plan_fails_stops(make_model, tiny_task, tmp_path,
+                                              monkeypatch) -> None:
+    from slimkit.search import objective
+
+    def crash(*args, **kw):
+        raise RuntimeError("always")
+
+    monkeypatch.setattr(objective, "run_plan_trial", crash)
+    space = SearchSpace.from_dict({"steps": [
+        {"method": "quantize.embedding", "params": {"bits": {"choice": [8, 4]}}}]})
+    with pytest.raises(slimkit.SlimkitError, match=r"trials: the last 3 trials all failed "
+                       r"\(last: failed: RuntimeError: always\)"):
+        auto(make_model("deepfm"), tiny_task, space, trials=2, max_drop=0.05,
+             out=tmp_path / "run", latency_batch=64, sensitivity=False)

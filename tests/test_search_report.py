@@ -75,6 +75,13 @@ def search_data() -> dict[str, Any]:
              "drop": 0.0008, "bytes_before": 60000, "bytes_after": 3900, "kept": True},
             {"method": "prune.magnitude", "setting": "sparsity=0.8", "layer": "mlp.0",
              "drop": -0.0003, "bytes_before": 30000, "bytes_after": 9000, "kept": True},
+            {"method": "prune.magnitude", "setting": "sparsity=0.8", "layer": "mlp.1",
+             "drop": None, "bytes_before": None, "bytes_after": None, "kept": True,
+             "status": "failed", "reason": "RuntimeError: " + NASTY},
+            {"method": "quantize.embedding", "setting": "bits=2", "layer": "mlp.0",
+             "drop": None, "bytes_before": None, "bytes_after": None, "kept": True,
+             "status": "not applicable",
+             "reason": "quantize.embedding: targets match no Embedding/EmbeddingBag module"},
         ],
     }
 
@@ -271,6 +278,13 @@ def test_page_renders_in_chromium(driver: Any, tmp_path: Path) -> None:
     assert all(abs(float(y) - float(cap)) < 0.01 for y in ys)
     assert _count(driver, "#sens-chart rect.bar") == 3
     assert _count(driver, "#sens-chart rect.bar.excluded") == 1
+    # layers without a drop are listed with their reason, the failure first
+    assert _count(driver, "#sens-skipped tbody tr") == 2
+    assert _count(driver, "#sens-skipped tr.sens-failed") == 1
+    skipped = driver.find_element(By.ID, "sens-skipped").text
+    assert "RuntimeError: " + NASTY in skipped and "targets match no" in skipped
+    assert skipped.index("mlp.1") < skipped.index("not applicable")
+    assert _count(driver, "#trials tr.failed[data-trial='4']") == 1
     assert _count(driver, "#trials tbody.trials tr") == 12
     # hostile strings arrived as text, not markup
     assert _count(driver, "#trials b") == 0 and NASTY in driver.find_element(By.ID, "trials").text

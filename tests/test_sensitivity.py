@@ -89,3 +89,53 @@ def test_chart_is_png(fragile, tiny_task) -> None:
     png = sensitivity_chart({"int8": rows, "ternary": rows[:1]})
     assert png.startswith(b"\x89PNG") and len(png) > 5000
     assert sensitivity_chart([]).startswith(b"\x89PNG")
+
+
+def test_every_layer_without_a_row_is_listed_with_its_status(make_model, tiny_task) -> None:
+    model = make_model("deepfm")
+    rows = layer_sensitivity(model, tiny_task, slimkit.DynamicInt8(),
+                             layers=["tower.0.0", "embeddings.0", "head"])
+    assert [r["layer"] for r in rows] == ["tower.0.0"]
+    status = {s["layer"]: (s["status"], s["reason"]) for s in rows.skipped}
+    assert status["embeddings.0"] == ("not applicable",
+                                      "quantize.dynamic_int8: targets match no Linear module")
+    assert status["head"][0] == "unchanged"  # the 1-output head stays fp32
+    assert rows.failures == []
+
+
+def test_a_failing_layer_is_recorded_with_its_reason(make_model, tiny_task, monkeypatch,
+                                                     caplog) -> None:
+    from slimkit.core import SlimkitError
+    from slimkit.methods.quantize import sensitivity
+
+    real = sensitivity.compress_
+
+    def flaky(model, plan, ctx, **kw):  # fails on one layer, as a buggy method would
+        names = plan.steps[0].targets.names
+        if names == ("tower.1.0",):
+            raise RuntimeError("boom\nsecond line")
+        if names == ("tower.2.0",):
+            raise SlimkitError("quantize.dynamic_int8: scale out of range")
+        return real(model, plan, ctx, **kw)
+
+    monkeypatch.setattr(sensitivity, "compress_", flaky)
+    model = make_model("deepfm")
+    with caplog.at_level("WARNING", logger=sensitivity.__name__):
+        rows = layer_sensitivity(model, tiny_task, slimkit.DynamicInt8(),
+                                 layers=["tower.0.0", "tower.1.0", "tower.2.0"])
+    assert [r["layer"] for r in rows] == ["tower.0.0"]
+    # A SlimkitError other than "targets match no module" is a failure too, never "n/a".
+    assert rows.failures == [
+        {"layer": "tower.1.0", "type": "Linear", "method": "quantize.dynamic_int8",
+         "status": "failed", "reason": "RuntimeError: boom"},
+        {"layer": "tower.2.0", "type": "Linear", "method": "quantize.dynamic_int8",
+         "status": "failed", "reason": "SlimkitError: quantize.dynamic_int8: scale out of range"}]
+    assert sum("tower.1.0 failed: RuntimeError: boom" in m for m in caplog.messages) == 1
+    from slimkit.report.sensitivity import sensitivity_markdown
+
+    table = sensitivity_markdown({"int8": rows})
+    assert "| int8 | tower.1.0 | quantize.dynamic_int8 | – | – | failed: RuntimeError: boom |" \
+        in table and "| tower.0.0 |" in table
+    assert sensitivity_chart({"int8": rows}).startswith(b"\x89PNG")
+    failed_only = sensitivity.SensitivityResult([], rows.skipped)
+    assert sensitivity_chart(failed_only).startswith(b"\x89PNG")

@@ -230,7 +230,7 @@ def _check(model: nn.Module, inputs: Sequence[torch.Tensor],
            reference: list[torch.Tensor]) -> str | None:
     try:
         outs = eval_outputs(model, inputs)
-    except Exception as exc:  # any failure of the user's forward means "not cuttable"
+    except Exception as exc:  # recorded: returned as the group's "not cuttable" reason
         return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:120]}"
     shapes, ref_shapes = [tuple(t.shape) for t in outs], [tuple(t.shape) for t in reference]
     if shapes != ref_shapes:

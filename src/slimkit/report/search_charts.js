@@ -88,14 +88,23 @@ function scatter(boxId, opts) {
 
 function sensitivity() {
   const box = document.getElementById("sens-chart");
-  const rows = (Array.isArray(D.sensitivity) ? D.sensitivity : []).filter(isObj)
-    .filter((r) => num(r.drop) !== null).sort((a, b) => b.drop - a.drop);
-  if (!rows.length) {
+  const all = (Array.isArray(D.sensitivity) ? D.sensitivity : []).filter(isObj);
+  const rows = all.filter((r) => num(r.drop) !== null).sort((a, b) => b.drop - a.drop);
+  // Layers without a measured drop (the probe failed, or the step does not apply) are listed
+  // under the bars with their reason: a failure must never vanish from the page.
+  const others = all.filter((r) => num(r.drop) === null)
+    .sort((a, b) => (str(a.status) === "failed" ? 0 : 1) - (str(b.status) === "failed" ? 0 : 1));
+  if (!rows.length && !others.length) {
     document.getElementById("sens-help").hidden = true;
     el("p", {class: "empty"}, "No sensitivity data: the search ran without a per-layer " +
       "sensitivity pass, so every layer stayed in its search space.", box);
     return;
   }
+  if (rows.length) sensBars(box, rows);
+  if (others.length) sensOthers(box, others);
+}
+
+function sensBars(box, rows) {
   const RH = 24, W = 1040, L = 360, R = 70, T = 10, B = 44, H = T + B + RH * rows.length;
   const svg = sv("svg", {viewBox: "0 0 " + W + " " + H, class: "chart sens", role: "img",
     "aria-label": "per-layer sensitivity"});
@@ -128,4 +137,21 @@ function sensitivity() {
     sv("line", {class: "budget", x1: X(budget), x2: X(budget), y1: T, y2: H - B}, svg);
   }
   box.appendChild(svg);
+}
+
+function sensOthers(box, rows) {
+  const failed = rows.filter((r) => str(r.status) === "failed").length;
+  el("p", {class: "help" + (failed ? " sens-failed-note" : "")},
+    rows.length + " layer(s) without a measured drop" + (failed ? ", " + failed +
+    " of them because the probe failed (kept in the search space)" : "") + ":", box);
+  const tbl = el("table", {id: "sens-skipped"}, null, box);
+  const head = el("tr", {}, null, el("thead", {}, null, tbl));
+  ["layer", "method", "status", "reason"].forEach((h) => el("th", {class: "txt"}, h, head));
+  const body = el("tbody", {}, null, tbl);
+  rows.forEach((r) => {
+    const tr = el("tr", {class: "sens-" + (str(r.status) || "unknown").replace(/\W+/g, "-")},
+      null, body);
+    [str(r.layer), str(r.method) + " " + str(r.setting), str(r.status) || "unknown",
+      str(r.reason)].forEach((v) => el("td", {class: "txt"}, v, tr));
+  });
 }

@@ -172,7 +172,9 @@ LEGEND = ('<ul class="legend" aria-label="legend">'
 
 SENS_HELP = ("Each bar is the quality drop when only that layer is compressed with that setting, "
              "everything else left as it was. Grey layers were taken out of that method's search "
-             "space before the search; blue ones stayed in. The dashed line is the budget.")
+             "space before the search; blue ones stayed in. The dashed line is the budget. "
+             "Layers without a bar are listed under it with the reason: the probe failed on "
+             "them (they stay in the search space), or the step does not apply to them.")
 
 
 def render_search_html(data: Mapping[str, Any]) -> str:

@@ -54,7 +54,8 @@ function table() {
   const body = el("tbody", {class: "trials"}, null, tbl);
   trials.forEach((t, i) => {
     const row = el("tr", {"data-trial": str(t.number), "data-index": i,
-      class: kind(t) + (isBest(t) ? " best-row" : "")}, null, body);
+      class: kind(t) + (isBest(t) ? " best-row" : "") + (t.state === "FAIL" ? " failed" : "")},
+      null, body);
     COLS.forEach((c) => cell(c, c.v(t), row));
     row.addEventListener("click", () => select(str(t.number), false));
   });

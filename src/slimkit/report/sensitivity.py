@@ -1,5 +1,7 @@
 """Per-layer sensitivity chart as PNG bytes: horizontal bars of the quality drop when one layer
-alone is compressed, one colour per method, the most sensitive layer on top.
+alone is compressed, one colour per method, the most sensitive layer on top. Layers the method
+failed on are drawn as a labelled "failed" entry with the reason; `sensitivity_markdown` lists
+every layer, measured or not, as a table.
 
 matplotlib is imported inside the function (the optional `report` extra), through Figure and the
 Agg canvas, as in charts.py.
@@ -22,6 +24,34 @@ def _label(drop: float) -> str:
     return "0.0000" if float(text) == 0 else text  # no "-0.0000" for a drop below the precision
 
 
+def _failures(groups: Mapping[str, Rows]) -> dict[str, str]:
+    """layer -> "method: reason" for every failed layer of every series (rows from
+    `layer_sensitivity` carry them in `.skipped`)."""
+    failed: dict[str, str] = {}
+    for rows in groups.values():
+        for s in getattr(rows, "skipped", ()):
+            if s.get("status") == "failed":
+                failed.setdefault(s["layer"], f"{s['method']}: {s['reason']}")
+    return failed
+
+
+def sensitivity_markdown(series: Mapping[str, Rows] | Rows) -> str:
+    """A Markdown table: one line per measured layer (drop, bytes) and per skipped layer
+    (status and reason), so a failure is visible next to the numbers."""
+    groups = dict(series) if isinstance(series, Mapping) else {"": series}
+    lines = ["| series | layer | method | drop | bytes before → after | status |",
+             "|---|---|---|---|---|---|"]
+    for label, rows in groups.items():
+        for r in rows:
+            lines.append(f"| {label} | {r['layer']} | {r['method']} | {_label(float(r['drop']))}"
+                         f" | {r['bytes_before']} → {r['bytes_after']} | measured |")
+        for s in getattr(rows, "skipped", ()):
+            reason = str(s["reason"]).replace("|", "\\|")
+            lines.append(f"| {label} | {s['layer']} | {s['method']} | – | – | "
+                         f"{s['status']}: {reason} |")
+    return "\n".join(lines) + "\n"
+
+
 def sensitivity_chart(series: Mapping[str, Rows] | Rows, *, title: str | None = None) -> bytes:
     """`series`: rows from `layer_sensitivity` (keys layer, drop, metric), or a mapping from a
     label (the method) to such rows. Positive drop = worse quality."""
@@ -35,15 +65,18 @@ def sensitivity_chart(series: Mapping[str, Rows] | Rows, *, title: str | None = 
             worst[r["layer"]] = max(worst.get(r["layer"], float("-inf")), float(r["drop"]))
     # Most sensitive at the top: barh draws index 0 at the bottom.
     layers = sorted(worst, key=lambda n: worst[n])
+    failed = {n: why for n, why in _failures(groups).items() if n not in worst}
     metric = next((str(r.get("metric")) for rows in groups.values() for r in rows), "quality")
-    height = max(2.6, 0.9 + len(layers) * (0.22 + 0.16 * len(groups)))
+    height = max(2.6, 0.9 + len(layers) * (0.22 + 0.16 * len(groups)) + 0.3 * len(failed))
     with rc_context(STYLE):
         fig = Figure(figsize=(WIDTH_IN, height), dpi=DPI, layout="constrained")
         ax = fig.subplots()
         ax.set_title(title or f"Per-layer sensitivity: {metric} drop with one layer compressed")
         if not layers:
-            ax.text(0.5, 0.5, "no layer measured", ha="center", va="center",
-                    transform=ax.transAxes, color="#666666")
+            lines = ["no layer measured", *(f"{n}: failed ({why[:90]})"
+                                            for n, why in failed.items())]
+            ax.text(0.5, 0.5, "\n".join(lines), ha="center", va="center",
+                    transform=ax.transAxes, color="#b42318" if failed else "#666666")
             ax.set_axis_off()
             return _png(fig)
         bar = 0.8 / len(groups)
@@ -58,7 +91,14 @@ def sensitivity_chart(series: Mapping[str, Rows] | Rows, *, title: str | None = 
                             textcoords="offset points", va="center",
                             ha="left" if x >= 0 else "right", fontsize=7)
         ax.axvline(0.0, color="#1f2933", linewidth=0.8)
-        ax.set_yticks(range(len(layers)), layers)
+        # Failed layers go below the bars (negative rows) with their reason instead of a bar.
+        for i, why in enumerate(failed.values()):
+            ax.annotate(f"failed: {why[:90]}", (0.0, -1 - i), xytext=(3, 0),
+                        textcoords="offset points", va="center", ha="left", fontsize=7,
+                        color="#b42318")
+        ax.set_yticks([*range(len(layers)), *(-1 - i for i in range(len(failed)))],
+                      [*layers, *(f"{n} (failed)" for n in failed)])
+        ax.set_ylim(-len(failed) - 0.6, len(layers) - 0.4)
         ax.grid(axis="y", visible=False)
         lo = min(0.0, *(float(r["drop"]) for rows in groups.values() for r in rows))
         hi = max(0.0, *(float(r["drop"]) for rows in groups.values() for r in rows))

@@ -6,6 +6,9 @@ validation split. A layer that alone costs more than the whole quality budget ca
 any plan that fits, so it is excluded from that step's targets for every trial: TPE then spends
 its trials on choices that can fit (the accuracy-aware fallback of post-training quantizers,
 applied to any method with targets).
+
+A layer whose probe failed is kept in the space (nothing says it is over the budget) and its row
+carries the reason; layers the step does not apply to are listed too, so no layer goes missing.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ def _exact(name: str) -> str:
 def narrow(model: nn.Module, task: Any, space: SearchSpace, *, max_drop: float,
            seed: int = 0, baseline: float | None = None
            ) -> tuple[SearchSpace, list[dict[str, Any]]]:
-    """The space with over-budget layers excluded, and one row per probed layer."""
+    """The space with over-budget layers excluded, and one row per probed layer: `status`
+    "measured" (with `drop`), or "failed" / "not applicable" / "unchanged" with a `reason`."""
     rows: list[dict[str, Any]] = []
     slots = []
     for slot in space.slots:
@@ -65,10 +69,19 @@ def narrow(model: nn.Module, task: Any, space: SearchSpace, *, max_drop: float,
         for r in found:
             rows.append({"method": slot.method, "setting": setting, "layer": r["layer"],
                          "drop": r["drop"], "bytes_before": r["bytes_before"],
-                         "bytes_after": r["bytes_after"], "kept": r["layer"] not in excluded})
+                         "bytes_after": r["bytes_after"], "kept": r["layer"] not in excluded,
+                         "status": "measured", "reason": ""})
+        for s in found.skipped:
+            rows.append({"method": slot.method, "setting": setting, "layer": s["layer"],
+                         "drop": None, "bytes_before": None, "bytes_after": None,
+                         "kept": True, "status": s["status"], "reason": s["reason"]})
+        if found.failures:
+            log.warning("%s: the sensitivity probe failed on %d layer(s), kept in the space: %s",
+                        slot.method, len(found.failures),
+                        "; ".join(f"{f['layer']}: {f['reason']}" for f in found.failures))
         if excluded:
             log.info("%s: excluding %s (each alone over the budget)", slot.method, excluded)
-        if found and len(excluded) == len(found):
+        if found and len(excluded) == len(found) and not found.failures:
             log.info("%s: every layer is over the budget; step left out", slot.method)
             continue
         fixed_targets = dict(slot.fixed.get("targets") or {})

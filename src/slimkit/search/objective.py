@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from ..core.errors import SlimkitError
+from ..methods.quantize.sensitivity import one_line
 from .space import SearchSpace, describe, suggest_plan
 from .trial import Hopeless, run_plan_trial
 
@@ -20,6 +21,11 @@ INTERRUPTED = "interrupted"
 
 class OverBudget(SlimkitError):
     """Another worker took the study's last trial slot while this one was asking."""
+
+
+class TrialFailed(SlimkitError):
+    """A plan raised something other than a user error; the trial is recorded FAIL with the
+    reason and the search goes on (one plan's crash must not end a search of many)."""
 
 
 def counted(trials: list[Any], below: int | None = None) -> int:
@@ -75,10 +81,14 @@ class TrialFunction:
             trial.set_constraint("quality_drop", stop.drop - self.max_drop)
             log.info("trial %d: %s", trial.number, stop)
             raise optuna.TrialPruned(str(stop)) from None
-        except SlimkitError as exc:
-            trial.set_user_attr("note", f"failed: {exc}")
-            log.warning("trial %d failed: %s", trial.number, exc)
-            raise
+        except Exception as exc:
+            reason = one_line(exc)
+            trial.set_user_attr("note", f"failed: {reason}")
+            trial.set_user_attr("error", reason)
+            log.warning("trial %d failed: %s", trial.number, reason)
+            if isinstance(exc, SlimkitError):
+                raise
+            raise TrialFailed(reason) from exc
         trial.set_user_attr("note", "")
         for name in ("metrics", "bytes", "latency_ms", "drop"):
             trial.set_user_attr(name, result[name])

@@ -24,7 +24,8 @@ def trial_row(trial: Any) -> dict[str, Any]:
             "drop": attrs.get("drop") if done else attrs.get("intermediate_drop"),
             "feasible": False, "pareto": False, "best": False, "rank": None,
             "artifact": attrs.get("artifact") if done else None, "seconds": seconds,
-            "worker": attrs.get("worker", ""), "note": attrs.get("note", "")}
+            "worker": attrs.get("worker", ""), "note": attrs.get("note", ""),
+            "error": attrs.get("error")}
 
 
 def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -128,6 +128,7 @@ def auto(model: nn.Module, task: Any, space: SearchSpace, *, max_drop: float,
     run = TrialFunction(model, teacher, task, narrowed, baseline, out, worker,
                         max_drop=max_drop, key=key, seed=seed, batch=latency_batch,
                         early_stop=early_stop, multi=sampler == "nsga2", trials=trials)
+    failed_in_a_row = 0
     while counted(study.get_trials(deepcopy=False)) < trials:
         # One trial per call: optimize() keeps the heartbeat and fails stale trials for us.
         try:
@@ -138,8 +139,14 @@ def auto(model: nn.Module, task: Any, space: SearchSpace, *, max_drop: float,
         if run.over_budget:
             break
         data = write_outputs(study, out, context)
-        if on_trial is not None and run.last_number is not None:
-            on_trial(next(r for r in data["trials"] if r["number"] == run.last_number), data)
+        row = next((r for r in data["trials"] if r["number"] == run.last_number), None)
+        if on_trial is not None and row is not None:
+            on_trial(row, data)
+        # A failed trial frees its slot, so a space where every plan fails would loop forever.
+        failed_in_a_row = failed_in_a_row + 1 if row and row["state"] == "FAIL" else 0
+        if failed_in_a_row >= max(trials, 3):
+            raise SlimkitError(f"trials: the last {failed_in_a_row} trials all failed (last: "
+                               f"{row['note'] if row else ''}); see {str(out / 'search.json')!r}")
     # Read again at the end: other workers may have finished trials since the last write.
     data = write_outputs(study, out, context)
     if keep == "pareto":

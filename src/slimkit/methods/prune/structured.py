@@ -260,7 +260,7 @@ def _cut(model: nn.Module, cuts: list[tuple[Analysis, Keep, list[AttrFix]]],
     try:
         shapes = _output_shapes(model, example)
         error = None if shapes == reference else f"output shapes {reference} -> {shapes}"
-    except Exception as exc:  # the user's forward may raise anything
+    except Exception as exc:  # recorded: in `error`, raised below as a SlimkitError
         error = f"{type(exc).__name__}: {exc}"
     if error is not None:
         model.__dict__.update(backup.__dict__)
