@@ -1,6 +1,7 @@
 """Benchmark: Deep Compression (Han et al. 2016) on Fashion-MNIST: train the CNN teacher, prune
 (gradual magnitude), share weights by k-means with centroid fine-tuning, Huffman-code the saved
-artifact. Prints per-stage accuracy, artifact bytes and ratios, then per-layer coding figures:
+artifact. Prints per-stage accuracy, artifact bytes and ratios beside run-time memory (a fresh
+process loads each stage's artifact and runs a batch), then per-layer coding figures:
 bits per weight against the empirical entropy of the Huffman streams.
 
     .venv/bin/python bench/deep_compression.py [--out runs/bench-dc] [--seed 0]
@@ -61,7 +62,8 @@ def coding(manifest: dict) -> dict[str, dict]:
 def stage_table(metrics: dict, out: Path) -> str:
     stages = metrics["stages"]
     base = stages[0]
-    head = ("stage", "test acc %", "Δ acc", "KB", "x smaller", "bits/param", "ms@512",
+    head = ("stage", "test acc %", "Δ acc", "KB", "x smaller", "run-time MiB (resident / peak)",
+            "bits/param", "ms@512",
             "coded bits/weight",
             "entropy bits/weight", "Huffman gap %")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -75,10 +77,16 @@ def stage_table(metrics: dict, out: Path) -> str:
         acc = s["metrics"]["accuracy"]
         lines.append("| " + " | ".join([
             s["name"], f"{acc:.2f}", f"{acc - base['metrics']['accuracy']:+.2f}",
-            f"{s['bytes'] / 1024:.1f}", f"{base['bytes'] / s['bytes']:.1f}",
+            f"{s['bytes'] / 1024:.1f}", f"{base['bytes'] / s['bytes']:.1f}", runtime_mb(s),
             f"{8 * s['bytes'] / base['params']:.2f}",
             f"{s['latency_ms']['512']['median']:.2f}", *coded]) + " |")
     return "\n".join(lines)
+
+
+def runtime_mb(stage: dict) -> str:
+    """Memory of a fresh process that loads the artifact and runs a batch, above its baseline."""
+    memory = stage.get("runtime_mb")
+    return f"{memory['resident']:.1f} / {memory['peak']:.1f}" if memory else "n/a"
 
 
 def layer_table(manifest: dict) -> str:
@@ -113,7 +121,7 @@ def main() -> None:
     teacher = train_teacher(task, ctx, recipe=dataclasses.replace(
         CNN_RECIPE, epochs=args.teacher_epochs))
     metrics = run_plan(teacher, task, PLAN, out, ctx=ctx, title="SmallCNN on Fashion-MNIST",
-                       baseline_seconds=time.perf_counter() - start, measure_memory=False)
+                       baseline_seconds=time.perf_counter() - start)
     stages = metrics["stages"]
     final = json.loads((out / stages[-1]["artifact"] / MANIFEST).read_text())
     print(f"\n## Deep Compression on Fashion-MNIST (seed {args.seed})\n")

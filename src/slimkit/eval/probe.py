@@ -1,9 +1,12 @@
-"""Child process for peak-memory measurement: load an artifact, run one batch, print VmHWM."""
+"""Child process of `runtime_memory`: import what loading needs, record the baseline RSS, load
+the artifact, run one batch, and print VmRSS / VmHWM at each point as one JSON line."""
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 import safetensors.torch
 import torch
@@ -17,19 +20,52 @@ def _status_mb(field: str) -> float:
     return float("nan")
 
 
-def main(artifact: str, inputs_file: str) -> None:
-    from slimkit.export import load
+def _reset_peak() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0), so import-time spikes do not count."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass  # the peak then also covers the imports: an over-estimate, never an under-estimate
 
-    base = _status_mb("VmRSS")  # interpreter + torch + slimkit, before the model exists
+
+def _import_builders(manifest: dict[str, Any]) -> None:
+    """Import what `load` would import lazily (transformers, the model's module, swapped layer
+    classes), so that their code is counted in the baseline, not as model memory."""
+    from slimkit.graph import import_object
+
+    refs = [str(manifest.get("model", {}).get("builder", ""))]
+    refs += [str(e["module"]) for e in manifest.get("edits", []) if "module" in e]
+    for ref in refs:
+        module, _, name = ref.partition(":")
+        try:
+            if module == "transformers":
+                import transformers
+
+                getattr(transformers, name)
+            elif module:
+                import_object(ref)
+        except Exception:  # noqa: BLE001, S112  # recorded: load() below raises it as ArtifactError
+            continue
+
+
+def _child(artifact: str, inputs_file: str) -> None:
+    from slimkit.export import load
+    from slimkit.export.artifact import read_manifest
+
+    _import_builders(read_manifest(Path(artifact)))
     stored = safetensors.torch.load_file(inputs_file)
     inputs = tuple(stored[str(i)] for i in range(len(stored)))
+    _reset_peak()
+    base = _status_mb("VmRSS")
     model = load(artifact).model
+    loaded, load_peak = _status_mb("VmRSS"), _status_mb("VmHWM")
     with torch.inference_mode():
-        for _ in range(3):
-            model(*inputs)
-    sys.stdout.write(json.dumps({"peak_mb": round(_status_mb("VmHWM"), 2),
-                                 "base_mb": round(base, 2)}) + "\n")
+        model(*inputs)
+    result = {"base": base, "loaded": loaded, "load_peak": load_peak,
+              "resident": _status_mb("VmRSS"), "peak": _status_mb("VmHWM")}
+    sys.stdout.write(json.dumps(result) + "\n")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    _child(sys.argv[1], sys.argv[2])

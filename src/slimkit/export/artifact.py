@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -21,18 +22,29 @@ from typing import Any
 
 import safetensors
 import safetensors.torch
+import torch
 from torch import nn
 
 from ..core.compress import edit_log
 from ..core.errors import ArtifactError, SlimkitError
 from ..graph import apply_edit, import_object, restore_masks
-from .encoding import decode, encode
+from .assign_load import (
+    TensorFile,
+    assign_state,
+    decode_state,
+    empty_weights,
+    meta_leftovers,
+    release_freed_heap,
+    tie_groups,
+)
+from .encoding import encode
 
 FORMAT = "slimkit.artifact"
 VERSION = 1
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
 _MANIFEST_HASH = "slimkit.manifest_sha256"
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -88,15 +100,55 @@ def load(path: str | Path) -> Artifact:
             f"artifact: {str(weights)!r} fails its checksum (corrupted or tampered)")
     try:
         with safetensors.safe_open(str(weights), framework="pt") as fh:
-            header = fh.metadata() or {}
-        stored = safetensors.torch.load_file(str(weights))
+            header = fh.metadata() or {}  # validates the header; no tensor is read here
     except Exception as exc:  # safetensors raises several types for a malformed header
         raise ArtifactError(f"artifact: cannot read {str(weights)!r} ({exc})") from None
     if header.get(_MANIFEST_HASH) != _manifest_sha256(manifest):
         raise ArtifactError(f"artifact: {MANIFEST} does not match the weights it was saved "
                             "with (tampered or mixed up)")
+    empty = _build_empty(manifest)
+    # Constructors allocate (and zero) real tensors before they are moved to meta; glibc keeps
+    # those pages resident unless told to give them back.
+    release_freed_heap()
+    with open(weights, "rb") as fh:
+        tied = tie_groups(empty) if empty is not None else {}
+        state = decode_state(manifest["tensors"], TensorFile(fh), tied)
+    model = _fill_empty(empty, state) if empty is not None else None
+    if model is None:
+        model = _build_and_copy(manifest, state)
+    del state
+    release_freed_heap()  # what layers' own load hooks freed (re-packing codes, say)
+    restore_masks(model)
+    return Artifact(model.eval(), manifest, path)
+
+
+def _build_empty(manifest: dict[str, Any]) -> nn.Module | None:
+    """The model with storage-less weights, or None where a constructor or a replayed edit needs
+    real tensors (the caller then builds it the classic way, which reports any manifest error)."""
     try:
-        state = {name: decode(name, meta, stored) for name, meta in manifest["tensors"].items()}
+        with empty_weights():
+            return build_model(manifest)
+    except Exception as exc:  # noqa: BLE001  # recorded: the classic build raises it again
+        log.debug("load: building without storage failed (%s); building with random init", exc)
+        return None
+
+
+def _fill_empty(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module | None:
+    try:
+        assign_state(model, state)
+    except Exception as exc:  # noqa: BLE001  # recorded: the classic build raises it again
+        log.debug("load: assigning tensors failed (%s); copying into a built model", exc)
+        return None
+    leftovers = meta_leftovers(model)
+    if leftovers:
+        log.debug("load: %s left without storage; copying into a built model", leftovers[:3])
+        return None
+    return model
+
+
+def _build_and_copy(manifest: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
+    """The classic path: random init, then copy (twice the memory at the peak)."""
+    try:
         model = build_model(manifest)
     except ArtifactError:
         raise
@@ -108,8 +160,7 @@ def load(path: str | Path) -> Artifact:
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ArtifactError(f"artifact: tensors do not fit the rebuilt model ({first})") from None
-    restore_masks(model)
-    return Artifact(model.eval(), manifest, path)
+    return model
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

@@ -68,7 +68,7 @@ def _decode_coded(meta: dict[str, Any], blob: torch.Tensor, numel: int) -> torch
     flat = decode_form(blob.numpy(), meta["encoding"], meta, numel)
     if len(flat) and (flat.min() < 0 or flat.max() > 255):
         raise ValueError("decoded symbols do not fit in a byte")
-    return torch.from_numpy(flat.astype(np.uint8)).view(CODED[meta["dtype"]])
+    return torch.from_numpy(flat.astype(np.uint8, copy=False)).view(CODED[meta["dtype"]])
 
 
 def decode(name: str, meta: dict[str, Any], stored: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Report charts as PNG bytes: quality, artifact size, latency per stage, and quality against size.
+"""Report charts as PNG bytes: quality, artifact size, run-time memory, latency per stage, and
+quality against size.
 
 matplotlib is imported inside the functions (it is the optional `report` extra) and used through
 Figure + the Agg canvas directly, so no pyplot global state or user backend is touched.
@@ -147,6 +148,33 @@ def size_chart(metrics: Mapping[str, Any]) -> bytes:
         return _png(fig)
 
 
+def memory_chart(metrics: Mapping[str, Any]) -> bytes:
+    """Run-time memory per stage: resident after one batch (bar) and the peak (whisker), MiB
+    above the baseline of the fresh process that loaded the artifact."""
+    from matplotlib import rc_context
+
+    rows = stage_rows(metrics)
+    resident = [r["runtime_mb"]["resident"] for r in rows]
+    peak = [r["runtime_mb"]["peak"] for r in rows]
+    with rc_context(STYLE):
+        fig, axes = _figure(4.2)
+        ax = axes[0][0]
+        ax.set_title("Run-time memory per stage (resident, whisker = peak)")
+        known = [p for p in peak if p is not None]
+        if not known:
+            _no_data(ax, "memory")
+            return _png(fig)
+        upper = [0.0 if r is None or p is None else max(p - r, 0.0)
+                 for r, p in zip(resident, peak, strict=True)]
+        labels = [f"{format_sig(r)} / {format_sig(p)}" for r, p in zip(resident, peak,
+                                                                       strict=True)]
+        _bars(ax, rows, resident, labels, upper=upper)
+        ax.set_ylim(0, max(known) * 1.25)
+        ax.set_xlabel("stage")
+        ax.set_ylabel("MiB above the process baseline")
+        return _png(fig)
+
+
 def latency_chart(metrics: Mapping[str, Any]) -> bytes:
     """Median latency per stage with p90 whiskers, one panel per batch size: batch 1 and batch
     512 differ by orders of magnitude, so a shared axis would flatten the small batches."""
@@ -228,12 +256,15 @@ def quality_size_chart(metrics: Mapping[str, Any]) -> bytes:
 CHARTS = {
     "quality": quality_chart,
     "size": size_chart,
+    "memory": memory_chart,
     "latency": latency_chart,
     "quality_vs_size": quality_size_chart,
 }
 CAPTIONS = {
     "quality": "Quality per stage",
     "size": "Artifact size per stage",
+    "memory": "Run-time memory per stage: resident after one batch / peak, MiB above the "
+              "baseline of a fresh process that loads the artifact",
     "latency": "Latency per stage and batch size",
     "quality_vs_size": "Quality against artifact size",
 }
@@ -245,6 +276,7 @@ def render_charts(metrics: Mapping[str, Any]) -> dict[str, bytes]:
     has = {
         "quality": any(r["primary"] is not None for r in rows),
         "size": any(r["bytes"] is not None for r in rows),
+        "memory": any(r["runtime_mb"]["peak"] is not None for r in rows),
         "latency": bool(batch_sizes(metrics)),
         "quality_vs_size": any(r["bytes"] and r["primary"] is not None for r in rows),
     }

@@ -1,5 +1,6 @@
 """Per-stage details for the report: what each step reported (sparsity reached, layers chosen,
-bits per weight against the entropy of the coded streams, ONNX Runtime timings and parity)."""
+bits per weight against the entropy of the coded streams), memory while loading, and ONNX
+Runtime timings and parity."""
 
 from __future__ import annotations
 
@@ -32,6 +33,11 @@ def stage_details(metrics: Mapping[str, Any]) -> list[tuple[str, list[tuple[str,
             text = _short(value)
             if text is not None:
                 items.append((str(key), text))
+        memory = stage.get("runtime_mb") or {}
+        if isinstance(memory.get("loaded"), (int, float)) \
+                and isinstance(memory.get("load_peak"), (int, float)):
+            items.append(("memory after load / peak while loading",
+                          f"{memory['loaded']:.4g} / {memory['load_peak']:.4g} MiB"))
         ort = stage.get("onnxruntime") or {}
         if "error" in ort:
             items.append(("onnx export", str(ort["error"])))

@@ -70,12 +70,12 @@ def _table_html(table: Table) -> str:
 
 
 def _tables_html(metrics: Mapping[str, Any]) -> list[str]:
-    """Two tables, quality and size then speed and memory: one table of every column is too
-    wide to read without scrolling sideways."""
+    """Two tables, quality, size and memory then speed: one table of every column is too wide
+    to read without scrolling sideways."""
     table = build_table(metrics)
-    parts = ["<h2>Quality and size</h2>", _table_html(table.columns(1, table.speed_from))]
+    parts = ["<h2>Quality, size and memory</h2>", _table_html(table.columns(1, table.speed_from))]
     if table.speed_from < len(table.headers):
-        parts += ["<h2>Speed and memory</h2>", _table_html(table.columns(table.speed_from))]
+        parts += ["<h2>Speed</h2>", _table_html(table.columns(table.speed_from))]
     return parts
 
 

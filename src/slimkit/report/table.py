@@ -44,6 +44,14 @@ def format_bytes(n: float | None) -> str:
     return f"{n:.0f} B"
 
 
+def format_memory(runtime_mb: Mapping[str, float | None]) -> str:
+    """Resident / peak MiB above the measuring process's baseline (/proc counts in KiB)."""
+    resident, peak = runtime_mb.get("resident"), runtime_mb.get("peak")
+    if resident is None or peak is None:
+        return NA
+    return f"{format_sig(resident)} / {format_sig(peak)} MiB"
+
+
 def format_ms(ms: float | None) -> str:
     return NA if ms is None else f"{format_sig(ms)} ms"
 
@@ -140,6 +148,8 @@ def stage_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
             "speedup": {bs: _ratio(base_latency.get(bs), v["median"]) for bs, v in latency.items()},
             "throughput": {str(k): _num(v) for k, v in (stage.get("throughput") or {}).items()},
             "peak_memory_mb": _num(stage.get("peak_memory_mb")),
+            "runtime_mb": {k: _num((stage.get("runtime_mb") or {}).get(k))
+                           for k in ("resident", "peak", "loaded", "load_peak")},
             "seconds": _num(stage.get("seconds")),
         })
     return rows
@@ -157,7 +167,7 @@ class Table:
     cells: list[list[str]]
     tones: list[list[str]]
     baseline: int  # index of the baseline row
-    speed_from: int  # first latency/throughput/memory column: wide pages may split the table here
+    speed_from: int  # first latency/throughput column: wide pages may split the table here
 
     def columns(self, start: int, stop: int | None = None) -> Table:
         """The Stage column plus columns [start, stop): one half of a split table."""
@@ -175,13 +185,14 @@ def build_table(metrics: Mapping[str, Any]) -> Table:
     primary = str(metrics.get("primary_metric") or "quality")
     others = sorted({k for r in rows for k in r["metrics"]} - {primary})
     lat_bs, thr_bs = batch_sizes(metrics), batch_sizes(metrics, "throughput")
-    headers = ["Stage", "Steps", primary, f"Δ {primary}", *others, "Size", "Smaller", "Params",
-               "Nonzeros"]
+    # Bytes on disk beside memory at run time: packed weights may be unpacked when the model runs.
+    headers = ["Stage", "Steps", primary, f"Δ {primary}", *others, "Size", "Smaller",
+               "Run-time memory (resident / peak)", "Params", "Nonzeros"]
     speed_from = len(headers)
     for bs in lat_bs:
         headers += [f"Latency b={bs}, ms (median / p90)", f"Speed-up b={bs}"]
     headers += [f"Throughput b={bs} (/s)" for bs in thr_bs]
-    headers += ["Peak memory", "Time"]
+    headers += ["Time"]
 
     cells, tones = [], []
     for r in rows:
@@ -191,16 +202,15 @@ def build_table(metrics: Mapping[str, Any]) -> Table:
                "-" if r["is_baseline"] else format_metric(r["quality_delta"], signed=True),
                *(format_metric(r["metrics"].get(k)) for k in others),
                format_bytes(r["bytes"]), format_ratio(r["size_ratio"]),
-               format_count(r["params"]), format_count(r["nonzeros"])]
+               format_memory(r["runtime_mb"]), format_count(r["params"]),
+               format_count(r["nonzeros"])]
         for bs in lat_bs:
             lat = r["latency"].get(bs) or {}
             median, p90 = lat.get("median"), lat.get("p90")
             row.append(NA if median is None else f"{format_sig(median)} / {format_sig(p90)}")
             row.append(format_ratio(r["speedup"].get(bs)))
         row += [format_count(r["throughput"].get(bs)) for bs in thr_bs]
-        mem = r["peak_memory_mb"]
-        row += [NA if mem is None else f"{format_sig(mem)} MB",
-                NA if r["seconds"] is None else f"{format_sig(r['seconds'])} s"]
+        row += [NA if r["seconds"] is None else f"{format_sig(r['seconds'])} s"]
         tone = "" if r["quality_better"] is None else ("good" if r["quality_better"] else "bad")
         row_tones = [""] * len(row)
         row_tones[3] = tone

@@ -163,7 +163,8 @@ def unpack_stream(blob: np.ndarray, info: dict[str, Any]) -> np.ndarray:
     pos = np.concatenate([[0], offsets])
     steps = min(CHUNK, count)
     last_len = count - (len(pos) - 1) * CHUNK
-    out = np.zeros((len(pos), steps), dtype=np.int64)
+    # Symbols of a byte alphabet decode into bytes: int64 would take 8x the codes at load.
+    out = np.zeros((len(pos), steps), dtype=np.uint8 if alphabet <= 256 else np.int64)
     last_end = -1
     for step in range(steps):
         if step == last_len:
@@ -277,7 +278,7 @@ def decode_form(blob: np.ndarray, form: str, meta: dict[str, Any], numel: int) -
         if len(positions) != len(decoded["values"]) or (len(positions)
                                                         and positions[-1] >= numel):
             raise ValueError("huffman: gap and value streams disagree")
-        flat = np.zeros(numel, dtype=np.int64)
+        flat = np.zeros(numel, dtype=decoded["values"].dtype)
         flat[positions] = decoded["values"]
     else:
         raise ValueError(f"huffman: unknown form {form!r}")

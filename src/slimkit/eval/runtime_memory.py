@@ -1,0 +1,45 @@
+"""Run-time memory of a deployed artifact, measured in a fresh process: resident and peak memory
+(VmRSS, VmHWM) after loading and after one batch, each minus the process's own baseline.
+
+The child imports only slimkit (and the modules the artifact's model is built from) before it
+records the baseline, so the figures are the model's, not the interpreter's or torch's. Inputs
+travel as a safetensors file: nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+Inputs = tuple[torch.Tensor, ...]
+TIMEOUT_S = 300
+
+
+def runtime_memory(artifact: str | Path, inputs: Inputs) -> dict[str, float] | None:
+    """MiB above the fresh process's baseline: `loaded` (resident after load), `load_peak`
+    (peak while loading), `resident` and `peak` (after one forward of `inputs`); plus
+    `baseline` and `peak_absolute` (VmHWM, which includes the baseline). None if the child
+    failed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / "inputs.safetensors"
+        safetensors.torch.save_file({str(i): t.contiguous() for i, t in enumerate(inputs)},
+                                    str(file))
+        cmd = [sys.executable, "-m", "slimkit.eval.probe", str(artifact), str(file)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return None
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return None
+    raw = json.loads(proc.stdout.strip().splitlines()[-1])
+    base = raw["base"]
+    return {"resident": round(raw["resident"] - base, 2), "peak": round(raw["peak"] - base, 2),
+            "loaded": round(raw["loaded"] - base, 2),
+            "load_peak": round(raw["load_peak"] - base, 2),
+            "baseline": round(base, 2), "peak_absolute": round(raw["peak"], 2)}
