@@ -20,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from .core import Context, Plan, SlimkitError, Task, check_plan, compress_
+from .core.cpu import cpu_features
 from .eval.cost import count_params, latency_interleaved
 from .eval.runtime_memory import runtime_memory
 from .export import artifact_bytes, copy_artifact, load, save
@@ -198,6 +199,8 @@ def finish(out: Path, task: Task, plan: Plan, stages: list[dict[str, Any]], *, t
         "higher_is_better": task.higher_is_better, "baseline": stages[0]["name"],
         "plan": plan.to_dict(), "stages": stages, "final_artifact": FINAL,
         "reload_check": {k: reloaded[k] == final["metrics"][k] for k in reloaded},
+        # Latency, memory and int8 numerics depend on the CPU that measured them.
+        "machine": cpu_features().describe(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_json(out / "metrics.json", metrics)

@@ -32,12 +32,14 @@ def _summary_table(metrics: dict[str, Any]) -> Table:
     table = Table(title=metrics["title"])
     ort_base = _ort_ms(base, "512")
     for col in ("stage", primary, f"Δ{primary}", "KB", "x smaller", "ms @1", "ms @512",
-                "x faster @512", "ORT ms @1", "ORT ms @512", "ORT x faster @512", "peak MB"):
+                "x faster @512", "ORT ms @1", "ORT ms @512", "ORT x faster @512",
+                "run MB (resident/peak)"):
         table.add_column(col, justify="left" if col == "stage" else "right")
     for s in stages:
         lat1 = s["latency_ms"]["1"]["median"]
         lat512 = s["latency_ms"]["512"]["median"]
-        peak = s.get("peak_memory_mb")
+        memory = s.get("runtime_mb") or {}
+        resident, peak = memory.get("resident"), memory.get("peak")
         ort1, ort512 = _ort_ms(s, "1"), _ort_ms(s, "512")
         table.add_row(
             s["name"], f"{s['metrics'][primary]:.4f}",
@@ -46,7 +48,8 @@ def _summary_table(metrics: dict[str, Any]) -> Table:
             f"{lat512:.3f}", f"{base['latency_ms']['512']['median'] / lat512:.2f}",
             f"{ort1:.3f}" if ort1 else "n/a", f"{ort512:.3f}" if ort512 else "n/a",
             f"{ort_base / ort512:.2f}" if ort_base and ort512 else "n/a",
-            f"{peak:.0f}" if peak else "n/a")
+            f"{resident:.1f} / {peak:.1f}" if resident is not None and peak is not None
+            else "n/a")
     return table
 
 
