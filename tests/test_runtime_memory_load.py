@@ -125,13 +125,15 @@ def test_metrics_json_has_bytes_and_runtime_memory_per_stage(tmp_path, tiny_task
     for stage in saved["stages"]:
         assert stage["bytes"] > 0
         memory = stage["runtime_mb"]
-        assert set(memory) >= {"resident", "peak", "loaded", "load_peak"}
+        assert set(memory) >= {"resident", "peak", "loaded", "load_peak", "model"}
         assert memory["peak"] >= memory["resident"] >= 0
     base, quantized = saved["stages"]
+    # The model's own run-time share (tensors + fbgemm's prepacked weights) shrinks with INT8.
+    assert quantized["runtime_mb"]["model"] < base["runtime_mb"]["model"]
     # INT8 codes stand for the same float weights: the logical count does not change.
     assert quantized["params"] == base["params"] and quantized["bytes"] < base["bytes"]
     report = (tmp_path / "run" / "report.md").read_text()
-    assert "Run-time memory (resident / peak)" in report and " MiB |" in report
+    assert "Run-time memory (model; process resident / peak)" in report and " MiB |" in report
     assert (tmp_path / "run" / "charts" / "memory.png").stat().st_size > 0
 
 

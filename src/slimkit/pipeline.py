@@ -160,7 +160,8 @@ def _measure_memory(stage: dict[str, Any], out: Path, inputs: tuple) -> None:
     if memory is None:
         log.warning("stage %s: run-time memory could not be measured", stage["name"])
         return
-    stage["runtime_mb"] = {k: memory[k] for k in ("resident", "peak", "loaded", "load_peak")}
+    stage["runtime_mb"] = {k: memory[k]
+                           for k in ("resident", "peak", "loaded", "load_peak", "model")}
     stage["peak_memory_mb"] = memory["peak_absolute"]
 
 

@@ -33,13 +33,13 @@ def _summary_table(metrics: dict[str, Any]) -> Table:
     ort_base = _ort_ms(base, "512")
     for col in ("stage", primary, f"Δ{primary}", "KB", "x smaller", "ms @1", "ms @512",
                 "x faster @512", "ORT ms @1", "ORT ms @512", "ORT x faster @512",
-                "run MB (resident/peak)"):
+                "run MB model / process"):
         table.add_column(col, justify="left" if col == "stage" else "right")
     for s in stages:
         lat1 = s["latency_ms"]["1"]["median"]
         lat512 = s["latency_ms"]["512"]["median"]
         memory = s.get("runtime_mb") or {}
-        resident, peak = memory.get("resident"), memory.get("peak")
+        own, resident = memory.get("model"), memory.get("resident")
         ort1, ort512 = _ort_ms(s, "1"), _ort_ms(s, "512")
         table.add_row(
             s["name"], f"{s['metrics'][primary]:.4f}",
@@ -48,7 +48,7 @@ def _summary_table(metrics: dict[str, Any]) -> Table:
             f"{lat512:.3f}", f"{base['latency_ms']['512']['median'] / lat512:.2f}",
             f"{ort1:.3f}" if ort1 else "n/a", f"{ort512:.3f}" if ort512 else "n/a",
             f"{ort_base / ort512:.2f}" if ort_base and ort512 else "n/a",
-            f"{resident:.1f} / {peak:.1f}" if resident is not None and peak is not None
+            f"{own:.2f} / {resident:.1f}" if own is not None and resident is not None
             else "n/a")
     return table
 

@@ -62,8 +62,13 @@ def _child(artifact: str, inputs_file: str) -> None:
     loaded, load_peak = _status_mb("VmRSS"), _status_mb("VmHWM")
     with torch.inference_mode():
         model(*inputs)
+    # The model's own share (tensors + prepacked kernels), apart from what the process pays for
+    # kernel code and workspace, which dominates models of a few MB.
+    from slimkit.methods.quantize.runtime_memory import memory_report
+
     result = {"base": base, "loaded": loaded, "load_peak": load_peak,
-              "resident": _status_mb("VmRSS"), "peak": _status_mb("VmHWM")}
+              "resident": _status_mb("VmRSS"), "peak": _status_mb("VmHWM"),
+              "model": memory_report(model)["runtime_bytes"] / 2**20}
     sys.stdout.write(json.dumps(result) + "\n")
 
 

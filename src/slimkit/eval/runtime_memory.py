@@ -23,7 +23,8 @@ TIMEOUT_S = 300
 
 def runtime_memory(artifact: str | Path, inputs: Inputs) -> dict[str, float] | None:
     """MiB above the fresh process's baseline: `loaded` (resident after load), `load_peak`
-    (peak while loading), `resident` and `peak` (after one forward of `inputs`); plus
+    (peak while loading), `resident` and `peak` (after one forward of `inputs`), `model` (the
+    model's tensors and prepacked kernels, slimkit.methods.quantize.runtime_memory); plus
     `baseline` and `peak_absolute` (VmHWM, which includes the baseline). None if the child
     failed."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -41,5 +42,5 @@ def runtime_memory(artifact: str | Path, inputs: Inputs) -> dict[str, float] | N
     base = raw["base"]
     return {"resident": round(raw["resident"] - base, 2), "peak": round(raw["peak"] - base, 2),
             "loaded": round(raw["loaded"] - base, 2),
-            "load_peak": round(raw["load_peak"] - base, 2),
+            "load_peak": round(raw["load_peak"] - base, 2), "model": round(raw["model"], 3),
             "baseline": round(base, 2), "peak_absolute": round(raw["peak"], 2)}

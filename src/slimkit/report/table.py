@@ -45,11 +45,14 @@ def format_bytes(n: float | None) -> str:
 
 
 def format_memory(runtime_mb: Mapping[str, float | None]) -> str:
-    """Resident / peak MiB above the measuring process's baseline (/proc counts in KiB)."""
+    """The model's own MiB (tensors and prepacked kernels), then the process's resident / peak
+    MiB above its baseline (/proc counts in KiB), which adds kernel code and workspace."""
     resident, peak = runtime_mb.get("resident"), runtime_mb.get("peak")
     if resident is None or peak is None:
         return NA
-    return f"{format_sig(resident)} / {format_sig(peak)} MiB"
+    model = runtime_mb.get("model")
+    own = "" if model is None else f"{format_sig(model)} model; "
+    return f"{own}{format_sig(resident)} / {format_sig(peak)} MiB"
 
 
 def format_ms(ms: float | None) -> str:
@@ -149,7 +152,7 @@ def stage_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
             "throughput": {str(k): _num(v) for k, v in (stage.get("throughput") or {}).items()},
             "peak_memory_mb": _num(stage.get("peak_memory_mb")),
             "runtime_mb": {k: _num((stage.get("runtime_mb") or {}).get(k))
-                           for k in ("resident", "peak", "loaded", "load_peak")},
+                           for k in ("resident", "peak", "loaded", "load_peak", "model")},
             "seconds": _num(stage.get("seconds")),
         })
     return rows
@@ -187,7 +190,7 @@ def build_table(metrics: Mapping[str, Any]) -> Table:
     lat_bs, thr_bs = batch_sizes(metrics), batch_sizes(metrics, "throughput")
     # Bytes on disk beside memory at run time: packed weights may be unpacked when the model runs.
     headers = ["Stage", "Steps", primary, f"Δ {primary}", *others, "Size", "Smaller",
-               "Run-time memory (resident / peak)", "Params", "Nonzeros"]
+               "Run-time memory (model; process resident / peak)", "Params", "Nonzeros"]
     speed_from = len(headers)
     for bs in lat_bs:
         headers += [f"Latency b={bs}, ms (median / p90)", f"Speed-up b={bs}"]
