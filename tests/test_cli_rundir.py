@@ -182,6 +182,8 @@ def test_read_only_out_is_one_line(tmp_path, plan, capsys) -> None:
 
 
 def test_rerun_removes_only_what_slimkit_wrote(tmp_path) -> None:
+    from slimkit import SlimkitError
+
     out = tmp_path / "run"
     with open_run_dir(out, "run"):
         for name in ("00-teacher", "01-old"):
@@ -194,10 +196,29 @@ def test_rerun_removes_only_what_slimkit_wrote(tmp_path) -> None:
         (out / "progress.json").write_text(json.dumps({"key": {}, "stages": [
             {"artifact": "stages/00-teacher"}, {"artifact": "stages/01-old"},
             {"artifact": "../outside"}]}))
+        # A stage folder the new run would replace holds a user's file: refused, nothing gone.
+        with pytest.raises(SlimkitError, match="notes.txt' was not written by slimkit"):
+            clear_previous_run(out)
+        assert (out / "stages" / "00-teacher" / "model.safetensors").is_file()
+        (out / "stages" / "01-old" / "notes.txt").unlink()
         clear_previous_run(out)
-    assert sorted(p.name for p in (out / "stages").iterdir()) == ["01-old", "99-user"]
-    assert [p.name for p in (out / "stages" / "01-old").iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in (out / "stages").iterdir()) == ["99-user"]
     assert not (out / "progress.json").exists() and (out / MARKER).is_file()
+
+
+def test_saving_over_a_folder_with_foreign_files_is_refused(tmp_path, make_model) -> None:
+    import slimkit
+
+    target = tmp_path / "art"
+    target.mkdir()
+    (target / "precious.bin").write_bytes(b"mine")
+    with pytest.raises(slimkit.SlimkitError, match="precious.bin"):
+        slimkit.save(make_model(), target)
+    assert (target / "precious.bin").read_bytes() == b"mine"
+    assert [p.name for p in tmp_path.iterdir()] == ["art"]  # no temp folder left behind
+    (target / "precious.bin").unlink()
+    slimkit.save(make_model(), target)
+    slimkit.save(make_model(), target)  # replacing its own artifact is fine
 
 
 def test_out_of_another_command_is_refused(tmp_path) -> None:

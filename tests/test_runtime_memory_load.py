@@ -133,7 +133,7 @@ def test_metrics_json_has_bytes_and_runtime_memory_per_stage(tmp_path, tiny_task
     # INT8 codes stand for the same float weights: the logical count does not change.
     assert quantized["params"] == base["params"] and quantized["bytes"] < base["bytes"]
     report = (tmp_path / "run" / "report.md").read_text()
-    assert "Run-time memory (model; process resident / peak)" in report and " MiB |" in report
+    assert "Run-time memory (model, est.; process resident / peak)" in report and " MiB |" in report
     assert (tmp_path / "run" / "charts" / "memory.png").stat().st_size > 0
 
 

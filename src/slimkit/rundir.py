@@ -82,7 +82,10 @@ def _made_by_slimkit(out: Path, command: str, field: str) -> bool:
     search = _read_json(out / "search.json")
     if family == "plan":
         return isinstance(progress, dict) and {"key", "stages"} <= set(progress)
-    return isinstance(search, dict) and "trials" in search and (out / "study.db").is_file()
+    # An auto run keeps its study in out/study.db unless it was given another --storage.
+    storage = str(search.get("storage", "")) if isinstance(search, dict) else ""
+    local = (out / "study.db").is_file() or (bool(storage) and not storage.startswith("sqlite"))
+    return isinstance(search, dict) and "trials" in search and local
 
 
 def check_out(out: Path, command: str, field: str = "--out") -> None:
@@ -176,22 +179,29 @@ def _write_marker(out: Path, command: str, since: str) -> None:
 def clear_previous_run(out: Path) -> None:
     """Before a fresh (not resumed) run in a slimkit directory: remove the stage artifacts the
     previous run listed in its progress.json and its progress and metrics files, nothing else.
-    A stage folder holding anything besides the artifact's own two files is left in place."""
+    A stage folder (or the final `model/`) holding anything besides the artifact's own two
+    files refuses the run before anything is removed: the new run would replace that folder."""
     progress = _read_json(out / "progress.json")
     stages = progress.get("stages", []) if isinstance(progress, dict) else []
     root = (out / "stages").resolve()
+    folders = []
     for stage in stages if isinstance(stages, list) else []:
         rel = stage.get("artifact") if isinstance(stage, dict) else None
         if not isinstance(rel, str):
             continue
         folder = (out / rel).resolve()
-        if folder.parent != root or not (folder / MANIFEST).is_file():
-            continue  # only our own stages/NN-name artifacts
+        if folder.parent == root and (folder / MANIFEST).is_file():
+            folders.append(folder)  # only our own stages/NN-name artifacts
+    for folder in [*folders, out / "model"]:
+        foreign = sorted(p.name for p in folder.iterdir()
+                         if p.name not in (WEIGHTS, MANIFEST)) if folder.is_dir() else []
+        if foreign:
+            raise SlimkitError(f"--out: {str(folder / foreign[0])!r} was not written by slimkit "
+                               "and a new run would replace its folder; move it away or choose "
+                               "another --out")
+    for folder in folders:
         for name in (WEIGHTS, MANIFEST):
             (folder / name).unlink(missing_ok=True)
-        try:
-            folder.rmdir()
-        except OSError:
-            log.warning("kept %s: it holds files slimkit did not write", folder)
+        folder.rmdir()
     for name in ("progress.json", "metrics.json"):
         (out / name).unlink(missing_ok=True)

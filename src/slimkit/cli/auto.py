@@ -11,7 +11,7 @@ import torch
 from rich.table import Table
 
 from .. import Context, SlimkitError, load, make_task
-from ..rundir import open_run_dir, write_errors
+from ..rundir import check_out, open_run_dir, write_errors
 from .progress import console
 
 DEFAULT_SPACES = {"movielens": "ctr", "synthetic": "ctr"}
@@ -127,8 +127,14 @@ def run_auto(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         raise SlimkitError(f"--task-opt: {exc}") from None
     out = Path(args.out)
+    given = None
+    if args.model:  # a bad --model is refused before --out is created or marked
+        from .inputs import load_input_model
+
+        check_out(out, "auto")
+        given = load_input_model(Path(args.model), task, args.arch)
     with open_run_dir(out, "auto"), write_errors(out):  # locked before the teacher trains
-        model = _model(args, task)
+        model = given if given is not None else _model(args, task)
         metric = task.primary_metric
         result = auto(model, task, space, max_drop=args.max_drop, objective=args.objective,
                       trials=args.trials, out=out, storage=args.storage,

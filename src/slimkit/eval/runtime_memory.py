@@ -9,6 +9,7 @@ travel as a safetensors file: nothing is pickled.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
+log = logging.getLogger(__name__)
 Inputs = tuple[torch.Tensor, ...]
 TIMEOUT_S = 300
 
@@ -35,10 +37,19 @@ def runtime_memory(artifact: str | Path, inputs: Inputs) -> dict[str, float] | N
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:
+            log.warning("run-time memory of %s: not measured within %d s", artifact, TIMEOUT_S)
             return None
     if proc.returncode != 0 or not proc.stdout.strip():
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        log.warning("run-time memory of %s: the measuring process failed (%s)", artifact,
+                    last[:200])
         return None
-    raw = json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        raw = json.loads(proc.stdout.strip().splitlines()[-1])
+    except ValueError:
+        log.warning("run-time memory of %s: unreadable report from the measuring process",
+                    artifact)
+        return None
     base = raw["base"]
     return {"resident": round(raw["resident"] - base, 2), "peak": round(raw["peak"] - base, 2),
             "loaded": round(raw["loaded"] - base, 2),

@@ -128,20 +128,25 @@ def _build_empty(manifest: dict[str, Any]) -> nn.Module | None:
     try:
         with empty_weights():
             return build_model(manifest)
-    except Exception as exc:  # noqa: BLE001  # recorded: the classic build raises it again
-        log.debug("load: building without storage failed (%s); building with random init", exc)
+    except ArtifactError:
+        raise  # a refused or malformed manifest: no other way to build will do better
+    except Exception as exc:  # noqa: BLE001  # recorded: logged; the classic build follows
+        log.warning("load: building without storage failed (%s); building with random init, "
+                    "which holds the weights twice while loading", exc)
         return None
 
 
 def _fill_empty(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module | None:
     try:
         assign_state(model, state)
-    except Exception as exc:  # noqa: BLE001  # recorded: the classic build raises it again
-        log.debug("load: assigning tensors failed (%s); copying into a built model", exc)
+    except Exception as exc:  # noqa: BLE001  # recorded: logged; the classic build follows
+        log.warning("load: assigning tensors failed (%s); copying into a built model, which "
+                    "holds the weights twice while loading", exc)
         return None
     leftovers = meta_leftovers(model)
     if leftovers:
-        log.debug("load: %s left without storage; copying into a built model", leftovers[:3])
+        log.warning("load: %s left without storage; copying into a built model, which holds "
+                    "the weights twice while loading", leftovers[:3])
         return None
     return model
 
@@ -262,6 +267,7 @@ def copy_artifact(src: str | Path, dst: str | Path) -> Path:
 def _atomic_dir(path: Path) -> Iterator[Path]:
     """A temp dir beside `path`, made readable and renamed onto `path` if the block succeeds,
     removed if it fails: readers see the old directory or the complete new one."""
+    _check_replaceable(path)  # before any work: the user's files are never replaced
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
@@ -295,9 +301,22 @@ def _make_readable(folder: Path) -> None:
         os.chmod(file, 0o666 & ~umask)
 
 
+def _check_replaceable(path: Path) -> None:
+    """Refuse to replace a `path` that is not an artifact folder of slimkit's own files."""
+    if not path.exists():
+        return
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in (WEIGHTS, MANIFEST)) \
+        if path.is_dir() else [path.name]
+    if foreign:
+        raise SlimkitError(f"artifact: {str(path)!r} exists and holds {foreign[0]!r}, which "
+                           "slimkit did not write; choose another path or move it away")
+
+
 def replace_dir(src: Path, dst: Path) -> None:
-    """Move `src` to `dst`, replacing an existing directory with the shortest possible gap."""
+    """Move `src` to `dst`, replacing an existing artifact directory with the shortest possible
+    gap. A `dst` holding anything but an artifact's own files is never removed."""
     if dst.exists():
+        _check_replaceable(dst)
         old = dst.with_name(f".{dst.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(dst, old)

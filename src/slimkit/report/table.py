@@ -45,8 +45,9 @@ def format_bytes(n: float | None) -> str:
 
 
 def format_memory(runtime_mb: Mapping[str, float | None]) -> str:
-    """The model's own MiB (tensors and prepacked kernels), then the process's resident / peak
-    MiB above its baseline (/proc counts in KiB), which adds kernel code and workspace."""
+    """The model's own MiB (its tensors, exact, plus fbgemm's prepacked weights, estimated), then
+    the process's measured resident / peak MiB above its baseline (/proc counts in KiB), which
+    adds kernel code and workspace."""
     resident, peak = runtime_mb.get("resident"), runtime_mb.get("peak")
     if resident is None or peak is None:
         return NA
@@ -190,7 +191,7 @@ def build_table(metrics: Mapping[str, Any]) -> Table:
     lat_bs, thr_bs = batch_sizes(metrics), batch_sizes(metrics, "throughput")
     # Bytes on disk beside memory at run time: packed weights may be unpacked when the model runs.
     headers = ["Stage", "Steps", primary, f"Δ {primary}", *others, "Size", "Smaller",
-               "Run-time memory (model; process resident / peak)", "Params", "Nonzeros"]
+               "Run-time memory (model, est.; process resident / peak)", "Params", "Nonzeros"]
     speed_from = len(headers)
     for bs in lat_bs:
         headers += [f"Latency b={bs}, ms (median / p90)", f"Speed-up b={bs}"]
