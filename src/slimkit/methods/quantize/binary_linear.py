@@ -19,10 +19,10 @@ from torch.nn import functional as F
 from .binary_math import fake_quantize, pack_codes, quantize, ste, unpack_codes
 from .blockwise import block_rows, blockwise_linear
 from .int8_linear import untraced
-from .runtime_memory import CACHED, PACKED, dense_cache_bytes, storage_bytes
+from .runtime_memory import PackedMemory
 
 
-class _PackedSignLinear(nn.Module):
+class _PackedSignLinear(PackedMemory, nn.Module):
     """y = x (scale * codes)^T + b with codes packed `bits` per weight. `weight` is a read-only
     de-quantized view for code written against nn.Linear, built on each access."""
 
@@ -62,19 +62,8 @@ class _PackedSignLinear(nn.Module):
         with untraced():
             return self.dequantized_weight()
 
-    @property
-    def memory_mode(self) -> str:
-        return CACHED if self.cache else PACKED
-
-    def stored_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
-
-    def extra_runtime_bytes(self) -> int:
-        """The fp32 weight cache in cached mode; nothing in packed mode."""
-        return dense_cache_bytes(self.out_features * self.in_features, self.cache)
-
-    def runtime_bytes(self) -> int:
-        return storage_bytes(self.buffers()) + self.extra_runtime_bytes()
+    def dense_numel(self) -> int:
+        return self.out_features * self.in_features
 
     def _invalidate(self) -> None:
         self._dense = None

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from .bitpack import pack_bits_rows, packed_row_bytes, unpack_bits_rows
 from .blockwise import block_rows, blockwise_linear
 from .int8_linear import untraced
-from .runtime_memory import CACHED, PACKED, dense_cache_bytes, storage_bytes
+from .runtime_memory import PackedMemory
 
 
 def linear_init(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -86,7 +86,7 @@ def centroid_gradient(weight_grad: torch.Tensor, indices: torch.Tensor, k: int) 
     return sums[1:]
 
 
-class ClusteredLayer(nn.Module):
+class ClusteredLayer(PackedMemory, nn.Module):
     """A Linear or Conv2d whose weight is codebook[indices] (index 0 = exact zero).
 
     `indices` holds each output row's codes as one packed bit stream ([out, ceil(n * bits / 8)]
@@ -240,20 +240,9 @@ class ClusteredLayer(nn.Module):
     def kernel_size(self) -> tuple[int, ...]:
         return tuple(self.weight_shape[2:])
 
-    @property
-    def memory_mode(self) -> str:
-        return CACHED if self.cache else PACKED
-
-    def stored_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
-
-    def extra_runtime_bytes(self) -> int:
-        """The fp32 weight cache in cached mode; nothing in packed mode."""
+    def dense_numel(self) -> int:
         rows, row_len = self._rows()
-        return dense_cache_bytes(rows * row_len, self.cache)
-
-    def runtime_bytes(self) -> int:
-        return storage_bytes([*self.parameters(), *self.buffers()]) + self.extra_runtime_bytes()
+        return rows * row_len
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         packed_linear = not (self.cache or self.codebook.requires_grad

@@ -34,12 +34,12 @@ from .groupwise import (
     unpack_codes,
 )
 from .int8_linear import untraced
-from .runtime_memory import CACHED, PACKED, dense_cache_bytes, storage_bytes
+from .runtime_memory import PackedMemory
 
 SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
-class WeightOnlyLinear(nn.Module):
+class WeightOnlyLinear(PackedMemory, nn.Module):
     """y = x W^T + b with W group-wise quantized to `bits`.
 
     AWQ's input scale s is kept here rather than folded into a preceding LayerNorm or Linear (which
@@ -142,21 +142,8 @@ class WeightOnlyLinear(nn.Module):
         with torch.no_grad(), untraced():
             return self.dequantized_weight()
 
-    @property
-    def memory_mode(self) -> str:
-        return CACHED if self.cache else PACKED
-
-    def stored_bytes(self) -> int:
-        """Bytes of every stored tensor (codes, scales, offsets, bias, input scale)."""
-        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
-
-    def extra_runtime_bytes(self) -> int:
-        """The fp32 weight cache in cached mode; nothing in packed mode."""
-        return dense_cache_bytes(self.out_features * self.in_features, self.cache)
-
-    def runtime_bytes(self) -> int:
-        """Resident bytes while serving: the buffers plus the weight cache if `cache`."""
-        return storage_bytes(self.buffers()) + self.extra_runtime_bytes()
+    def dense_numel(self) -> int:
+        return self.out_features * self.in_features
 
     def _invalidate(self) -> None:
         self._dense = None
