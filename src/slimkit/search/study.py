@@ -87,10 +87,25 @@ def auto(model: nn.Module, task: Any, space: SearchSpace, *, max_drop: float,
     `model` is never modified. Artifacts: `out/baseline`, `out/trials/NNNN` (every measured
     trial; with keep="pareto" only the front and the best stay); `out/search.json` and
     `out/report.html` are rewritten after every trial; `on_trial(row, data)` sees each
-    finished trial's row and the whole search.json content.
+    finished trial's row and the whole search.json content. `out` must be new, empty or an
+    earlier search's, and is locked while this worker runs (workers need one `out` each).
     """
+    from ..rundir import open_run_dir
+
     _check_args(objective, sampler, trials, max_drop, keep)
-    out = Path(out)
+    with open_run_dir(Path(out), "auto"):
+        return _search(model, task, space, max_drop=max_drop, objective=objective,
+                       trials=trials, out=Path(out), storage=storage, study_name=study_name,
+                       seed=seed, latency_batch=latency_batch, sampler=sampler,
+                       sensitivity=sensitivity, early_stop=early_stop, keep=keep,
+                       on_trial=on_trial)
+
+
+def _search(model: nn.Module, task: Any, space: SearchSpace, *, max_drop: float,
+            objective: Objective, trials: int, out: Path, storage: str | None,
+            study_name: str, seed: int, latency_batch: int, sampler: Literal["tpe", "nsga2"],
+            sensitivity: bool, early_stop: bool, keep: str,
+            on_trial: Callable[[dict[str, Any], dict[str, Any]], None] | None) -> SearchResult:
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     study = open_study(storage, study_name, sampler=sampler, seed=seed, trials=trials)
