@@ -16,6 +16,7 @@ from .table import batch_sizes, format_bytes, format_metric, format_ratio, forma
 
 WIDTH_IN, DPI = 8.0, 150  # 1200 px, shown at 800 px in the HTML: sharp on high-density screens
 BASE_COLOR, STAGE_COLOR, P90_COLOR = "#9aa3ad", "#2f6db5", "#1f2933"
+MODEL_COLOR = "#173a63"  # the model's own share inside a memory bar
 STYLE = {
     "font.size": 10, "axes.titlesize": 12, "axes.titleweight": "bold", "axes.labelsize": 10,
     "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "axes.axisbelow": True,
@@ -169,6 +170,13 @@ def memory_chart(metrics: Mapping[str, Any]) -> bytes:
         labels = [f"{format_sig(r)} / {format_sig(p)}" for r, p in zip(resident, peak,
                                                                        strict=True)]
         _bars(ax, rows, resident, labels, upper=upper)
+        # The model's own share, inside each bar: for small models kernel code and workspace
+        # dominate the process figure, and this keeps the two apart.
+        own = [r["runtime_mb"].get("model") for r in rows]
+        if any(v is not None for v in own):
+            ax.bar(range(len(rows)), [0.0 if v is None else v for v in own], width=0.3,
+                   color=MODEL_COLOR, label="the model's tensors and packed kernels (est.)")
+            ax.legend(loc="upper left", fontsize=8, frameon=False)
         ax.set_ylim(0, max(known) * 1.25)
         ax.set_xlabel("stage")
         ax.set_ylabel("MiB above the process baseline")
@@ -264,7 +272,8 @@ CAPTIONS = {
     "quality": "Quality per stage",
     "size": "Artifact size per stage",
     "memory": "Run-time memory per stage: resident after one batch / peak, MiB above the "
-              "baseline of a fresh process that loads the artifact",
+              "baseline of a fresh process that loads the artifact; the narrow dark bar is "
+              "the model's own share (tensors, exact; fbgemm's packed weights, estimated)",
     "latency": "Latency per stage and batch size",
     "quality_vs_size": "Quality against artifact size",
 }
