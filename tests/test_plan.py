@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from torch import nn
 
 import slimkit
@@ -90,3 +91,55 @@ def test_targets_select_by_glob_regex_type_and_exclude() -> None:
     assert names(Targets(names=("2.*",))) == ["2.0", "2.1"]
     assert names(Targets(names=("re:2\\.\\d",), exclude=("2.1",))) == ["2.0"]
     assert names(Targets(types=("ReLU",))) == ["1"]  # explicit types replace the default
+
+
+def _configs_and_choice_fields():
+    import typing
+
+    from slimkit.core.config import lookup, method_names
+
+    for name in method_names():
+        cls, _ = lookup(name)
+        for field, tp in typing.get_type_hints(cls).items():
+            if typing.get_origin(tp) is typing.Literal:
+                yield cls, field
+
+
+REQUIRED = {"truncate.layers": {"container": "tower"}}
+
+
+@pytest.mark.parametrize(("cls", "field"), list(_configs_and_choice_fields()),
+                         ids=lambda v: getattr(v, "method", v))
+def test_python_configs_are_checked_like_yaml(cls, field) -> None:
+    """Every choice field refuses an out-of-choice value at construction, with the same message
+    a YAML plan gets (a near-miss spelling, a wrong case, a float for an int choice)."""
+    from slimkit.core.errors import ConfigError
+
+    base = REQUIRED.get(cls.method, {})
+    for bad in ("Not-A-Choice", 4.0):
+        with pytest.raises(ConfigError) as python:
+            cls(**base, **{field: bad})
+        with pytest.raises(ConfigError) as yaml_plan:
+            cls.from_dict({"method": cls.method, **base, field: bad})
+        assert str(python.value).startswith(f"{field}: expected one of")
+        assert str(yaml_plan.value) == f"{cls.method}.{python.value}"
+
+
+def test_python_configs_normalise_values_like_yaml() -> None:
+    config = slimkit.Magnitude(sparsity=0.5, targets=slimkit.Targets(names=["tower.*"]))
+    assert config == slimkit.Magnitude.from_dict(
+        {"method": "prune.magnitude", "sparsity": 0.5, "targets": {"names": ["tower.*"]}})
+    assert isinstance(slimkit.Finetune(epochs=1).epochs, float)
+    with pytest.raises(slimkit.ConfigError, match="epochs: expected a number"):
+        slimkit.Finetune(epochs="1")
+
+
+def test_a_step_that_needs_data_is_refused_without_a_task_before_any_work() -> None:
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32))
+    before = [p.clone() for p in model.parameters()]
+    plan = slimkit.Plan(steps=(slimkit.Magnitude(sparsity=0.5), slimkit.Finetune(epochs=0.1)))
+    with pytest.raises(slimkit.SlimkitError, match=r"steps\[1\] \(finetune\): needs data"):
+        slimkit.compress_(model, plan, slimkit.Context())
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before, strict=True))

@@ -42,6 +42,11 @@ def compress_(model: nn.Module, plan: Plan, ctx: Context, *, first_step: int = 0
     The plan is checked against the model first (`check_plan`), before any step runs.
     """
     check_plan(model, plan, first_step=first_step)
+    needy = next((i for i, s in enumerate(plan.steps) if s.needs_data), None)
+    if needy is not None and ctx.task is None:  # refused before any step runs, not midway
+        step = plan.steps[needy]
+        raise SlimkitError(f"steps[{first_step + needy}] ({step.method}): needs data; pass "
+                           "Context(task=...) with a task that provides batches")
     own_teacher = ctx.teacher is None and any(s.needs_teacher for s in plan.steps)
     if own_teacher:
         ctx.teacher = copy.deepcopy(model).eval()

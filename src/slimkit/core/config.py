@@ -7,11 +7,12 @@ A method is a frozen keyword-only dataclass (the data) plus one function
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from .errors import ConfigError
-from .fields import from_mapping, to_plain
+from .fields import coerce, from_mapping, to_plain
 
 if TYPE_CHECKING:
     from torch import nn
@@ -31,6 +32,14 @@ class MethodConfig:
     leaves_int8_kernels: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
+        # The same type and choice checks a YAML plan gets (fields.coerce), so that
+        # Magnitude(scope="Global") fails here instead of silently running another scope;
+        # normalised values (an int for a float, a list for a tuple) are stored as YAML would.
+        for name, tp in _hints(type(self)).items():
+            value = getattr(self, name)
+            checked = coerce(value, tp, name)
+            if checked is not value:
+                object.__setattr__(self, name, checked)
         self.validate()
 
     def validate(self) -> None:
@@ -55,6 +64,17 @@ class MethodConfig:
         body = {k: v for k, v in data.items() if k != "method"}
         config: MethodConfig = from_mapping(cls, body, prefix or cls.method)
         return config
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type[MethodConfig]) -> dict[str, Any]:
+    """Annotations of the fields a config is built from (not ClassVars such as `method`)."""
+    if cls not in _HINTS:
+        hints = typing.get_type_hints(cls)
+        _HINTS[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+    return _HINTS[cls]
 
 
 ApplyFn = Callable[["nn.Module", Any, "Context"], "nn.Module"]

@@ -67,8 +67,10 @@ def coerce(value: Any, tp: Any, field: str) -> Any:
             return value
         raise ConfigError(field, value, "a string")
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        if isinstance(value, tp):
-            return value
+        if isinstance(value, tp):  # built in Python: its fields get the same checks
+            plain = {f.name: getattr(value, f.name) for f in dataclasses.fields(tp) if f.init}
+            rebuilt = from_mapping(tp, plain, field)
+            return value if rebuilt == value else rebuilt
         return from_mapping(tp, value, field)
     raise TypeError(f"unsupported annotation {tp!r} for {field}")
 
