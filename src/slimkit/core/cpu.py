@@ -87,6 +87,11 @@ def cpu_features() -> CpuFeatures:
     return CpuFeatures(machine, avx2, avx512, vnni, avx_vnni, amx, forced)
 
 
+def code_max(codes: torch.Tensor) -> int:
+    """Largest |code| of int8 codes (0 when empty); widened first, as |-128| overflows int8."""
+    return int(codes.int().abs().max()) if codes.numel() else 0
+
+
 def requantize_to_portable(codes: torch.Tensor,
                            scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Int8 codes (per output channel, |q| <= 127) and their scales -> codes with |q| <= 64 and

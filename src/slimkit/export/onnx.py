@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core.cpu import code_max
 from ..graph import set_submodule
 from ..tasks.ctr.models import MeanBag
 
@@ -68,7 +69,7 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
 def int8_weight_max(model: nn.Module) -> int | None:
     """Largest |code| of the model's int8 GEMM weights (modules holding an int8 `weight` with a
     `weight_scale`), or None when it has none."""
-    found = [int(m.weight.int().abs().max()) for m in model.modules()
+    found = [code_max(m.weight) for m in model.modules()
              if isinstance(getattr(m, "weight_scale", None), torch.Tensor)
              and isinstance(getattr(m, "weight", None), torch.Tensor)
              and m.weight.dtype == torch.int8 and m.weight.numel()]

@@ -16,7 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...core.cpu import FULL_WEIGHT_MAX, PORTABLE_WEIGHT_MAX, cpu_features, requantize_to_portable
+from ...core.cpu import (
+    FULL_WEIGHT_MAX,
+    PORTABLE_WEIGHT_MAX,
+    code_max,
+    cpu_features,
+    requantize_to_portable,
+)
+from .runtime_memory import fbgemm_prepacked_bytes
 
 log = logging.getLogger(__name__)
 INT8_RANGES = {"portable": PORTABLE_WEIGHT_MAX, "full": FULL_WEIGHT_MAX}
@@ -37,8 +44,8 @@ def kernel_weight(codes: torch.Tensor, scale: torch.Tensor,
                   activations_7bit: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The codes and scales to hand this CPU's fbgemm kernel: the stored ones, unless a pair of
     products could overflow int16 here (full-range weights, 8-bit activations, no VNNI)."""
-    if activations_7bit or codes.numel() == 0 or not cpu_features().fbgemm_saturates or \
-            int(codes.int().abs().max()) <= PORTABLE_WEIGHT_MAX:
+    if activations_7bit or not cpu_features().fbgemm_saturates or \
+            code_max(codes) <= PORTABLE_WEIGHT_MAX:
         return codes, scale
     log.info("full-range int8 weights re-packed to [-64, 64]: this CPU's int8 kernels add "
              "pairs of products in 16 bits (no VNNI)")
@@ -134,8 +141,6 @@ class DynamicInt8Linear(nn.Module):
 
     def extra_runtime_bytes(self) -> int:
         """fbgemm's prepacked weight, built on the first forward (see runtime_memory)."""
-        from .runtime_memory import fbgemm_prepacked_bytes  # local: only this method needs it
-
         return fbgemm_prepacked_bytes(self.weight.numel(), self.out_features)
 
 

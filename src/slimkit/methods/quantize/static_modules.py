@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from ...core.cpu import PORTABLE_WEIGHT_MAX
 from .int8_linear import kernel_weight, quantize_weight_int8, untraced
+from .runtime_memory import fbgemm_prepacked_bytes
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -182,8 +183,6 @@ class _StaticInt8(nn.Module):
         """fbgemm's prepacked weight (torch backend only, built on the first forward)."""
         if self.backend != "torch":
             return 0
-        from .runtime_memory import fbgemm_prepacked_bytes  # local: only this method needs it
-
         return fbgemm_prepacked_bytes(self.weight.numel(), self.weight.shape[0])
 
 
