@@ -19,6 +19,7 @@ from .core import (
     compress_,
     method_names,
     register,
+    register_module_type,
 )
 from .eval import evaluate
 from .export import Artifact, load, save
@@ -51,5 +52,5 @@ __all__ = [
     "Structured", "Vocab", "WeightOnly", "EncoderKD",
     "Finetune", "Layers", "LogitsKD", "Magnitude", "MethodConfig", "Plan", "Record",
     "SlimkitError", "Targets", "Task", "compress_", "evaluate", "load", "make_task",
-    "method_names", "register", "run_plan", "save",
+    "method_names", "register", "register_module_type", "run_plan", "save",
 ]

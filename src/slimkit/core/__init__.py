@@ -11,6 +11,7 @@ from .config import (
 )
 from .context import Context
 from .errors import ArtifactError, ConfigError, SlimkitError
+from .module_types import register_module_type
 from .plan import Plan
 from .targets import Targets
 from .task import Batch, Task
@@ -19,4 +20,5 @@ __all__ = [
     "ArtifactError", "Batch", "ConfigError", "Context", "MethodConfig", "Plan", "Record",
     "SlimkitError", "Targets", "Task", "check_finite", "check_plan", "check_range",
     "check_training", "compress_", "edit_log", "lookup", "method_names", "register",
+    "register_module_type",
 ]

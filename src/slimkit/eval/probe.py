@@ -32,7 +32,7 @@ def _reset_peak() -> None:
 def _import_builders(manifest: dict[str, Any]) -> None:
     """Import what `load` would import lazily (transformers, the model's module, swapped layer
     classes), so that their code is counted in the baseline, not as model memory."""
-    from slimkit.graph import import_object
+    from slimkit.core.module_types import module_type
 
     refs = [str(manifest.get("model", {}).get("builder", ""))]
     refs += [str(e["module"]) for e in manifest.get("edits", []) if "module" in e]
@@ -44,15 +44,17 @@ def _import_builders(manifest: dict[str, Any]) -> None:
 
                 getattr(transformers, name)
             elif module:
-                import_object(ref)
+                module_type(ref)
         except Exception:  # noqa: BLE001, S112  # recorded: load() below raises it as ArtifactError
             continue
 
 
-def _child(artifact: str, inputs_file: str) -> None:
+def _child(artifact: str, inputs_file: str, caller_types: list[str]) -> None:
+    from slimkit.core.module_types import allow_caller_types
     from slimkit.export import load
     from slimkit.export.artifact import read_manifest
 
+    allow_caller_types(caller_types)  # the classes the parent process's caller allowed
     _import_builders(read_manifest(Path(artifact)))
     stored = safetensors.torch.load_file(inputs_file)
     inputs = tuple(stored[str(i)] for i in range(len(stored)))
@@ -73,4 +75,4 @@ def _child(artifact: str, inputs_file: str) -> None:
 
 
 if __name__ == "__main__":
-    _child(sys.argv[1], sys.argv[2])
+    _child(sys.argv[1], sys.argv[2], sys.argv[3:])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
+
+from ..core.module_types import caller_types
 
 log = logging.getLogger(__name__)
 Inputs = tuple[torch.Tensor, ...]
@@ -33,9 +36,13 @@ def runtime_memory(artifact: str | Path, inputs: Inputs) -> dict[str, float] | N
         file = Path(tmp) / "inputs.safetensors"
         safetensors.torch.save_file({str(i): t.contiguous() for i, t in enumerate(inputs)},
                                     str(file))
-        cmd = [sys.executable, "-m", "slimkit.eval.probe", str(artifact), str(file)]
+        cmd = [sys.executable, "-m", "slimkit.eval.probe", str(artifact), str(file),
+               *caller_types()]
+        # The caller's modules import in the child as they did here.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S,
+                                  env=env)
         except subprocess.TimeoutExpired:
             log.warning("run-time memory of %s: not measured within %d s", artifact, TIMEOUT_S)
             return None

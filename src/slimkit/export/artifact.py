@@ -27,7 +27,8 @@ from torch import nn
 
 from ..core.compress import edit_log
 from ..core.errors import ArtifactError, SlimkitError
-from ..graph import apply_edit, import_object, restore_masks
+from ..core.module_types import module_type, register_module_type, type_name
+from ..graph import apply_edit, restore_masks
 from .assign_load import (
     TensorFile,
     assign_state,
@@ -60,11 +61,11 @@ def save(model: nn.Module, path: str | Path, *, plan: dict[str, Any] | None = No
     """Write the artifact directory atomically (a temp dir renamed into place).
 
     With `task`, the manifest records the task so `slimkit eval` can re-measure the artifact.
+    Any module class can be saved; its name goes into the manifest, and `load` rebuilds it only
+    where the caller allows it (see `load`). The class handed in here is allowed for the rest of
+    this process.
     """
-    spec = getattr(model, "slimkit_spec", None)
-    if not isinstance(spec, dict) or "builder" not in spec:
-        raise SlimkitError("save: model has no slimkit_spec (build it through a task or set "
-                           "model.slimkit_spec = {'builder': 'module:Class', 'kwargs': {...}})")
+    spec = model_spec(model)
     path = Path(path)
     stored, tensors = {}, {}
     for name, tensor in model.state_dict().items():
@@ -88,8 +89,15 @@ def save(model: nn.Module, path: str | Path, *, plan: dict[str, Any] | None = No
     return path
 
 
-def load(path: str | Path) -> Artifact:
-    """Rebuild the model, refusing corrupted or tampered files with an ArtifactError."""
+def load(path: str | Path, *, model: nn.Module | None = None) -> Artifact:
+    """Rebuild the model, refusing corrupted or tampered files with an ArtifactError.
+
+    Without `model`, the class the manifest names must be registered
+    (`slimkit.register_module_type`; slimkit's and torch.nn's own are). With `model`, a freshly
+    built instance of the saved model's class, the artifact is loaded into it: the logged
+    structural edits and swapped layers are replayed onto it, then its tensors are filled. The
+    manifest never makes slimkit import or run code the caller did not allow.
+    """
     path = Path(path)
     manifest = read_manifest(path)
     weights = path / WEIGHTS
@@ -106,6 +114,8 @@ def load(path: str | Path) -> Artifact:
     if header.get(_MANIFEST_HASH) != _manifest_sha256(manifest):
         raise ArtifactError(f"artifact: {MANIFEST} does not match the weights it was saved "
                             "with (tampered or mixed up)")
+    if model is not None:
+        return _load_into(model, manifest, path)
     empty = _build_empty(manifest)
     # Constructors allocate (and zero) real tensors before they are moved to meta; glibc keeps
     # those pages resident unless told to give them back.
@@ -120,6 +130,44 @@ def load(path: str | Path) -> Artifact:
     release_freed_heap()  # what layers' own load hooks freed (re-packing codes, say)
     restore_masks(model)
     return Artifact(model.eval(), manifest, path)
+
+
+def _load_into(model: nn.Module, manifest: dict[str, Any], path: Path) -> Artifact:
+    """The caller's own instance, with the artifact's edits replayed and its tensors copied in."""
+    if not isinstance(model, nn.Module):
+        raise SlimkitError(f"load: model must be an nn.Module instance, got {type(model).__name__}")
+    if edit_log(model):
+        raise SlimkitError("load: model must be freshly built (it already carries slimkit "
+                           "edits); pass a new instance")
+    saved = str(manifest["model"].get("builder"))
+    if saved != type_name(type(model)):
+        log.warning("load: artifact was saved from %s, loading into %s", saved,
+                    type_name(type(model)))
+    model.slimkit_spec = dict(manifest["model"])  # type: ignore[assignment]
+    for edit in manifest["edits"]:
+        apply_edit(model, edit)
+    with open(path / WEIGHTS, "rb") as fh:
+        state = decode_state(manifest["tensors"], TensorFile(fh), tie_groups(model))
+    _copy_state(model, state)
+    del state
+    release_freed_heap()
+    restore_masks(model)
+    return Artifact(model.eval(), manifest, path)
+
+
+def model_spec(model: nn.Module) -> dict[str, Any]:
+    """What the manifest records to rebuild `model`: its `slimkit_spec` when it has one (a
+    builder and its arguments), else its class with no arguments. The class is registered for
+    this process, since the caller handed it to slimkit."""
+    spec = getattr(model, "slimkit_spec", None)
+    if spec is None:
+        register_module_type(type(model))
+        return {"builder": type_name(type(model)), "kwargs": {}}
+    if not isinstance(spec, dict) or not isinstance(spec.get("builder"), str) \
+            or not isinstance(spec.get("kwargs", {}), dict):
+        raise SlimkitError("save: model.slimkit_spec must be {'builder': 'module:Class', "
+                           f"'kwargs': {{...}}}}, got {spec!r}")
+    return spec
 
 
 def _build_empty(manifest: dict[str, Any]) -> nn.Module | None:
@@ -160,12 +208,16 @@ def _build_and_copy(manifest: dict[str, Any], state: dict[str, torch.Tensor]) ->
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
         raise ArtifactError(f"artifact: malformed manifest ({type(exc).__name__}: {exc})") \
             from None
+    _copy_state(model, state)
+    return model
+
+
+def _copy_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ArtifactError(f"artifact: tensors do not fit the rebuilt model ({first})") from None
-    return model
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -192,15 +244,12 @@ def build_model(manifest: dict[str, Any]) -> nn.Module:
     if builder.partition(":")[0] == "transformers":
         model = _build_transformers(builder, spec.get("kwargs", {}))
     else:
-        cls = import_object(builder)
-        # Only module classes may be called: a manifest naming any other slimkit function would
-        # otherwise run it with arguments of the manifest's choosing.
-        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-            raise ArtifactError(f"manifest: builder {builder!r} is not a module class")
+        cls = module_type(builder)
         try:
             model = cls(**spec.get("kwargs", {}))
         except (TypeError, ValueError) as exc:
-            raise ArtifactError(f"artifact: cannot build {builder!r} ({exc})") from None
+            raise ArtifactError(f"artifact: cannot build {builder!r} ({exc}); build the model "
+                                "yourself and pass slimkit.load(path, model=...)") from None
     for edit in manifest.get("edits", []):
         apply_edit(model, edit)
     return model

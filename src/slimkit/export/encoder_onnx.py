@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..core.module_types import register_module_type
 from .encoder import plain_encoder, remap_tokenizer
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ ONNX_FILE = "model.onnx"
 ENCODER_JSON = "encoder.json"
 
 
+@register_module_type
 class PooledEncoder(nn.Module):
     """BertModel -> mean of the last hidden states over the mask -> L2 norm (sentence-BERT)."""
 

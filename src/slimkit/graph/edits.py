@@ -14,13 +14,15 @@ from torch import nn
 
 from ..core.compress import edit_log
 from ..core.errors import ArtifactError
-from .modules import class_ref, get_submodule, import_object, set_submodule
+from ..core.module_types import module_type, type_name
+from .modules import get_submodule, set_submodule
 
 
 def swap_module(model: nn.Module, path: str, new: nn.Module, args: dict[str, Any]) -> None:
     """Replace the module at `path` by `new`, which must be rebuildable as `type(new)(**args)`."""
     set_submodule(model, path, new)
-    edit_log(model).append({"op": "swap", "path": path, "module": class_ref(new), "args": args})
+    edit_log(model).append({"op": "swap", "path": path, "module": type_name(type(new)),
+                            "args": args})
 
 
 def drop_blocks(model: nn.Module, path: str, indices: list[int]) -> None:
@@ -109,9 +111,7 @@ def apply_edit(model: nn.Module, edit: dict[str, Any]) -> None:
     op = edit.get("op")
     try:
         if op == "swap":
-            cls = import_object(edit["module"])
-            if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-                raise ArtifactError(f"manifest: {edit['module']!r} is not a module class")
+            cls = module_type(str(edit["module"]))
             set_submodule(model, edit["path"], cls(**edit["args"]))
         elif op == "drop":
             _drop(get_submodule(model, edit["path"]), list(edit["indices"]))

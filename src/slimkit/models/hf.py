@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.module_types import register_module_type
+
 # Uniform knob names (those of BertConfig / LlamaConfig) for every arch; GPT-2 spells them
 # differently and is translated in tiny_config. Sizes: hidden 256, 8 heads of 32, FFN 1024 --
 # hidden, head count and head_dim all distinct so a pruning bug that mixes them up shows.
@@ -146,6 +148,7 @@ def first_tensor(output: Any) -> torch.Tensor:
     raise TypeError(f"first_tensor: no tensor in a {type(output).__name__}")
 
 
+@register_module_type
 class MainOutput(nn.Module):
     """Wraps an HF model so that `forward(*inputs)` returns its main tensor (for ONNX export).
 

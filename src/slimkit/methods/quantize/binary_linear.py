@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ...core.module_types import register_module_type
 from .binary_math import fake_quantize, pack_codes, quantize, ste, unpack_codes
 from .blockwise import block_rows, blockwise_linear
 from .int8_linear import untraced
@@ -116,18 +117,21 @@ class _PackedSignLinear(PackedMemory, nn.Module):
         return new
 
 
+@register_module_type
 class BinaryLinear(_PackedSignLinear):
     """Binary weights, one bit each: BinaryConnect (scale 1) or XNOR-Net (scale mean |W|)."""
 
     bits = 1
 
 
+@register_module_type
 class TernaryLinear(_PackedSignLinear):
     """Ternary weights {-alpha, 0, +alpha} per channel in two bits each (TWN, Li et al. 2016)."""
 
     bits = 2
 
 
+@register_module_type
 class FakeSignLinear(nn.Module):
     """Training-time stand-in: forward uses the quantized weight, backward updates the latent fp32
     weight through the straight-through estimator. Never saved; converted before the step ends."""

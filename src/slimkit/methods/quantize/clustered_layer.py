@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ...core.module_types import register_module_type
 from .bitpack import pack_bits_rows, packed_row_bytes, unpack_bits_rows
 from .blockwise import block_rows, blockwise_linear
 from .int8_linear import untraced
@@ -86,6 +87,7 @@ def centroid_gradient(weight_grad: torch.Tensor, indices: torch.Tensor, k: int) 
     return sums[1:]
 
 
+@register_module_type
 class ClusteredLayer(PackedMemory, nn.Module):
     """A Linear or Conv2d whose weight is codebook[indices] (index 0 = exact zero).
 

@@ -23,6 +23,7 @@ from ...core.cpu import (
     cpu_features,
     requantize_to_portable,
 )
+from ...core.module_types import register_module_type
 from .runtime_memory import fbgemm_prepacked_bytes
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def kernel_weight(codes: torch.Tensor, scale: torch.Tensor,
     return requantize_to_portable(codes, scale)
 
 
+@register_module_type
 class DynamicInt8Linear(nn.Module):
     """y = x W^T + b (then ReLU if `relu`) with W in INT8 per output channel and x quantized
     per batch to UINT8."""

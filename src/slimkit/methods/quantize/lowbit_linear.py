@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ...core.module_types import register_module_type
 from .blockwise import block_rows, blockwise_linear
 from .groupwise import (
     BITS,
@@ -39,6 +40,7 @@ from .runtime_memory import PackedMemory
 SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
+@register_module_type
 class WeightOnlyLinear(PackedMemory, nn.Module):
     """y = x W^T + b with W group-wise quantized to `bits`.
 

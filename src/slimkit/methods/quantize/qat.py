@@ -17,6 +17,7 @@ from torch import nn
 from ...core import Context, MethodConfig, Targets, check_range, check_training, register
 from ...core.cpu import PORTABLE_WEIGHT_MAX
 from ...core.errors import SlimkitError
+from ...core.module_types import register_module_type
 from ...graph import set_submodule, swap_module
 from ...train import fit
 from .dynamic_int8 import _next_relu
@@ -24,6 +25,7 @@ from .int8_linear import INT8_RANGES, DynamicInt8Linear
 from .lsq import init_step, integer_codes, lsq, qrange
 
 
+@register_module_type
 class LsqLinear(nn.Module):
     """Training-time wrapper: F.linear on LSQ fake-quantized weight (and input)."""
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...core.module_types import register_module_type
 from .int8_linear import untraced
 from .rowwise import pack, quantize_rows, unpack
 
@@ -21,6 +22,7 @@ _KERNELS = {8: "embedding_bag_byte_rowwise_offsets", 4: "embedding_bag_4bit_roww
             2: "embedding_bag_2bit_rowwise_offsets"}
 
 
+@register_module_type
 class QuantizedEmbedding(nn.Module):
     """`mode="none"` behaves as nn.Embedding; "sum"/"mean" as nn.EmbeddingBag on 2-D bags."""
 

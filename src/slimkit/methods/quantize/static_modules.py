@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...core.cpu import PORTABLE_WEIGHT_MAX
+from ...core.module_types import register_module_type
 from .int8_linear import kernel_weight, quantize_weight_int8, untraced
 from .runtime_memory import fbgemm_prepacked_bytes
 
@@ -186,6 +187,7 @@ class _StaticInt8(nn.Module):
         return fbgemm_prepacked_bytes(self.weight.numel(), self.weight.shape[0])
 
 
+@register_module_type
 class StaticInt8Linear(_StaticInt8):
     """y = requant(x_q W_q^T + b) (then ReLU if `relu`): Jacob et al. 2018 integer-only inference
     with INT8 per-output-channel weights and calibrated UINT8 activations."""
@@ -223,6 +225,7 @@ class StaticInt8Linear(_StaticInt8):
                 f"static int8{relu}, backend={self.backend}")
 
 
+@register_module_type
 class StaticInt8Conv2d(_StaticInt8):
     """Static INT8 Conv2d (zero padding, numeric padding), same scheme as StaticInt8Linear."""
 

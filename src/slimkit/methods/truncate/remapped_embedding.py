@@ -7,7 +7,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...core.module_types import register_module_type
 
+
+@register_module_type
 class RemappedEmbedding(nn.Module):
     """`kept_ids[i]` is the original id stored in row i; ids not kept read row `unk_row`."""
 

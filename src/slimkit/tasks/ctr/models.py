@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ...core.module_types import register_module_type
+
 # Small initial embeddings keep the FM pairwise term near zero at the start of training.
 _EMBED_STD = 0.01
 
@@ -89,6 +91,7 @@ class MeanBag(nn.Module):
         return total / mask.sum(dim=1).clamp(min=1.0)
 
 
+@register_module_type
 class DeepFM(nn.Module):
     """DeepFM: first-order weights + FM pairwise interactions + an MLP over all field vectors."""
 
@@ -136,6 +139,7 @@ class CrossLayer(nn.Module):
         return x0 * self.linear(x) + x
 
 
+@register_module_type
 class DCNv2(nn.Module):
     """DCN-v2, stacked: cross layers on the concatenated field vectors, then the deep tower."""
 

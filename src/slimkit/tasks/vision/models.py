@@ -6,7 +6,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ...core.module_types import register_module_type
 
+
+@register_module_type
 class SmallCNN(nn.Module):
     """Two 5x5 conv + max-pool stages and two fully connected layers (LeNet-5 style, as used by
     Han et al. 2016 for Deep Compression): 28x28 -> 24 -> 12 -> 8 -> 4, then 64*4*4 -> hidden."""
