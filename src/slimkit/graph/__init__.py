@@ -12,8 +12,9 @@ from .edits import (
     swap_module,
     training_masks,
 )
-from .modules import get_submodule, import_object, set_submodule
+from .modules import get_submodule, set_submodule
+from .resize_rules import register_resize_rule
 
 __all__ = ["MASK", "apply_edit", "attach_masks", "detach_masks", "drop_blocks", "get_submodule",
-           "import_object", "is_masked", "mark_masked", "restore_masks", "set_submodule",
-           "swap_module", "training_masks"]
+           "is_masked", "mark_masked", "register_resize_rule", "restore_masks",
+           "set_submodule", "swap_module", "training_masks"]

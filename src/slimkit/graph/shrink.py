@@ -1,10 +1,11 @@
 """Physical removal of channel groups: slice every tensor of a group, fix the sizes modules keep
 as attributes, and log a `resize` edit so `load` rebuilds the smaller shapes.
 
-Torch layers' size attributes (in_features, out_channels, ...) follow from the new shapes. Other
-modules may keep sizes of their own (a head count, a split size); those are found by a probe that
-removes one channel from a copy, runs it, and if it fails tries the module's integer attributes
-that equal the group's old sizes, keeping the fewest that make it run.
+Size attributes are set by the resize rule registered for a module's type (resize_rules.py:
+torch layers' in_features, out_channels, ... and any the user registers). Other modules may keep
+sizes of their own (a head count, a split size); those are found by a probe that removes one
+channel from a copy, runs it, and if it fails tries the module's integer attributes that equal the
+group's old sizes, keeping the fewest that make it run.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import nn
 from ..core.compress import edit_log
 from .deps import Analysis, Group
 from .modules import get_submodule
+from .resize_rules import Resize, ResizeRuleError, apply_rule, find_rule
 from .trace import eval_outputs
 
 Keep = dict[int, torch.Tensor]  # group id -> indices kept
@@ -33,7 +35,9 @@ _NOT_SIZE = re.compile(r"(idx|index|layer|id$|seed|step|eps)", re.IGNORECASE)
 
 def shrink(model: nn.Module, analysis: Analysis, keep: Keep,
            attr_fixes: Sequence[AttrFix] = (), *, log: bool = True) -> dict[str, Any]:
-    """Remove all channels not in `keep` from `model` in place; returns the resize edit."""
+    """Remove all channels not in `keep` from `model` in place; returns the resize edit.
+
+    Raises ResizeRuleError if a module's resize rule fails (the model is then partly cut)."""
     d = analysis.dims
     # A tensor dimension lies in one class; only members of cut groups can lose indices.
     classes = {(m.name, m.dim): m.cls for g in analysis.groups if g.id in keep
@@ -43,18 +47,24 @@ def shrink(model: nn.Module, analysis: Analysis, keep: Keep,
         idx = d.keep(cls, keep)
         if len(idx) < d.size[d.find(cls)]:
             plan[name].append((dim, idx))
-    shapes = {}
+    shapes, old_shapes = {}, {}
     for name, cuts in plan.items():
+        old_shapes[name] = tuple(_tensor(model, name).shape)
         shapes[name] = list(_slice_tensor(model, name, cuts).shape)
     attrs: dict[str, dict[str, Any]] = defaultdict(dict)
-    touched = {name.rpartition(".")[0] for name in shapes}
-    for path in touched:
-        attrs[path].update(_standard_attrs(get_submodule(model, path)))
+    for path, resize in _reached(model, analysis, keep, shapes, old_shapes):
+        values = apply_rule(get_submodule(model, path), resize)
+        # Set at once: a parent's rule (called later) may read its layers' new sizes.
+        _set_attrs(model, {path: values})
+        attrs[path].update(values)
+    fixes: dict[str, dict[str, Any]] = defaultdict(dict)
     for path, attr, cls in attr_fixes:
-        attrs[path][attr] = int(len(d.keep(cls, keep)))
+        fixes[path][attr] = int(len(d.keep(cls, keep)))
+    _set_attrs(model, fixes)
+    for path, values in fixes.items():
+        attrs[path].update(values)
     changed = {k: v for k, v in attrs.items() if v}
     edit: dict[str, Any] = {"op": "resize", "tensors": shapes, "attrs": changed}
-    _set_attrs(model, changed)
     if log:
         edit_log(model).append(edit)
     return edit
@@ -67,10 +77,57 @@ def replay_resize(model: nn.Module, edit: dict[str, Any]) -> None:
     _set_attrs(model, edit["attrs"])
 
 
+def _reached(model: nn.Module, analysis: Analysis, keep: Keep,
+             shapes: dict[str, list[int]],
+             old_shapes: dict[str, tuple[int, ...]]) -> list[tuple[str, Resize]]:
+    """The modules with a resize rule that the cut reaches, children first, each with its view of
+    the cut: a module reached holds a cut tensor, contains one, or runs an operation on a cut
+    dimension (a parameterless reshape or split keeps its sizes as attributes too)."""
+    d = analysis.dims
+    cut = [g for g in analysis.groups if g.id in keep and len(keep[g.id]) < g.size]
+    paths = {""} | {p for g in cut for p in g.modules}
+    for name in shapes:
+        parts = name.split(".")[:-1]
+        paths.update(".".join(parts[:k]) for k in range(len(parts) + 1))
+    new_size: dict[int, int] = {}
+    out = []
+    for path in sorted(paths, key=lambda p: (-p.count(".") - bool(p), p)):
+        try:
+            module = get_submodule(model, path)
+        except AttributeError:
+            continue
+        if find_rule(type(module)) is None:
+            continue
+        prefix = f"{path}." if path else ""
+        sizes: dict[int, int] = {}
+        ambiguous: set[int] = set()
+        for g in cut:
+            if not (any(m.name.startswith(prefix) for m in g.members)
+                    or any(p == path or p.startswith(prefix) for p in g.modules)):
+                continue
+            for c in g.classes:
+                root = d.find(c)
+                if root not in new_size:
+                    new_size[root] = int(len(d.keep(root, keep)))
+                old, new = d.size[root], new_size[root]
+                if old != new and sizes.setdefault(old, new) != new:
+                    ambiguous.add(old)
+        for old in ambiguous:
+            del sizes[old]
+        out.append((path, Resize(
+            path, {n[len(prefix):]: tuple(s) for n, s in shapes.items() if n.startswith(prefix)},
+            {n[len(prefix):]: s for n, s in old_shapes.items() if n.startswith(prefix)}, sizes,
+            frozenset(ambiguous))))
+    return out
+
+
+def _tensor(model: nn.Module, name: str) -> torch.Tensor:
+    return model.get_parameter(name) if _is_param(model, name) else model.get_buffer(name)
+
+
 def _slice_tensor(model: nn.Module, name: str,
                   cuts: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
-    tensor = model.get_parameter(name) if _is_param(model, name) else model.get_buffer(name)
-    new = tensor.detach()
+    new = _tensor(model, name).detach()
     for dim, idx in cuts:
         new = new.index_select(dim, idx)
     _replace(model, name, new.contiguous().clone())
@@ -98,27 +155,6 @@ def _replace(model: nn.Module, name: str, new: torch.Tensor) -> None:
                     store[key] = value
 
 
-def _standard_attrs(module: nn.Module) -> dict[str, Any]:
-    """Size attributes of torch layers, read back from their (new) tensor shapes."""
-    w: Any = getattr(module, "weight", None)
-    if isinstance(module, nn.Linear):
-        return {"in_features": w.shape[1], "out_features": w.shape[0]}
-    if isinstance(module, nn.modules.conv._ConvNd):
-        depthwise = module.groups > 1 and module.groups == module.in_channels
-        out = w.shape[1] * module.groups if module.transposed else w.shape[0]
-        groups = out if depthwise else module.groups
-        cin = w.shape[0] if module.transposed else w.shape[1] * groups
-        return {"in_channels": cin, "out_channels": out, "groups": groups}
-    if isinstance(module, nn.modules.batchnorm._NormBase):
-        ref: Any = w if w is not None else module.running_mean
-        return {"num_features": ref.shape[0]}
-    if isinstance(module, nn.LayerNorm) and w is not None:
-        return {"normalized_shape": list(w.shape)}
-    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
-        return {"embedding_dim": w.shape[1], "num_embeddings": w.shape[0]}
-    return {}
-
-
 def _set_attrs(model: nn.Module, attrs: dict[str, dict[str, Any]]) -> None:
     for path, values in attrs.items():
         module = get_submodule(model, path)
@@ -141,9 +177,15 @@ def probe(model: nn.Module, analysis: Analysis, group: Group,
     zero_removed(zeroed, analysis, keep)
     reference = eval_outputs(zeroed, inputs)
     trial = zeroed
-    shrink(trial, analysis, keep, log=False)
+    try:
+        ruled = shrink(trial, analysis, keep, log=False)["attrs"]
+    except ResizeRuleError as exc:
+        return str(exc)
     error = _check(trial, inputs, reference)
-    candidates = _candidates(model, analysis, group)
+    # A module's resize rule knows its sizes: the name search skips what rules already set, and
+    # every attribute of a module whose own type has a rule.
+    candidates = [(p, a, c) for p, a, c in _candidates(model, analysis, group)
+                  if a not in ruled.get(p, {}) and not _own_rule(get_submodule(trial, p))]
     d = analysis.dims
     new_size = {c: int(len(d.keep(c, keep))) for _, _, c in candidates}
     saved = {(p, a): getattr(get_submodule(trial, p), a) for p, a, _ in candidates}
@@ -164,6 +206,11 @@ def probe(model: nn.Module, analysis: Analysis, group: Group,
         if fix not in needed and works([*needed, fix]):
             needed.append(fix)
     return needed
+
+
+def _own_rule(module: nn.Module) -> bool:
+    found = find_rule(type(module))
+    return found is not None and found[0] is type(module)
 
 
 def _fewest(candidates: list[AttrFix],

@@ -255,9 +255,10 @@ def _cut(model: nn.Module, cuts: list[tuple[Analysis, Keep, list[AttrFix]]],
          example: tuple[torch.Tensor, ...], reference: list[tuple[int, ...]]) -> None:
     """Apply every unit's cut; if the result does not run as before, restore the model."""
     backup = copy.deepcopy(model)
-    for analysis, keep, fixes in cuts:
-        shrink(model, analysis, keep, fixes)
     try:
+        # Inside the try: a resize rule can fail on a combination of cuts no probe saw alone.
+        for analysis, keep, fixes in cuts:
+            shrink(model, analysis, keep, fixes)
         shapes = _output_shapes(model, example)
         error = None if shapes == reference else f"output shapes {reference} -> {shapes}"
     except Exception as exc:  # recorded: in `error`, raised below as a SlimkitError
