@@ -23,6 +23,7 @@ from .core import (
 )
 from .eval import evaluate
 from .export import Artifact, load, save
+from .graph import register_resize_rule
 from .methods import (
     QAT,
     BinaryWeights,
@@ -42,7 +43,7 @@ from .methods import (
     WeightOnly,
 )
 from .pipeline import run_plan
-from .tasks.registry import make_task
+from .tasks.registry import make_task, register_task, task_names
 
 __version__ = "0.1.0"
 
@@ -52,5 +53,6 @@ __all__ = [
     "Structured", "Vocab", "WeightOnly", "EncoderKD",
     "Finetune", "Layers", "LogitsKD", "Magnitude", "MethodConfig", "Plan", "Record",
     "SlimkitError", "Targets", "Task", "compress_", "evaluate", "load", "make_task",
-    "method_names", "register", "register_module_type", "run_plan", "save",
+    "method_names", "register", "register_module_type", "register_resize_rule", "register_task",
+    "run_plan", "save", "task_names",
 ]

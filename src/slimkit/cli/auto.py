@@ -10,23 +10,19 @@ from typing import Any
 import torch
 from rich.table import Table
 
-from .. import Context, SlimkitError, load, make_task
+from .. import Context, SlimkitError, load
 from ..rundir import check_out, open_run_dir, write_errors
+from ..tasks.defaults import search_space
+from .inputs import InputModel, add_model_args, add_task_args, task_from_args
 from .progress import console
-
-DEFAULT_SPACES = {"movielens": "ctr", "synthetic": "ctr"}
 
 
 def add_parser(sub: Any) -> None:
     auto = sub.add_parser("auto", help="search plans until the model meets its target: the "
                           "smallest (or fastest) plan within a quality budget, plus the Pareto "
                           "front; resumable, several workers may share one study")
-    auto.add_argument("--task", default="movielens", choices=sorted(DEFAULT_SPACES))
-    auto.add_argument("--task-opt", action="append", default=[], metavar="KEY=VALUE",
-                      help="task option, e.g. n_rows=5000 for the synthetic task (repeatable)")
-    auto.add_argument("--model", help="input model: an artifact directory or a state-dict "
-                      "checkpoint (default: OUT/baseline if there, else train a teacher)")
-    auto.add_argument("--arch", default="deepfm", choices=["deepfm", "dcnv2"])
+    add_task_args(auto)
+    add_model_args(auto, "default: OUT/baseline if there, else train the task's teacher")
     auto.add_argument("--max-drop", type=float, required=True,
                       help="quality budget: largest allowed drop of the task's primary metric "
                       "(e.g. 0.002 AUC)")
@@ -36,8 +32,8 @@ def add_parser(sub: Any) -> None:
     auto.add_argument("--storage", help="Optuna RDB URL (default: sqlite:///OUT/study.db); "
                       "e.g. postgresql://user@host/db for workers on several machines")
     auto.add_argument("--study", default="slimkit", help="study name in the storage")
-    auto.add_argument("--space", help="search space YAML (default: recipes/search-ctr.yaml's "
-                      "content, embedded)")
+    auto.add_argument("--space", help="search space YAML (default: the task's own; for the CTR "
+                      "tasks, recipes/search-ctr.yaml's content)")
     auto.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2"],
                       help="tpe: best plan under the budget; nsga2: the whole Pareto front")
     auto.add_argument("--out", default="runs/auto", help="directory for artifacts, search.json "
@@ -53,32 +49,23 @@ def add_parser(sub: Any) -> None:
     auto.set_defaults(func=run_auto)
 
 
-def _space(args: argparse.Namespace) -> Any:
+def _space(args: argparse.Namespace, task: Any) -> Any:
     from ..search import SearchSpace
 
     if args.space:
         if not Path(args.space).is_file():
             raise SlimkitError(f"--space: no such file {args.space!r}")
         return SearchSpace.load(args.space)
-    import yaml
-
-    from ..tasks.ctr.search_space import CTR_SPACE_YAML
-
-    return SearchSpace.from_dict(yaml.safe_load(CTR_SPACE_YAML))
+    return SearchSpace.from_dict(search_space(task))
 
 
-def _model(args: argparse.Namespace, task: Any) -> torch.nn.Module:
-    from .commands import _teacher
-    from .inputs import load_input_model
-
-    if args.model:
-        return load_input_model(Path(args.model), task, args.arch)
+def _model(args: argparse.Namespace, source: InputModel, task: Any) -> torch.nn.Module:
     saved = Path(args.out) / "baseline"
     if (saved / "manifest.json").is_file():  # a resumed run or a second worker: same teacher
         console.print(f"model: {saved} (the teacher of this search)")
         return load(saved).model
-    console.print(f"training a {args.arch} teacher on {task.name} ...")
-    return _teacher(task, args.arch, args.seed, Context(task=task, seed=args.seed))[0]
+    console.print(f"training a teacher on {task.name} ...")
+    return source.teacher(Context(task=task, seed=args.seed))[0]
 
 
 def _trial_line(row: dict[str, Any], base: dict[str, Any], metric: str) -> None:
@@ -115,26 +102,20 @@ def _front_table(result: Any, metric: str) -> Table:
 
 def run_auto(args: argparse.Namespace) -> int:
     from ..search import auto
-    from .commands import _task_options
 
-    space = _space(args)  # validated before any data or model is touched
+    space = _space(args, None) if args.space else None  # a bad file, before any data is read
     if not args.max_drop >= 0:
         raise SlimkitError(f"--max-drop: expected a number >= 0, got {args.max_drop}")
     if args.trials < 1:
         raise SlimkitError(f"--trials: expected an integer >= 1, got {args.trials}")
-    try:
-        task = make_task(args.task, **_task_options(args.task_opt))
-    except (TypeError, ValueError) as exc:
-        raise SlimkitError(f"--task-opt: {exc}") from None
+    task = task_from_args(args)
+    space = space or _space(args, task)  # before any model is touched
+    source = InputModel(args, task)
     out = Path(args.out)
-    given = None
-    if args.model:  # a bad --model is refused before --out is created or marked
-        from .inputs import load_input_model
-
-        check_out(out, "auto")
-        given = load_input_model(Path(args.model), task, args.arch)
+    check_out(out, "auto")
+    given = source.given()  # a bad --model is refused before --out is created or marked
     with open_run_dir(out, "auto"), write_errors(out):  # locked before the teacher trains
-        model = given if given is not None else _model(args, task)
+        model = given if given is not None else _model(args, source, task)
         metric = task.primary_metric
         result = auto(model, task, space, max_drop=args.max_drop, objective=args.objective,
                       trials=args.trials, out=out, storage=args.storage,

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from rich.table import Table
 
 from .. import Context, Plan, SlimkitError, load, make_task, run_plan
 from ..core import check_plan
+from ..core.refs import import_ref
+from ..export.artifact import read_manifest
 from ..rundir import check_out, open_run_dir, write_errors
+from ..tasks.defaults import default_plan, task_model_for
 from ..tasks.registry import task_from_spec
-from .inputs import load_input_model
+from .inputs import InputModel, task_from_args
 from .progress import console, rich_progress
 
 
@@ -74,82 +75,60 @@ def _finish(metrics: dict[str, Any], out: Path) -> int:
     return 0
 
 
-def _teacher(task: Any, arch: str, seed: int, ctx: Context) -> tuple[torch.nn.Module, float]:
-    from ..tasks.ctr import train_teacher
-
-    start = time.perf_counter()
-    model = train_teacher(task, ctx, arch)
-    return model, time.perf_counter() - start
-
-
 def demo(args: argparse.Namespace) -> int:
-    from ..tasks.ctr.demo_plan import DEMO_PLAN_YAML
-
-    plan = Plan.from_yaml(DEMO_PLAN_YAML)
     task = make_task("movielens")
+    plan = Plan.from_yaml(default_plan(task))
+    source = InputModel(argparse.Namespace(model=None, arch=args.model, weights=None,
+                                           no_train=False), task)
     ctx = Context(task=task, seed=args.seed, progress=rich_progress)
     out = Path(args.out)
     with open_run_dir(out, "demo"), write_errors(out):  # locked before the teacher trains
         model, seconds = (None, 0.0) if args.resume and (out / "progress.json").is_file() \
-            else _teacher(task, args.model, args.seed, ctx)
+            else source.teacher(ctx)
         metrics = run_plan(model, task, plan, out, ctx=ctx, resume=args.resume,
                            baseline_seconds=seconds, on_stage=_stage_line,
                            title=f"slimkit demo: {args.model} on MovieLens-100k CTR")
     return _finish(metrics, out)
 
 
-def _task_options(pairs: list[str]) -> dict[str, Any]:
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SlimkitError(f"--task-opt: expected KEY=VALUE, got {pair!r}")
-        options[key] = yaml.safe_load(value)
-    return options
-
-
 def run(args: argparse.Namespace) -> int:
-    plan = Plan.load(args.plan)  # validated before any model or data is touched
-    if not plan.steps:
+    plan = Plan.load(args.plan) if args.plan else None  # checked before any data is read
+    if plan is not None and not plan.steps:
         check_plan(torch.nn.Module(), plan)  # "plan: no steps", before any data is read
-    options = _task_options(args.task_opt)
     out = Path(args.out)
-    if args.model:
-        source = Path(args.model)
-        if not source.exists():
-            raise SlimkitError(f"--model: no such file or directory {args.model!r}")
-        resolved, out_dir = source.resolve(), out.resolve()
+    if args.model and Path(args.model).exists():
+        resolved, out_dir = Path(args.model).resolve(), out.resolve()
         if resolved == out_dir or out_dir in resolved.parents:
             # The run rewrites --out; an input inside it would be overwritten or deleted.
             raise SlimkitError(f"--model: {args.model!r} lies inside --out {args.out!r}; "
                                "choose another --out")
-    try:
-        task = make_task(args.task, **options)
-    except (TypeError, ValueError) as exc:
-        raise SlimkitError(f"--task-opt: {exc}") from None
+    task = task_from_args(args)
+    if plan is None:
+        plan = Plan.from_yaml(default_plan(task))
+    source = InputModel(args, task)
     check_out(out, "run")
     ctx = Context(task=task, seed=args.seed, progress=rich_progress)
     resuming = args.resume and (out / "progress.json").is_file()
-    model = None
-    if args.model and not resuming:
-        model = load_input_model(Path(args.model), task, args.arch)
+    model = None if resuming else source.given()
     if not resuming:  # the whole plan, before a teacher trains: an untrained one has its modules
-        check_plan(model if model is not None else task.build_model(args.arch), plan,
+        check_plan(model if model is not None else source.untrained(), plan,
                    field="--model" if args.model else "model")
     with open_run_dir(out, "run"), write_errors(out):
         seconds = 0.0
         if model is None and not resuming:
-            model, seconds = _teacher(task, args.arch, args.seed, ctx)
+            model, seconds = source.teacher(ctx)
+        name = Path(args.plan).name if args.plan else "the task's default plan"
         metrics = run_plan(model, task, plan, out, ctx=ctx, resume=args.resume,
-                           baseline_name="input" if args.model else "teacher",
-                           baseline_seconds=seconds, on_stage=_stage_line,
-                           title=f"slimkit run: {Path(args.plan).name} on {task.name}")
+                           baseline_name="input" if source.path or not source.trains
+                           else "teacher", baseline_seconds=seconds, on_stage=_stage_line,
+                           title=f"slimkit run: {name} on {task.name}")
     return _finish(metrics, out)
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    artifact = load(args.artifact)
-    task = task_from_spec(artifact.manifest.get("task_spec"))
+    manifest = read_manifest(Path(args.artifact))
+    task = task_from_args(args) if args.task else task_from_spec(manifest.get("task_spec"))
+    artifact = _load_for_eval(Path(args.artifact), manifest, task, args.model)
     measured = task.evaluate(artifact.model, args.split)
     recorded = artifact.manifest.get("metrics", {}).get(args.split, {})
     table = Table(title=f"{args.artifact} on {task.name} ({args.split})")
@@ -168,6 +147,16 @@ def evaluate(args: argparse.Namespace) -> int:
         console.print(f"no complete {args.split} metrics were recorded in this artifact")
         return 1
     return 0 if worst <= 1e-6 else 1
+
+
+def _load_for_eval(path: Path, manifest: dict[str, Any], task: Any, model_ref: str | None) -> Any:
+    """The artifact's model: into `--model package.module:factory`'s instance when given, into
+    the task's own model when the artifact names the class the task builds, else by name."""
+    if model_ref:
+        factory = import_ref(model_ref, field="--model")
+        return load(path, model=factory())
+    skeleton = task_model_for(task, str(manifest.get("model", {}).get("builder", "")))
+    return load(path, model=skeleton) if skeleton is not None else load(path)
 
 
 def report(args: argparse.Namespace) -> int:

@@ -1,22 +1,144 @@
-"""The input model of `run` and `auto` (`--model`): read without ever executing pickled code,
-checked before any work, and every problem told in one line that says what to do."""
+"""The task and input model of `run`, `auto` and `eval`: `--task` (a registered name or the
+caller's `package.module:factory`) and `--model` (an artifact directory, a weights-only checkpoint
+or `package.module:factory`). Read without ever executing pickled code, checked before any work,
+and every problem told in one line that says what to do."""
 
 from __future__ import annotations
 
+import argparse
 import re
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from .. import SlimkitError, load
+from .. import Context, SlimkitError, load, make_task
 from ..core import check_finite
+from ..core.refs import import_ref, is_ref
+from ..tasks.defaults import model_kinds, train_baseline
+from ..tasks.registry import task_names
 
 FIX = "save model.state_dict() with torch.save, or pass an artifact directory"
 
 
-def load_input_model(path: Path, task: Any, arch: str) -> torch.nn.Module:
+def add_task_args(parser: argparse.ArgumentParser, *, default: str | None = "movielens") -> None:
+    shown = f" (default: {default})" if default else " (default: the one the artifact records)"
+    parser.add_argument("--task", default=default, metavar="NAME|MODULE:FACTORY",
+                        help=f"a registered task: {', '.join(task_names())}; or your own, as "
+                        f"package.module:factory returning a slimkit.Task{shown}")
+    parser.add_argument("--task-opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="task option, e.g. n_rows=5000 for synthetic or path=data.csv for "
+                        "tabular; values are read as YAML (repeatable)")
+    parser.add_argument("--task-config", metavar="FILE.yaml",
+                        help="task options as a YAML mapping (--task-opt entries override it)")
+
+
+def add_model_args(parser: argparse.ArgumentParser, default_help: str) -> None:
+    parser.add_argument("--model", help="input model: an artifact directory, a weights-only "
+                        "state-dict checkpoint (.pt) of --arch, or your own "
+                        f"package.module:factory returning an nn.Module ({default_help}); "
+                        "never modified")
+    parser.add_argument("--arch", help="the task's architecture to train as the teacher, or to "
+                        "read a checkpoint into (default: the task's first)")
+    parser.add_argument("--weights", metavar="FILE.pt", help="with --model package.module:"
+                        "factory: a weights-only state dict to load into the built model "
+                        "instead of training it")
+    parser.add_argument("--no-train", action="store_true", help="with --model package.module:"
+                        "factory: use the model as built (it is trained already)")
+
+
+def task_from_args(args: argparse.Namespace, name: str | None = None) -> Any:
+    options: dict[str, Any] = {}
+    if args.task_config:
+        file = Path(args.task_config)
+        if not file.is_file():
+            raise SlimkitError(f"--task-config: no such file {args.task_config!r}")
+        try:
+            loaded = yaml.safe_load(file.read_text())
+        except yaml.YAMLError as exc:
+            raise SlimkitError(f"--task-config: {args.task_config!r} is not valid YAML "
+                               f"({str(exc).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise SlimkitError(f"--task-config: expected a mapping of options, got "
+                               f"{type(loaded).__name__}")
+        options.update(loaded)
+    for pair in args.task_opt:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SlimkitError(f"--task-opt: expected KEY=VALUE, got {pair!r}")
+        options[key] = yaml.safe_load(value)
+    return make_task(name or args.task, **options)
+
+
+class InputModel:
+    """Where the baseline comes from, resolved before any work so its errors come first."""
+
+    def __init__(self, args: argparse.Namespace, task: Any) -> None:
+        self.task, self.arch = task, args.arch
+        self.factory = None
+        self.path = None
+        if args.model and is_ref(args.model) and not Path(args.model).exists():
+            self.factory = import_ref(args.model, field="--model")
+            if not callable(self.factory):
+                raise SlimkitError(f"--model: {args.model!r} is not callable")
+        elif args.model:
+            self.path = Path(args.model)
+            if not self.path.exists():
+                raise SlimkitError(f"--model: no such file or directory {args.model!r}")
+        if (args.weights or args.no_train) and self.factory is None:
+            raise SlimkitError("--weights/--no-train: only with --model package.module:factory")
+        self.weights = Path(args.weights) if args.weights else None
+        self.no_train = args.no_train
+        kinds = model_kinds(task)
+        if self.arch is not None and self.arch not in kinds:
+            raise SlimkitError(f"--arch: expected one of {', '.join(kinds) or '(none)'} for "
+                               f"{task.name}, got {self.arch!r}")
+        self.trains = self.path is None and not self.weights and not self.no_train
+
+    def given(self) -> torch.nn.Module | None:
+        """The model when it needs no training (artifact, checkpoint, factory with weights or
+        --no-train), checked; None when a teacher is to be trained."""
+        if self.path is not None:
+            return load_input_model(self.path, self.task, self.arch)
+        if self.factory is not None and not self.trains:
+            model = self._built()
+            if self.weights is not None:
+                _load_weights(model, self.weights, "--weights")
+            check_finite(model, field="--model")
+            return model.eval()
+        return None
+
+    def untrained(self) -> torch.nn.Module:
+        """A model of the architecture a teacher will have, to check a plan against."""
+        if self.factory is not None:
+            return self._built()
+        kinds = model_kinds(self.task)
+        if not kinds:
+            raise SlimkitError(f"--model: task {self.task.name!r} builds no model of its own; "
+                               "pass --model (an artifact, a checkpoint or "
+                               "package.module:factory)")
+        return self.task.build_model(self.arch or kinds[0])  # type: ignore[no-any-return]
+
+    def teacher(self, ctx: Context) -> tuple[torch.nn.Module, float]:
+        """Train the teacher (or take a pretrained kind as built); returns it and its seconds."""
+        start = time.perf_counter()
+        model = self._built() if self.factory is not None else None
+        model = train_baseline(self.task, ctx, kind=self.arch, model=model)
+        return model, time.perf_counter() - start
+
+    def _built(self) -> torch.nn.Module:
+        assert self.factory is not None
+        model = self.factory()
+        if not isinstance(model, torch.nn.Module):
+            raise SlimkitError(f"--model: the factory returned a {type(model).__name__}, not an "
+                               "nn.Module")
+        return model
+
+
+def load_input_model(path: Path, task: Any, arch: str | None) -> torch.nn.Module:
     """An artifact directory or a state-dict checkpoint as a model in eval mode, with finite
     weights; SlimkitError naming --model otherwise."""
     if path.is_dir():
@@ -24,12 +146,19 @@ def load_input_model(path: Path, task: Any, arch: str) -> torch.nn.Module:
     elif not path.is_file():
         raise SlimkitError(f"--model: no such file or directory {str(path)!r}")
     else:
-        model = _from_checkpoint(path, task, arch)
+        kinds = model_kinds(task)
+        if not kinds:
+            raise SlimkitError(f"--model: task {task.name!r} builds no model to read a "
+                               "checkpoint into; pass --model package.module:factory --weights "
+                               f"{str(path)!r}")
+        arch = arch or kinds[0]
+        model = task.build_model(arch)
+        _load_weights(model, path, "--model", what=repr(arch))
     check_finite(model, field="--model")
     return model.eval()
 
 
-def _read_checkpoint(path: Path) -> Any:
+def _read_checkpoint(path: Path, field: str) -> Any:
     # weights_only=True stays: a pickled object is refused by torch's restricted unpickler and
     # never runs. torch's own message advises turning it off, so it is not passed on.
     try:
@@ -37,22 +166,22 @@ def _read_checkpoint(path: Path) -> Any:
     except Exception as exc:  # noqa: BLE001 - any failure to read means the same to the user
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if found and zipfile.is_zipfile(path):
-            raise SlimkitError(f"--model: {str(path)!r} is not a weights-only checkpoint (it "
+            raise SlimkitError(f"{field}: {str(path)!r} is not a weights-only checkpoint (it "
                                f"pickles {found.group(1)}, which slimkit never runs); "
                                f"{FIX}") from None
-        raise SlimkitError(f"--model: {str(path)!r} is not a readable torch checkpoint "
+        raise SlimkitError(f"{field}: {str(path)!r} is not a readable torch checkpoint "
                            f"({type(exc).__name__}); {FIX}") from None
 
 
-def _from_checkpoint(path: Path, task: Any, arch: str) -> torch.nn.Module:
-    state = _read_checkpoint(path)
-    model = task.build_model(arch)
+def _load_weights(model: torch.nn.Module, path: Path, field: str, what: str = "the model") -> None:
+    if not path.is_file():
+        raise SlimkitError(f"{field}: no such file {str(path)!r}")
+    state = _read_checkpoint(path, field)
     try:
         model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
     except (RuntimeError, AttributeError, TypeError) as exc:
         first = _plain(str(exc).strip().splitlines()[0])
-        raise SlimkitError(f"--model: checkpoint does not fit {arch!r} ({first})") from None
-    return model  # type: ignore[no-any-return]
+        raise SlimkitError(f"{field}: checkpoint does not fit {what} ({first})") from None
 
 
 def _plain(text: str) -> str:

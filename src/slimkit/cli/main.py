@@ -9,6 +9,7 @@ import sys
 from ..core.errors import SlimkitError
 from . import commands
 from .auto import add_parser as add_auto_parser
+from .inputs import add_model_args, add_task_args
 
 EXIT_USER_ERROR = 2
 
@@ -34,14 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=commands.demo)
 
     run = sub.add_parser("run", help="apply a plan (YAML/JSON) to a model, stage by stage")
-    run.add_argument("plan", help="plan file (.yaml or .json)")
-    run.add_argument("--model", help="input model: an artifact directory (default: train a "
-                     "teacher); never modified")
-    run.add_argument("--task", default="movielens", choices=["movielens", "synthetic"])
-    run.add_argument("--task-opt", action="append", default=[], metavar="KEY=VALUE",
-                     help="task option, e.g. n_rows=5000 for the synthetic task (repeatable)")
-    run.add_argument("--arch", default="deepfm", choices=["deepfm", "dcnv2"],
-                     help="teacher architecture when no --model is given")
+    run.add_argument("plan", nargs="?", help="plan file (.yaml or .json; default: the task's "
+                     "own plan)")
+    add_task_args(run)
+    add_model_args(run, "default: train the task's teacher")
     run.add_argument("--out", default="runs/run", help="run directory (default: runs/run)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -51,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "compare with the metrics recorded when it was saved")
     ev.add_argument("artifact", help="artifact directory (model.safetensors + manifest.json)")
     ev.add_argument("--split", default="test", choices=["test", "valid"])
+    add_task_args(ev, default=None)
+    ev.add_argument("--model", metavar="MODULE:FACTORY", help="your own package.module:factory "
+                    "building a fresh instance of the artifact's model class to load into "
+                    "(default: the task's model, else the class the artifact names, if "
+                    "registered)")
     ev.set_defaults(func=commands.evaluate)
 
     add_auto_parser(sub)

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..core.compress import edit_log
 from ..core.errors import ArtifactError, SlimkitError
+from ..core.task import describe
 from ..core.module_types import module_type, register_module_type, type_name
 from ..graph import apply_edit, restore_masks
 from .assign_load import (
@@ -76,7 +77,7 @@ def save(model: nn.Module, path: str | Path, *, plan: dict[str, Any] | None = No
                                 "edits": list(edit_log(model)), "plan": plan,
                                 "metrics": metrics or {}}
     if task is not None:
-        manifest["task"] = task.describe()
+        manifest["task"] = describe(task)
         manifest["task_spec"] = getattr(task, "spec", None)
     manifest.update(extra or {})
     manifest["tensors"] = tensors
@@ -94,9 +95,10 @@ def load(path: str | Path, *, model: nn.Module | None = None) -> Artifact:
 
     Without `model`, the class the manifest names must be registered
     (`slimkit.register_module_type`; slimkit's and torch.nn's own are). With `model`, a freshly
-    built instance of the saved model's class, the artifact is loaded into it: the logged
-    structural edits and swapped layers are replayed onto it, then its tensors are filled. The
-    manifest never makes slimkit import or run code the caller did not allow.
+    built instance of the saved model's class (or a copy of the model the artifact was
+    compressed from), the artifact is loaded into it: the logged structural edits and swapped
+    layers it lacks are replayed onto it, then its tensors are filled. The manifest never makes
+    slimkit import or run code the caller did not allow.
     """
     path = Path(path)
     manifest = read_manifest(path)
@@ -135,16 +137,19 @@ def load(path: str | Path, *, model: nn.Module | None = None) -> Artifact:
 def _load_into(model: nn.Module, manifest: dict[str, Any], path: Path) -> Artifact:
     """The caller's own instance, with the artifact's edits replayed and its tensors copied in."""
     if not isinstance(model, nn.Module):
-        raise SlimkitError(f"load: model must be an nn.Module instance, got {type(model).__name__}")
-    if edit_log(model):
-        raise SlimkitError("load: model must be freshly built (it already carries slimkit "
-                           "edits); pass a new instance")
+        raise SlimkitError(f"load: model must be an nn.Module instance, got "
+                           f"{type(model).__name__}")
+    done = list(edit_log(model))
+    if done != manifest["edits"][:len(done)]:
+        raise SlimkitError("load: model carries slimkit edits the artifact does not start "
+                           "with; pass a freshly built instance")
     saved = str(manifest["model"].get("builder"))
     if saved != type_name(type(model)):
         log.warning("load: artifact was saved from %s, loading into %s", saved,
                     type_name(type(model)))
-    model.slimkit_spec = dict(manifest["model"])  # type: ignore[assignment]
-    for edit in manifest["edits"]:
+    if manifest["model"] != {"builder": type_name(type(model)), "kwargs": {}}:
+        model.slimkit_spec = dict(manifest["model"])  # type: ignore[assignment]
+    for edit in manifest["edits"][len(done):]:  # a model the artifact grew from has some
         apply_edit(model, edit)
     with open(path / WEIGHTS, "rb") as fh:
         state = decode_state(manifest["tensors"], TensorFile(fh), tie_groups(model))

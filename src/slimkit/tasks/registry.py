@@ -1,42 +1,111 @@
-"""Tasks by name, so a run directory or artifact can say which data it was measured on and
-`slimkit eval` can rebuild the same task later."""
+"""Tasks by name: `register_task(name, factory)`, and `make_task` for a registered name or a
+caller's own `package.module:factory`. A run directory or artifact records the name and options
+(`spec`) so `slimkit eval` can rebuild the same task; a name read back from an artifact is only
+looked up in the registry, never imported."""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 from ..core.errors import SlimkitError
-from ..core.task import Task
+from ..core.refs import import_ref, is_ref
+from ..core.task import Task, missing_members
 
-TASK_NAMES = ("movielens", "synthetic", "fashion-mnist", "text-encoder")
+TaskFactory = Callable[..., Task]
+_TASKS: dict[str, TaskFactory | str] = {}
 
 
-def make_task(name: str, **kwargs: Any) -> Task:
-    """Build a task by name; the result carries `spec` for `task_from_spec`."""
-    from .ctr import CTRTask  # pandas is needed only when a task is built
+def register_task(name: str, factory: TaskFactory | str) -> None:
+    """Make `factory(**options)` reachable as `make_task(name, **options)` and `--task name`.
 
-    if name == "movielens":
-        task: Any = CTRTask.movielens(**kwargs)
-    elif name == "synthetic":
-        task = CTRTask.synthetic(**kwargs)
-    elif name == "fashion-mnist":
-        from .vision import VisionTask
+    `factory` is a callable returning a task (see slimkit.Task), or its `package.module:name`
+    reference, imported when the task is first built (so registering costs no import)."""
+    if not isinstance(name, str) or not name or ":" in name or name != name.strip():
+        raise SlimkitError(f"register_task: name must be a non-empty string without ':', "
+                           f"got {name!r}")
+    if not (callable(factory) or (isinstance(factory, str) and is_ref(factory))):
+        raise SlimkitError(f"register_task: factory for {name!r} must be callable or "
+                           f"'package.module:name', got {factory!r}")
+    _TASKS[name] = factory
 
-        task = VisionTask.fashion_mnist(**kwargs)
-    elif name == "text-encoder":
-        from .text import TextEncoderTask
 
-        task = TextEncoderTask(**kwargs)
-    else:
-        raise SlimkitError(f"task: expected one of {', '.join(TASK_NAMES)}, got {name!r}")
-    task.spec = {"name": name, "kwargs": kwargs}
+def task_names() -> list[str]:
+    return sorted(_TASKS)
+
+
+def make_task(name: str, **options: Any) -> Task:
+    """Build a task by registered name or `package.module:factory`; the result carries `spec`
+    (name and options) for `task_from_spec`. Unknown options are refused naming the valid
+    ones."""
+    factory = task_factory(name)
+    _check_options(name, factory, options)
+    try:
+        task = factory(**options)
+    except (TypeError, ValueError) as exc:
+        raise SlimkitError(f"--task-opt: {name}: {exc}") from None
+    missing = missing_members(task)
+    if missing:
+        raise SlimkitError(f"--task: {name!r} built a {type(task).__name__} without "
+                           f"{', '.join(missing)} (see slimkit.Task)")
+    try:
+        task.spec = {"name": name, "kwargs": options}  # type: ignore[attr-defined]
+    except AttributeError:
+        pass  # recorded: a task without `spec` is not rebuilt by `slimkit eval` without --task
     return task
 
 
-def task_from_spec(spec: Any) -> Task:
-    if not isinstance(spec, dict) or not isinstance(spec.get("kwargs", {}), dict):
-        raise SlimkitError(f"task: manifest has no usable task spec, got {spec!r}")
+def task_factory(name: str) -> Callable[..., Any]:
+    """The callable behind a registered name or a `package.module:factory` reference."""
+    if name in _TASKS or not is_ref(name):
+        if name not in _TASKS:
+            raise SlimkitError(f"--task: expected one of {', '.join(task_names())} or "
+                               f"package.module:factory, got {name!r}")
+        found = _TASKS[name]
+        factory = import_ref(found, field="--task") if isinstance(found, str) else found
+    else:
+        factory = import_ref(name, field="--task")
+    if not callable(factory):
+        raise SlimkitError(f"--task: {name!r} is not callable")
+    return factory  # type: ignore[no-any-return]
+
+
+def task_options(factory: Callable[..., Any]) -> list[str] | None:
+    """The keyword options `factory` takes, or None when it takes any (**kwargs)."""
     try:
-        return make_task(str(spec.get("name")), **spec.get("kwargs", {}))
-    except (TypeError, ValueError) as exc:
-        raise SlimkitError(f"task: cannot rebuild the task from the manifest ({exc})") from None
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _check_options(name: str, factory: Callable[..., Any], options: dict[str, Any]) -> None:
+    valid = task_options(factory)
+    unknown = sorted(set(options) - set(valid)) if valid is not None else []
+    if unknown:
+        shown = ", ".join(valid) if valid else "none"
+        raise SlimkitError(f"--task-opt: {name} has no option {unknown[0]!r}; valid options: "
+                           f"{shown}")
+
+
+def task_from_spec(spec: Any) -> Task:
+    """The task an artifact or run directory records, for a registered name only: a task from
+    the caller's own code must be named again by the caller (`--task package.module:factory`)."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("kwargs", {}), dict):
+        raise SlimkitError(f"task: manifest has no usable task spec, got {spec!r}; pass --task")
+    name = str(spec.get("name"))
+    if is_ref(name):
+        raise SlimkitError(f"task: the artifact was measured on {name!r}, your code; pass "
+                           f"--task {name} (and its --task-opt) to allow importing it")
+    return make_task(name, **spec.get("kwargs", {}))
+
+
+# Built-in tasks by reference: their modules (pandas, transformers) load only when one is built.
+for _name, _factory in (("movielens", "slimkit.tasks.ctr.task:CTRTask.movielens"),
+                        ("synthetic", "slimkit.tasks.ctr.task:CTRTask.synthetic"),
+                        ("fashion-mnist", "slimkit.tasks.vision.task:VisionTask.fashion_mnist"),
+                        ("text-encoder", "slimkit.tasks.text.task:TextEncoderTask")):
+    register_task(_name, _factory)

@@ -44,26 +44,40 @@ class TeacherRecipe:
 def train_best_on_valid(task: Task, ctx: Context, kind: str, recipe: TeacherRecipe,
                         **model_kwargs: Any) -> nn.Module:
     """Build `kind` through the task, train it, return the weights of the best valid epoch."""
-    metric, sign = task.primary_metric, (1 if task.higher_is_better else -1)
-    start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ctx.seed)
-        model = task.build_model(kind, **model_kwargs)
-        per_epoch = task.num_train_batches(recipe.batch_size)
-        best: dict[str, Any] = {"score": -math.inf, "state": None, "epoch": 0}
+        model = task.build_model(kind, **model_kwargs)  # type: ignore[attr-defined]
+        return _best_on_valid(model, task, ctx, recipe, kind)
 
-        def on_step(step: int, total: int) -> None:
-            if step % per_epoch and step != total:
-                return
-            score = task.evaluate(model, "valid")[metric]
-            epoch = math.ceil(step / per_epoch)
-            log.info("teacher %s epoch %d: valid %s %.4f", kind, epoch, metric, score)
-            if sign * score > best["score"]:
-                best.update(score=sign * score, state=copy.deepcopy(model.state_dict()),
-                            epoch=epoch)
 
-        fit(model, task, ctx, epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size,
-            weight_decay=recipe.weight_decay, on_step=on_step, desc=f"teacher {kind}")
+def fit_best_on_valid(model: nn.Module, task: Task, ctx: Context, recipe: TeacherRecipe, *,
+                      name: str = "teacher") -> nn.Module:
+    """Train a model built elsewhere (a caller's own class) in place, as `train_best_on_valid`
+    does, and return it with the weights of its best valid epoch."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ctx.seed)
+        return _best_on_valid(model, task, ctx, recipe, name)
+
+
+def _best_on_valid(model: nn.Module, task: Task, ctx: Context, recipe: TeacherRecipe,
+                   kind: str) -> nn.Module:
+    metric, sign = task.primary_metric, (1 if task.higher_is_better else -1)
+    start = time.perf_counter()
+    per_epoch = task.num_train_batches(recipe.batch_size)
+    best: dict[str, Any] = {"score": -math.inf, "state": None, "epoch": 0}
+
+    def on_step(step: int, total: int) -> None:
+        if step % per_epoch and step != total:
+            return
+        score = task.evaluate(model, "valid")[metric]
+        epoch = math.ceil(step / per_epoch)
+        log.info("teacher %s epoch %d: valid %s %.4f", kind, epoch, metric, score)
+        if sign * score > best["score"]:
+            best.update(score=sign * score, state=copy.deepcopy(model.state_dict()),
+                        epoch=epoch)
+
+    fit(model, task, ctx, epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size,
+        weight_decay=recipe.weight_decay, on_step=on_step, desc=f"teacher {kind}")
     model.load_state_dict(best["state"])
     model.eval()
     log.info("teacher %s: best epoch %d (valid %s %.4f) in %.1f s", kind, best["epoch"], metric,

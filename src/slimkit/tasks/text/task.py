@@ -27,6 +27,7 @@ from .data import (
     lee_similarity,
     review_split,
 )
+from .defaults import ENCODER_SPACE_YAML, MINILM_PLAN_YAML
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,19 @@ class TextEncoderTask:
         log.info("text-encoder evaluate (%s, %d reviews): %.1f s", split, len(unique),
                  time.perf_counter() - start)
         return result
+
+    model_kinds = ("minilm", "tiny-bert")
+
+    def teacher_recipe(self, kind: str | None) -> None:
+        """None: the encoder is pretrained (MiniLM) and compressed as built; there are no
+        labels to train one on."""
+        del kind
+
+    def default_plan(self) -> str:
+        return MINILM_PLAN_YAML
+
+    def search_space(self) -> str:
+        return ENCODER_SPACE_YAML
 
     def build_model(self, kind: str = "minilm", **kwargs: Any) -> nn.Module:
         """"minilm": the real all-MiniLM-L6-v2; "tiny-bert": a small random BertModel with the
