@@ -53,6 +53,24 @@ class CTRTask:
                               embed_dim=embed_dim, zipf_a=zipf_a, seed=seed)
         return cls(data, name=f"synthetic-{n_rows}-seed{seed}")
 
+    @classmethod
+    def from_table(cls, path: str, *, label: str, categorical: str | Sequence[str] = (),
+                   numeric: str | Sequence[str] = (), bag: str | Sequence[str] = (),
+                   time: str | None = None, split: Sequence[float] = (0.8, 0.1, 0.1),
+                   seed: int = 0, bins: int = 16) -> CTRTask:
+        """A CSV/TSV (optionally .gz) or parquet file; `label` holds 0/1 (or true/false).
+
+        `categorical` columns get vocabularies from the train split (unseen values -> id 0),
+        `numeric` columns `bins` quantile bins fitted on train (missing values: their own id),
+        `bag` names 0/1 flag columns forming one multi-valued field (none: an all-padding bag).
+        With `time` the rows are sorted by it (stable) before the `split` cut, else shuffled
+        with `seed`. Column lists may be one comma-separated string. See `tabular.py`.
+        """
+        from .tabular import load_table  # tabular subclasses CTRTask, so it imports this module
+
+        return load_table(path, label=label, categorical=categorical, numeric=numeric, bag=bag,
+                          time=time, split=split, seed=seed, bins=bins)
+
     def split(self, name: str) -> Batch:
         if name not in self.data.splits:
             raise SlimkitError(f"split: expected one of {sorted(self.data.splits)}, got {name!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,21 @@ class VisionTask:
         """Fashion-MNIST; valid = the last 5,000 training images. `limit` caps every split."""
         data = load_fashion_mnist(Path(root), limit=limit)
         return cls(data, name="fashion-mnist" if limit is None else f"fashion-mnist-{limit}")
+
+    @classmethod
+    def image_folder(cls, root: str, *, size: int = 28, grayscale: bool = True,
+                     split: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
+                     limit: int | None = None) -> VisionTask:
+        """Images by class: root/<class>/<images> (each class cut train/valid/test by `split`
+        with `seed`), or root/train/<class>/... + root/test/<class>/... (kept as given; valid
+        is root/valid or root/val if present, else split[1]'s share of train). Images (any
+        depth under a class folder) are resized to `size` x `size`, grayscale or RGB; `limit`
+        caps the images read per class folder. Normalised with the train split's statistics.
+        """
+        from .folder_task import load_folder_task  # it subclasses VisionTask: imported on use
+
+        return load_folder_task(root, size=size, grayscale=grayscale, split=split, seed=seed,
+                                limit=limit)
 
     def _split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         if name not in self.data.images:
