@@ -19,11 +19,11 @@ import torch
 
 import slimkit
 from slimkit.eval import latency_interleaved
+from slimkit.eval.sensitivity import layer_sensitivity
 from slimkit.export import artifact_bytes
 from slimkit.methods.quantize.binary import BinaryWeights
 from slimkit.methods.quantize.embedding_budget import EmbeddingBudget
 from slimkit.methods.quantize.mixed import MixedPrecision
-from slimkit.methods.quantize.sensitivity import layer_sensitivity
 from slimkit.report.sensitivity import sensitivity_chart
 from slimkit.tasks.ctr import train_teacher
 from slimkit.tasks.registry import make_task

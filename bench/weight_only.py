@@ -28,8 +28,8 @@ from torch.nn import functional as F
 import slimkit
 from slimkit.eval.runtime_memory import runtime_memory
 from slimkit.export import artifact_bytes
-from slimkit.methods.quantize.lowbit_linear import WeightOnlyLinear
 from slimkit.methods.quantize.weight_only import AWQOptions, WeightOnly
+from slimkit.nn.lowbit_linear import WeightOnlyLinear
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -13,7 +13,7 @@ from torch import nn
 import slimkit
 from slimkit.export import MANIFEST, WEIGHTS
 from slimkit.export.encoding import decode, digest, encode
-from slimkit.methods.quantize.int8_linear import DynamicInt8Linear
+from slimkit.nn.int8_linear import DynamicInt8Linear
 
 
 def _sparse_codes(numel: int = 20_000, density: float = 0.1, seed: int = 0) -> torch.Tensor:

@@ -13,8 +13,8 @@ from torch.nn import functional as F
 import slimkit
 from slimkit.export import artifact_bytes
 from slimkit.methods.quantize.binary import BinaryWeights
-from slimkit.methods.quantize.binary_linear import BinaryLinear, FakeSignLinear, TernaryLinear
-from slimkit.methods.quantize.binary_math import (
+from slimkit.nn.binary_linear import BinaryLinear, FakeSignLinear, TernaryLinear
+from slimkit.nn.binary_math import (
     fake_quantize,
     pack_codes,
     signs,

@@ -11,7 +11,7 @@ from torch import nn
 
 import slimkit
 from slimkit.methods.quantize.cluster import Cluster, stream_report
-from slimkit.methods.quantize.clustered_layer import (
+from slimkit.nn.clustered_layer import (
     ClusteredLayer,
     assign,
     centroid_gradient,

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from slimkit.core.context import Context
+from slimkit.nn.mean_bag import MeanBag
 from slimkit.tasks.ctr import (
     CTRTask,
     DCNv2,
@@ -16,7 +17,6 @@ from slimkit.tasks.ctr import (
     make_synthetic,
     train_teacher,
 )
-from slimkit.tasks.ctr.models import MeanBag
 from slimkit.tasks.ctr.synthetic import zipf_ranks
 from slimkit.train.loop import fit
 

@@ -20,8 +20,8 @@ from slimkit.export.encoder_onnx import (  # noqa: E402
     export_encoder_onnx,
     torch_dynamic_int8,
 )
-from slimkit.methods.truncate.remapped_embedding import RemappedEmbedding  # noqa: E402
 from slimkit.models import encode, minilm_tokenizer, tiny_model  # noqa: E402
+from slimkit.nn.remapped_embedding import RemappedEmbedding  # noqa: E402
 
 TEXTS = ["The dress fits well and the fabric is soft.",
          "Runs small, I had to return it.",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from slimkit.methods.quantize.gptq import HessianAccumulator, gptq_quantize, hessian_error
-from slimkit.methods.quantize.groupwise import dequantize_groups, quantize_groups
+from slimkit.nn.groupwise import dequantize_groups, quantize_groups
 
 
 def _correlated_inputs(rows: int = 2048, features: int = 256, rank: int = 16) -> torch.Tensor:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slimkit.methods.encode.huffman import (
+from slimkit.nn.huffman import (
     CHUNK,
     MAX_LEN,
     canonical_codes,

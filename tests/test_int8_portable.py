@@ -22,7 +22,7 @@ from slimkit.core.cpu import (
     cpu_features,
     requantize_to_portable,
 )
-from slimkit.methods.quantize.int8_linear import quantize_weight_int8
+from slimkit.nn.int8_linear import quantize_weight_int8
 
 X86 = cpu_features().x86 and "fbgemm" in torch.backends.quantized.supported_engines
 
@@ -76,9 +76,9 @@ _SCRIPT = textwrap.dedent("""
     from torch import nn
     from safetensors.torch import save_file
     from slimkit.core.cpu import cpu_features
-    from slimkit.methods.quantize.int8_linear import DynamicInt8Linear, quantize_weight_int8
+    from slimkit.nn.int8_linear import DynamicInt8Linear, quantize_weight_int8
     from slimkit.methods.quantize.observers import Histogram, activation_qparams
-    from slimkit.methods.quantize.static_modules import StaticInt8Conv2d, StaticInt8Linear
+    from slimkit.nn.static_modules import StaticInt8Conv2d, StaticInt8Linear
 
     warnings.simplefilter("ignore")
     # On a VNNI CPU torch's default "x86" engine sends convolutions to oneDNN; a CPU without
@@ -190,7 +190,7 @@ def test_onnx_graphs_record_their_int8_range_and_sessions_warn(tmp_path, monkeyp
     from slimkit.export import runtime
     from slimkit.export.encoder_onnx import quantize_dynamic_int8
     from slimkit.export.onnx import export_onnx
-    from slimkit.methods.quantize.int8_linear import DynamicInt8Linear
+    from slimkit.nn.int8_linear import DynamicInt8Linear
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(32, 24)

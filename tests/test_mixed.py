@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import slimkit
+from slimkit.eval.sensitivity import module_bytes
 from slimkit.methods.quantize.embedding_budget import EmbeddingBudget
 from slimkit.methods.quantize.mixed import MixedPrecision, Option, solve_exact, solve_greedy
-from slimkit.methods.quantize.sensitivity import module_bytes
 
 
 def _cost(options, pick):

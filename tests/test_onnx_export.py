@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 import slimkit
-from slimkit.methods.quantize.int8_linear import DynamicInt8Linear
-from slimkit.methods.quantize.quantized_embedding import QuantizedEmbedding
 from slimkit.methods.quantize.static_int8 import StaticInt8
+from slimkit.nn.int8_linear import DynamicInt8Linear
+from slimkit.nn.quantized_embedding import QuantizedEmbedding
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

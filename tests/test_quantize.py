@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from slimkit.methods.quantize.int8_linear import DynamicInt8Linear, quantize_weight_int8
-from slimkit.methods.quantize.quantized_embedding import QuantizedEmbedding
-from slimkit.methods.quantize.rowwise import dequantize, pack, quantize_rows, unpack
+from slimkit.nn.int8_linear import DynamicInt8Linear, quantize_weight_int8
+from slimkit.nn.quantized_embedding import QuantizedEmbedding
+from slimkit.nn.rowwise import dequantize, pack, quantize_rows, unpack
 
 
 def test_int8_weight_round_trip_within_half_a_step() -> None:

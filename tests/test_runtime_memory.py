@@ -14,12 +14,12 @@ from torch import nn
 
 import slimkit
 from slimkit.graph import is_masked
-from slimkit.methods.quantize import blockwise
-from slimkit.methods.quantize.binary_linear import BinaryLinear, TernaryLinear
-from slimkit.methods.quantize.blockwise import rounding_bound
-from slimkit.methods.quantize.clustered_layer import ClusteredLayer
-from slimkit.methods.quantize.lowbit_linear import WeightOnlyLinear
-from slimkit.methods.quantize.runtime_memory import memory_report, runtime_bytes, storage_bytes
+from slimkit.nn import blockwise
+from slimkit.nn.binary_linear import BinaryLinear, TernaryLinear
+from slimkit.nn.blockwise import rounding_bound
+from slimkit.nn.clustered_layer import ClusteredLayer
+from slimkit.nn.lowbit_linear import WeightOnlyLinear
+from slimkit.nn.runtime_memory import memory_report, runtime_bytes, storage_bytes
 
 log = logging.getLogger(__name__)
 

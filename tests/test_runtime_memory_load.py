@@ -73,7 +73,7 @@ def test_constructor_needing_real_tensors_falls_back_to_a_copy(tmp_path) -> None
 
 
 def test_logical_params_count_packed_weights_as_floats() -> None:
-    from slimkit.methods.quantize.lowbit_linear import WeightOnlyLinear
+    from slimkit.nn.lowbit_linear import WeightOnlyLinear
 
     linear = nn.Linear(768, 3072)
     packed = WeightOnlyLinear.from_linear(linear, bits=4, group_size=128)

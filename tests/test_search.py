@@ -15,6 +15,7 @@ optuna = pytest.importorskip("optuna")
 
 from slimkit.core import compress_  # noqa: E402
 from slimkit.core.plan import Plan  # noqa: E402
+from slimkit.report.search_html import write_search_report  # noqa: E402
 from slimkit.search import SearchSpace, auto, narrow  # noqa: E402
 from slimkit.search.records import nondominated_ranks, pareto_front  # noqa: E402
 from slimkit.search.trial import Hopeless, run_plan_trial  # noqa: E402
@@ -158,7 +159,7 @@ def test_nsga2_searches_the_three_objectives(make_model, tiny_task, tmp_path) ->
 
 def test_a_failing_probe_keeps_the_layer_and_says_why(make_model, tiny_task,
                                                       monkeypatch) -> None:
-    from slimkit.methods.quantize import sensitivity
+    from slimkit.eval import sensitivity
 
     real = sensitivity.compress_
 
@@ -196,7 +197,8 @@ def test_a_crashing_trial_is_recorded_and_the_search_goes_on(make_model, tiny_ta
     space = SearchSpace.from_dict({"steps": [
         {"method": "quantize.embedding", "params": {"bits": {"choice": [8, 4]}}}]})
     result = auto(make_model("deepfm"), tiny_task, space, trials=2, max_drop=0.05,
-                  out=tmp_path / "run", latency_batch=64, sensitivity=False)
+                  out=tmp_path / "run", latency_batch=64, sensitivity=False,
+                  write_page=write_search_report)
     first = result.trials[0]
     assert first["state"] == "FAIL" and first["error"] == "KeyError: 'no such layer'"
     assert first["note"] == "failed: KeyError: 'no such layer'"

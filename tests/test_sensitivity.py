@@ -10,8 +10,8 @@ import torch
 
 import slimkit
 from slimkit.core import Targets
+from slimkit.eval.sensitivity import layer_sensitivity, module_bytes
 from slimkit.methods.quantize.binary import BinaryWeights
-from slimkit.methods.quantize.sensitivity import layer_sensitivity, module_bytes
 from slimkit.report.sensitivity import sensitivity_chart
 
 
@@ -106,7 +106,7 @@ def test_every_layer_without_a_row_is_listed_with_its_status(make_model, tiny_ta
 def test_a_failing_layer_is_recorded_with_its_reason(make_model, tiny_task, monkeypatch,
                                                      caplog) -> None:
     from slimkit.core import SlimkitError
-    from slimkit.methods.quantize import sensitivity
+    from slimkit.eval import sensitivity
 
     real = sensitivity.compress_
 

@@ -15,7 +15,7 @@ from slimkit.core.cpu import cpu_features
 from slimkit.core.errors import ConfigError
 from slimkit.methods.quantize.observers import Histogram, activation_qparams
 from slimkit.methods.quantize.static_int8 import StaticInt8
-from slimkit.methods.quantize.static_modules import StaticInt8Conv2d, StaticInt8Linear
+from slimkit.nn.static_modules import StaticInt8Conv2d, StaticInt8Linear
 
 
 def _calibrated(module: nn.Module, float_layer: nn.Module, x: torch.Tensor,

@@ -13,7 +13,8 @@ import slimkit
 from slimkit.core.errors import ConfigError
 from slimkit.export import artifact_bytes
 from slimkit.methods.quantize.awq import fake_quantize, search_scales
-from slimkit.methods.quantize.groupwise import (
+from slimkit.methods.quantize.weight_only import AWQOptions, GPTQOptions, WeightOnly
+from slimkit.nn.groupwise import (
     dequantize_groups,
     effective_group,
     pack_codes,
@@ -21,8 +22,7 @@ from slimkit.methods.quantize.groupwise import (
     quantize_groups,
     unpack_codes,
 )
-from slimkit.methods.quantize.lowbit_linear import WeightOnlyLinear
-from slimkit.methods.quantize.weight_only import AWQOptions, GPTQOptions, WeightOnly
+from slimkit.nn.lowbit_linear import WeightOnlyLinear
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])

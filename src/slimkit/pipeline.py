@@ -21,13 +21,11 @@ from torch import nn
 
 from .core import Context, Plan, SlimkitError, Task, check_plan, compress_
 from .core.cpu import cpu_features
-from .eval.cost import count_params, latency_interleaved
-from .eval.runtime_memory import runtime_memory
-from .export import artifact_bytes, copy_artifact, load, save
+from .eval.measure import BATCH_SIZES, latency_fields, measure, memory_fields
+from .export import copy_artifact, load
 from .rundir import clear_previous_run, open_run_dir, write_errors
 
 log = logging.getLogger(__name__)
-BATCH_SIZES = (1, 512)
 FINAL = "model"
 PROGRESS = "progress.json"
 
@@ -45,17 +43,16 @@ def stage_dir(out: Path, index: int, name: str) -> Path:
 
 def _evaluate_stage(model: nn.Module, task: Task, name: str, steps: list[str], seconds: float,
                     info: dict, out: Path, index: int, plan: Plan) -> dict[str, Any]:
-    try:
-        metrics = task.evaluate(model, "test")
-    except ValueError as exc:  # e.g. NaN scores after a diverged fine-tune
-        raise SlimkitError(f"{name}: evaluation failed ({exc}); did training diverge?") from None
-    stage = {"name": name, "steps": steps, "metrics": metrics, **count_params(model),
-             "seconds": round(seconds, 2), "info": info}
-    path = save(model, stage_dir(out, index, name), plan=plan.to_dict(),
-                metrics={"test": metrics}, task=task, extra={"stage": name})
-    stage["bytes"] = artifact_bytes(path)
-    stage["artifact"] = str(path.relative_to(out))
-    return stage
+    """Quality on test, logical params and the stage's artifact bytes (slimkit.eval.measure);
+    latency and run-time memory are measured for all stages together in `finish`."""
+    measured = measure(model, task, split="test", save_to=stage_dir(out, index, name),
+                       manifest={"plan": plan.to_dict(), "task": task, "extra": {"stage": name}},
+                       batch_sizes=(), memory=False, label=name)
+    path = stage_dir(out, index, name)
+    return {"name": name, "steps": steps, "metrics": measured["metrics"],
+            "params": measured["params"], "nonzeros": measured["nonzeros"],
+            "seconds": round(seconds, 2), "info": info, "bytes": measured["bytes"],
+            "artifact": str(path.relative_to(out))}
 
 
 def run_plan(model: nn.Module | None, task: Task, plan: Plan, out: str | Path, *, ctx: Context,
@@ -156,13 +153,11 @@ def _onnx_sessions(out: Path, models: dict[str, nn.Module], task: Task,
 def _measure_memory(stage: dict[str, Any], out: Path, inputs: tuple) -> None:
     """Run-time memory of the stage's artifact in a fresh process, beside its bytes on disk:
     `runtime_mb` is MiB above that process's baseline; `peak_memory_mb` its whole VmHWM."""
-    memory = runtime_memory(out / stage["artifact"], inputs)
+    memory = memory_fields(out / stage["artifact"], inputs)
     if memory is None:
         log.warning("stage %s: run-time memory could not be measured", stage["name"])
         return
-    stage["runtime_mb"] = {k: memory[k]
-                           for k in ("resident", "peak", "loaded", "load_peak", "model")}
-    stage["peak_memory_mb"] = memory["peak_absolute"]
+    stage.update(memory)
 
 
 def _has_onnxruntime() -> bool:
@@ -181,15 +176,12 @@ def finish(out: Path, task: Task, plan: Plan, stages: list[dict[str, Any]], *, t
     timed: dict[str, Any] = dict(models)
     if onnxruntime if onnxruntime is not None else _has_onnxruntime():
         timed.update(_onnx_sessions(out, models, task, stages))
-    latency = latency_interleaved(timed, inputs, progress=ctx.progress)
+    latency = latency_fields(timed, inputs, progress=ctx.progress)
     for stage in stages:
-        per = latency[stage["name"]]
-        stage["latency_ms"] = {b: {"median": v["median"], "p90": v["p90"]} for b, v in per.items()}
-        stage["throughput"] = {b: v["throughput"] for b, v in per.items()}
+        stage.update(latency[stage["name"]])
         ort = latency.get(f"onnxruntime:{stage['name']}")
         if ort is not None:
-            stage["onnxruntime"]["latency_ms"] = {
-                b: {"median": v["median"], "p90": v["p90"]} for b, v in ort.items()}
+            stage["onnxruntime"]["latency_ms"] = ort["latency_ms"]
         if measure_memory:
             _measure_memory(stage, out, inputs[max(BATCH_SIZES)])
     final = stages[-1]

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import socket
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -54,6 +55,24 @@ def write_errors(out: Path, field: str = "--out") -> Iterator[None]:
             raise
         code = int(found.group(1))
         raise cannot_write(out, OSError(code, os.strerror(code)), field) from None
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Temp file in the same directory then os.replace: a reader (or a crash) never sees a
+    half-written file, and the rename stays on one filesystem so it is atomic."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    # os.open with 0o666 lets the umask decide permissions (mkstemp would force 0600).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _read_json(path: Path) -> Any:

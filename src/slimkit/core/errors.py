@@ -22,3 +22,9 @@ class ConfigError(SlimkitError):
 
 class ArtifactError(SlimkitError):
     """An artifact is missing, corrupted or tampered with."""
+
+
+def one_line(exc: BaseException) -> str:
+    """"Type: first line of the message", short enough for a table cell or a log line."""
+    text = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from ..core.task import Task
-from ..export import artifact_bytes, save
-from .cost import count_params, latency_interleaved
-from .runtime_memory import runtime_memory
+from .measure import BATCH_SIZES, measure
 
-BATCH_SIZES = (1, 512)
+# evaluate() reports the process's figures; run_plan's stages add the model's own share.
+MEMORY_KEYS = ("resident", "peak", "loaded", "load_peak")
 
 
 def evaluate(model: nn.Module, task: Task, *, split: str = "test",
@@ -24,17 +22,5 @@ def evaluate(model: nn.Module, task: Task, *, split: str = "test",
 
     Without `artifact`, the model is saved to a temporary artifact to measure its bytes.
     """
-    result: dict[str, Any] = {"metrics": task.evaluate(model, split), **count_params(model)}
-    inputs = {b: task.example_inputs(b) for b in batch_sizes}
-    lat = latency_interleaved({"model": model}, inputs)["model"]
-    result["latency_ms"] = {b: {"median": v["median"], "p90": v["p90"]} for b, v in lat.items()}
-    result["throughput"] = {b: v["throughput"] for b, v in lat.items()}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = artifact or save(model, Path(tmp) / "artifact")
-        result["bytes"] = artifact_bytes(path)
-        measured = runtime_memory(path, inputs[max(batch_sizes)]) if memory else None
-        if measured is not None:
-            result["runtime_mb"] = {k: measured[k] for k in ("resident", "peak", "loaded",
-                                                             "load_peak")}
-            result["peak_memory_mb"] = measured["peak_absolute"]
-    return result
+    return measure(model, task, split=split, artifact=artifact, batch_sizes=batch_sizes,
+                   memory=memory, memory_keys=MEMORY_KEYS)

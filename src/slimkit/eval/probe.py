@@ -66,7 +66,7 @@ def _child(artifact: str, inputs_file: str, caller_types: list[str]) -> None:
         model(*inputs)
     # The model's own share (tensors + prepacked kernels), apart from what the process pays for
     # kernel code and workspace, which dominates models of a few MB.
-    from slimkit.methods.quantize.runtime_memory import memory_report
+    from slimkit.nn.runtime_memory import memory_report
 
     result = {"base": base, "loaded": loaded, "load_peak": load_peak,
               "resident": _status_mb("VmRSS"), "peak": _status_mb("VmHWM"),

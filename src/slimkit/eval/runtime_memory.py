@@ -29,7 +29,7 @@ TIMEOUT_S = 300
 def runtime_memory(artifact: str | Path, inputs: Inputs) -> dict[str, float] | None:
     """MiB above the fresh process's baseline: `loaded` (resident after load), `load_peak`
     (peak while loading), `resident` and `peak` (after one forward of `inputs`), `model` (the
-    model's tensors and prepacked kernels, slimkit.methods.quantize.runtime_memory); plus
+    model's tensors and prepacked kernels, slimkit.nn.runtime_memory); plus
     `baseline` and `peak_absolute` (VmHWM, which includes the baseline). None if the child
     failed."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,11 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...core import Context, MethodConfig, Targets, compress_, edit_log
-from ...core.errors import SlimkitError
-from ...core.plan import Plan
-from ...core.task import Task
-from ...graph import get_submodule
+from ..core import Context, MethodConfig, Targets, compress_, edit_log
+from ..core.errors import SlimkitError, one_line
+from ..core.plan import Plan
+from ..core.task import Task
+from ..graph import get_submodule
+from .quality import metric_drop
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,6 @@ class SensitivityResult(list):  # type: ignore[type-arg]
         return [s for s in self.skipped if s["status"] == FAILED]
 
 
-def one_line(exc: BaseException) -> str:
-    """"Type: first line of the message", short enough for a table cell."""
-    text = (str(exc).strip().splitlines() or [""])[0][:300]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def module_bytes(module: nn.Module) -> int:
     """Bytes of the tensors the module stores (its state dict): what it adds to an artifact."""
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
@@ -65,11 +60,6 @@ def for_layer(config: MethodConfig) -> ConfigFactory:
     if not any(f.name == "targets" for f in dataclasses.fields(config)):
         raise SlimkitError(f"{config.method}: has no targets field; pass a factory instead")
     return lambda name: dataclasses.replace(config, targets=Targets(names=(name,)))
-
-
-def metric_drop(task: Task, baseline: float, value: float) -> float:
-    """Positive = worse, whichever direction the metric improves in."""
-    return baseline - value if task.higher_is_better else value - baseline
 
 
 def _apply_one(model: nn.Module, name: str, config: MethodConfig, seed: int,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..core.errors import SlimkitError
-from ..methods.truncate.remapped_embedding import RemappedEmbedding
+from ..nn.remapped_embedding import RemappedEmbedding
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ class PooledEncoder(nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        from ..models.minilm import mean_pool
+        from ..models.pooling import mean_pool
 
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return mean_pool(hidden, attention_mask)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..core.errors import ArtifactError
-from ..methods.encode.huffman import choose_form, decode_form, encode_form
+from ..nn.huffman import choose_form, decode_form, encode_form
 
 CODED = {"uint8": torch.uint8, "int8": torch.int8}
 MIN_NUMEL = 64

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..core.cpu import code_max
 from ..graph import set_submodule
-from ..tasks.ctr.models import MeanBag
+from ..nn.mean_bag import MeanBag
 
 log = logging.getLogger(__name__)
 INT8_WEIGHT_MAX_KEY = "slimkit.int8_weight_max"

@@ -1,18 +1,17 @@
 """ONNX Runtime sessions used like torch models: call on torch tensors, evaluate with a task, and
-time them with the same interleaved latency measurement as torch models (deployed latency)."""
+time them with the same interleaved latency measurement as torch models (deployed latency:
+slimkit.eval.cost.latency_interleaved takes a session where it takes a model)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..core.cpu import PORTABLE_WEIGHT_MAX, cpu_features
-from ..eval.cost import Inputs, latency_interleaved
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +69,3 @@ class OrtSession:
     def parameters(self) -> Iterator[nn.Parameter]:
         return iter(())
 
-
-def latency(models: Mapping[str, nn.Module | OrtSession], inputs: Mapping[int, Inputs],
-            **kwargs: Any) -> dict[str, dict[str, dict[str, float]]]:
-    """Median / p90 ms per model and batch size for torch models and ORT sessions together,
-    interleaved (slimkit.eval.cost.latency_interleaved), so their numbers are comparable."""
-    return latency_interleaved(models, inputs, **kwargs)  # type: ignore[arg-type]

@@ -13,8 +13,9 @@ from .hf import (
     tiny_config,
     tiny_model,
 )
-from .minilm import encode, load_minilm, mean_pool, minilm_path, minilm_tokenizer
+from .minilm import encode, load_minilm, minilm_path, minilm_tokenizer
+from .pooling import masked_mean_pool, mean_pool
 
 __all__ = ["ARCHS", "MainOutput", "attach_spec", "encode", "example_inputs", "first_tensor",
-           "hf_spec", "is_hf_model", "load_minilm", "mean_pool", "minilm_path",
+           "hf_spec", "is_hf_model", "load_minilm", "masked_mean_pool", "mean_pool", "minilm_path",
            "minilm_tokenizer", "tiny_config", "tiny_model"]

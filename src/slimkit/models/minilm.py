@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..methods.distill.losses import masked_mean_pool
 from .hf import ATTENTION, _config, _transformers, attach_spec
+from .pooling import mean_pool
 
 # sentence_bert_config.json of the model: inputs longer than this are truncated.
 MAX_SEQ_LENGTH = 256
@@ -46,12 +45,6 @@ def load_minilm(attn_implementation: str = "sdpa") -> nn.Module:
 def minilm_tokenizer() -> Any:
     """The model's own (fast WordPiece) tokenizer, from the packaged files."""
     return _transformers().AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of `hidden` [batch, seq, dim] over the tokens where `mask` is 1, L2-normalised: the
-    pooling sentence-transformers applies to all-MiniLM-L6-v2 (Reimers and Gurevych, 2019)."""
-    return F.normalize(masked_mean_pool(hidden, mask), dim=-1)
 
 
 @torch.inference_mode()

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...core.module_types import register_module_type
+from ..core.module_types import register_module_type
 from .binary_math import fake_quantize, pack_codes, quantize, ste, unpack_codes
 from .blockwise import block_rows, blockwise_linear
 from .int8_linear import untraced
@@ -29,6 +29,10 @@ class _PackedSignLinear(PackedMemory, nn.Module):
 
     bits: ClassVar[int] = 1
 
+    packed: torch.Tensor
+    scale: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  cache: bool = False) -> None:
         super().__init__()
@@ -40,7 +44,8 @@ class _PackedSignLinear(PackedMemory, nn.Module):
         self.register_buffer("scale", torch.ones(out_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self._dense: torch.Tensor | None = None
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._invalidate())
+        self.register_load_state_dict_post_hook(  # type: ignore[no-untyped-call]
+            lambda module, _keys: module._invalidate())
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, kind: str, factor: float = 0.7,
@@ -49,7 +54,7 @@ class _PackedSignLinear(PackedMemory, nn.Module):
         codes, scale = quantize(linear.weight, kind, factor)
         new.packed.copy_(pack_codes(codes, kind))
         new.scale.copy_(scale)
-        if linear.bias is not None:
+        if linear.bias is not None and new.bias is not None:
             new.bias.copy_(linear.bias.detach())
         new._invalidate()
         return new
@@ -71,7 +76,7 @@ class _PackedSignLinear(PackedMemory, nn.Module):
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         self._invalidate()  # .to(device) / .double() move the buffers; rebuild from the new ones
-        return super()._apply(fn, recurse)
+        return super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
 
     def codes(self) -> torch.Tensor:
         return unpack_codes(self.packed, self.bits, self.in_features)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...core.module_types import register_module_type
+from ..core.module_types import register_module_type
 from .bitpack import pack_bits_rows, packed_row_bytes, unpack_bits_rows
 from .blockwise import block_rows, blockwise_linear
 from .int8_linear import untraced
@@ -100,6 +100,10 @@ class ClusteredLayer(PackedMemory, nn.Module):
     access.
     """
 
+    indices: torch.Tensor
+    codebook: torch.Tensor
+    bias: nn.Parameter | None
+
     def __init__(self, kind: str, weight_shape: list[int], bits: int, bias: bool = True,
                  stride: list[int] | None = None, padding: list[int] | str | None = None,
                  dilation: list[int] | None = None, groups: int = 1,
@@ -119,7 +123,8 @@ class ClusteredLayer(PackedMemory, nn.Module):
         self.register_buffer("codebook", torch.zeros((1 << bits) - 1))
         self.bias = nn.Parameter(torch.zeros(self.weight_shape[0])) if bias else None
         self._weight: torch.Tensor | None = None
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._invalidate())
+        self.register_load_state_dict_post_hook(  # type: ignore[no-untyped-call]
+            lambda module, _keys: module._invalidate())
 
     def _rows(self) -> tuple[int, int]:
         rows = self.weight_shape[0]
@@ -142,7 +147,7 @@ class ClusteredLayer(PackedMemory, nn.Module):
         indices, codebook = cluster_weight(module.weight, bits, iters)
         new.set_codes(indices)
         new.codebook.copy_(codebook)
-        if module.bias is not None:
+        if module.bias is not None and new.bias is not None:
             new.bias.data.copy_(module.bias.detach())
         return new
 
@@ -198,7 +203,7 @@ class ClusteredLayer(PackedMemory, nn.Module):
 
     def _apply(self, fn: Any, recurse: bool = True) -> ClusteredLayer:
         self._invalidate()  # .to(device) / .half() must not leave a stale cached weight behind
-        return super()._apply(fn, recurse)
+        return super()._apply(fn, recurse)  # type: ignore[no-any-return,no-untyped-call]
 
     def dense_weight(self) -> torch.Tensor:
         return self.dense_rows(slice(None)).view(self.weight_shape)

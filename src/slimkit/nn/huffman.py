@@ -120,7 +120,8 @@ def encode_bits(symbols: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, n
     return np.concatenate(packed), starts[CHUNK:-1:CHUNK], int(starts[-1])
 
 
-def pack_stream(symbols: np.ndarray, alphabet: int | None = None) -> tuple[np.ndarray, dict]:
+def pack_stream(symbols: np.ndarray,
+                alphabet: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Huffman-code an integer stream into one uint8 blob plus what a decoder needs to know."""
     symbols = np.asarray(symbols).reshape(-1).astype(np.int64)
     counts = symbol_counts(symbols, alphabet)
@@ -202,7 +203,8 @@ def positions_from_gaps(gaps: np.ndarray, max_gap: int) -> np.ndarray:
     """Inverse of the gap half of `gap_streams`: flat positions of the non-zero values."""
     gaps = np.asarray(gaps, dtype=np.int64)
     is_value = gaps != max_gap
-    return (np.cumsum(np.where(is_value, gaps + 1, max_gap)) - 1)[is_value]
+    positions: np.ndarray = (np.cumsum(np.where(is_value, gaps + 1, max_gap)) - 1)[is_value]
+    return positions
 
 
 def stream_cost_bits(symbols: np.ndarray, alphabet: int | None = None) -> int:

@@ -16,14 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...core.cpu import (
+from ..core.cpu import (
     FULL_WEIGHT_MAX,
     PORTABLE_WEIGHT_MAX,
     code_max,
     cpu_features,
     requantize_to_portable,
 )
-from ...core.module_types import register_module_type
+from ..core.module_types import register_module_type
 from .runtime_memory import fbgemm_prepacked_bytes
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,10 @@ class DynamicInt8Linear(nn.Module):
     # fbgemm's int8 ops define no backward: training through this layer would be silently wrong.
     supports_autograd = False
 
+    weight: torch.Tensor
+    weight_scale: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  reduce_range: bool = False, relu: bool = False,
                  weight_max: int = PORTABLE_WEIGHT_MAX) -> None:
@@ -78,7 +82,8 @@ class DynamicInt8Linear(nn.Module):
         self.register_buffer("weight_scale", torch.ones(out_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self._packed: Any = None
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._invalidate())
+        self.register_load_state_dict_post_hook(  # type: ignore[no-untyped-call]
+            lambda module, _keys: module._invalidate())
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, per_channel: bool = True,
@@ -90,7 +95,7 @@ class DynamicInt8Linear(nn.Module):
         q, scale = quantize_weight_int8(linear.weight, per_channel, weight_max)
         new.weight.copy_(q)
         new.weight_scale.copy_(scale)
-        if linear.bias is not None:
+        if linear.bias is not None and new.bias is not None:
             new.bias.copy_(linear.bias.detach())
         return new
 
@@ -119,16 +124,18 @@ class DynamicInt8Linear(nn.Module):
         shape = x.shape
         if torch.onnx.is_in_onnx_export():
             if len(shape) == 2:
-                return _DynamicQLinear.apply(x.float(), self)
-            out = _DynamicQLinear.apply(x.reshape(-1, shape[-1]).float(), self)
+                return _DynamicQLinear.apply(x.float(), self)  # type: ignore[no-any-return,no-untyped-call]
+            out: torch.Tensor = _DynamicQLinear.apply(  # type: ignore[no-untyped-call]
+                x.reshape(-1, shape[-1]).float(), self)
             return out.reshape(*shape[:-1], self.out_features)
         if self._packed is None:
             self._packed = self._pack()
         # The fused kernel applies ReLU on the int32 accumulator's output in the same pass.
         op = torch.ops.quantized.linear_relu_dynamic if self.relu else \
             torch.ops.quantized.linear_dynamic
-        out = op(x.reshape(-1, shape[-1]).float().contiguous(), self._packed, self.reduce_range)
-        return out.reshape(*shape[:-1], self.out_features)
+        y: torch.Tensor = op(x.reshape(-1, shape[-1]).float().contiguous(), self._packed,
+                             self.reduce_range)
+        return y.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         relu = ", relu" if self.relu else ""
@@ -151,11 +158,11 @@ def untraced() -> Iterator[None]:
     """Pause the TorchScript tracer: in torch 2.13 it stays active inside an autograd.Function's
     forward during ONNX export, and ops recorded there break the exporter ("unordered_map::at")."""
     state = torch._C._get_tracing_state()
-    torch._C._set_tracing_state(None)
+    torch._C._set_tracing_state(None)  # type: ignore[attr-defined]
     try:
         yield
     finally:
-        torch._C._set_tracing_state(state)
+        torch._C._set_tracing_state(state)  # type: ignore[attr-defined]
 
 
 class _DynamicQLinear(torch.autograd.Function):

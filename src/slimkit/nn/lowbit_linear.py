@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...core.module_types import register_module_type
+from ..core.module_types import register_module_type
 from .blockwise import block_rows, blockwise_linear
 from .groupwise import (
     BITS,
@@ -53,6 +53,12 @@ class WeightOnlyLinear(PackedMemory, nn.Module):
     de-quantized on each access and never stored.
     """
 
+    qweight: torch.Tensor
+    scale: torch.Tensor
+    offset: torch.Tensor | None
+    bias: torch.Tensor | None
+    input_scale: torch.Tensor | None
+
     def __init__(self, in_features: int, out_features: int, bits: int = 4,
                  group_size: int = 128, symmetric: bool = False, bias: bool = True,
                  scale_dtype: str = "float16", input_scale: bool = False,
@@ -78,7 +84,8 @@ class WeightOnlyLinear(PackedMemory, nn.Module):
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.register_buffer("input_scale", torch.ones(in_features) if input_scale else None)
         self._dense: torch.Tensor | None = None
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._invalidate())
+        self.register_load_state_dict_post_hook(  # type: ignore[no-untyped-call]
+            lambda module, _keys: module._invalidate())
 
     @classmethod
     def from_codes(cls, linear: nn.Linear, codes: torch.Tensor, scale: torch.Tensor,
@@ -92,11 +99,11 @@ class WeightOnlyLinear(PackedMemory, nn.Module):
         with torch.no_grad():
             new.qweight.copy_(pack_codes(codes, bits))
             new.scale.copy_(scale)
-            if offset is not None:
+            if offset is not None and new.offset is not None:
                 new.offset.copy_(offset)
-            if linear.bias is not None:
+            if linear.bias is not None and new.bias is not None:
                 new.bias.copy_(linear.bias.detach().float())
-            if input_scale is not None:
+            if input_scale is not None and new.input_scale is not None:
                 new.input_scale.copy_(input_scale)
         return new
 
@@ -153,7 +160,7 @@ class WeightOnlyLinear(PackedMemory, nn.Module):
     def _apply(self, fn: Any, recurse: bool = True) -> WeightOnlyLinear:
         # .to() / .half() / .cuda() change the buffers the cache was built from.
         self._invalidate()
-        return super()._apply(fn, recurse)
+        return super()._apply(fn, recurse)  # type: ignore[no-any-return,no-untyped-call]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.cache or torch.onnx.is_in_onnx_export()):

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...core.module_types import register_module_type
+from ..core.module_types import register_module_type
 from .int8_linear import untraced
 from .rowwise import pack, quantize_rows, unpack
 
@@ -25,6 +25,10 @@ _KERNELS = {8: "embedding_bag_byte_rowwise_offsets", 4: "embedding_bag_4bit_roww
 @register_module_type
 class QuantizedEmbedding(nn.Module):
     """`mode="none"` behaves as nn.Embedding; "sum"/"mean" as nn.EmbeddingBag on 2-D bags."""
+
+    packed: torch.Tensor
+    scale: torch.Tensor
+    offset: torch.Tensor
 
     def __init__(self, num_embeddings: int, embedding_dim: int, bits: int, mode: str = "none",
                  padding_idx: int | None = None) -> None:
@@ -43,7 +47,8 @@ class QuantizedEmbedding(nn.Module):
         self._fused: torch.Tensor | None = None
         self._kernel = getattr(torch.ops.quantized, _KERNELS[bits])
         self._offsets: dict[tuple[int, int], torch.Tensor] = {}
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._invalidate())
+        self.register_load_state_dict_post_hook(  # type: ignore[no-untyped-call]
+            lambda module, _keys: module._invalidate())
 
     def _invalidate(self) -> None:
         self._fused = None

@@ -7,12 +7,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...core.module_types import register_module_type
+from ..core.module_types import register_module_type
 
 
 @register_module_type
 class RemappedEmbedding(nn.Module):
     """`kept_ids[i]` is the original id stored in row i; ids not kept read row `unk_row`."""
+
+    kept_ids: torch.Tensor
+    remap: torch.Tensor
 
     def __init__(self, vocab_size: int, num_kept: int, embedding_dim: int,
                  padding_idx: int | None = None) -> None:

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...core.cpu import PORTABLE_WEIGHT_MAX
-from ...core.module_types import register_module_type
+from ..core.cpu import PORTABLE_WEIGHT_MAX
+from ..core.module_types import register_module_type
 from .int8_linear import kernel_weight, quantize_weight_int8, untraced
 from .runtime_memory import fbgemm_prepacked_bytes
 
@@ -27,7 +27,7 @@ class _Consts:
     """Python-side constants handed to the autograd Function (non-tensors reach `symbolic`
     as-is, so the weights become ONNX initializers with the exact stored values)."""
 
-    def __init__(self, m: nn.Module) -> None:
+    def __init__(self, m: _StaticInt8) -> None:
         self.weight = m.weight
         self.weight_scale = m.weight_scale
         self.bias = m.bias
@@ -41,6 +41,7 @@ class _Consts:
 
     def int32_bias(self) -> torch.Tensor:
         # ONNX Runtime adds the bias in the int32 accumulator at scale s_x * s_w (per channel).
+        assert self.bias is not None, "int32_bias: the layer has no bias"
         return torch.round(self.bias / (self.qparams[0] * self.weight_scale.double())).to(
             torch.int32)
 
@@ -106,6 +107,14 @@ class _StaticInt8(nn.Module):
     quantized_output: bool
     weight_max: int
 
+    weight: torch.Tensor
+    weight_scale: torch.Tensor
+    bias: torch.Tensor | None
+    input_scale: torch.Tensor
+    input_zero_point: torch.Tensor
+    output_scale: torch.Tensor
+    output_zero_point: torch.Tensor
+
     def _init_state(self, out_ch: int, weight_shape: tuple[int, ...], bias: bool) -> None:
         self.register_buffer("weight", torch.zeros(weight_shape, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_ch))
@@ -114,7 +123,8 @@ class _StaticInt8(nn.Module):
             self.register_buffer(f"{name}_scale", torch.tensor(1.0))
             self.register_buffer(f"{name}_zero_point", torch.tensor(0, dtype=torch.int32))
         self._packed: Any = None
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._invalidate())
+        self.register_load_state_dict_post_hook(  # type: ignore[no-untyped-call]
+            lambda module, _keys: module._invalidate())
 
     def _invalidate(self) -> None:
         self._packed = None
@@ -123,7 +133,7 @@ class _StaticInt8(nn.Module):
         q, scale = quantize_weight_int8(weight.detach().flatten(1), True, self.weight_max)
         self.weight.copy_(q.view_as(self.weight))
         self.weight_scale.copy_(scale)
-        if bias is not None:
+        if bias is not None and self.bias is not None:
             self.bias.copy_(bias.detach())
         self._invalidate()
 
@@ -163,11 +173,11 @@ class _StaticInt8(nn.Module):
         if torch.onnx.is_in_onnx_export() or self.backend == "onnxruntime":
             if x.is_quantized:
                 x = x.dequantize()
-            return _StaticQDQ.apply(x, _Consts(self))
+            return _StaticQDQ.apply(x, _Consts(self))  # type: ignore[no-any-return,no-untyped-call]
         packed, (s_in, zp_in, s_out, zp_out) = self._kernel()
         if not x.is_quantized:
             x = torch.quantize_per_tensor(x.float().contiguous(), s_in, zp_in, torch.quint8)
-        y = op(x, packed, s_out, zp_out)
+        y: torch.Tensor = op(x, packed, s_out, zp_out)
         return y if self.quantized_output else y.dequantize()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _StaticInt8:

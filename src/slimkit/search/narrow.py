@@ -22,7 +22,7 @@ from torch import nn
 
 from ..core.plan import Plan
 from ..core.targets import Targets
-from ..methods.quantize.sensitivity import WEIGHTED_TYPES, layer_sensitivity
+from ..eval.sensitivity import WEIGHTED_TYPES, layer_sensitivity
 from .space import SearchSpace, Slot
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from ..core.errors import SlimkitError
-from ..methods.quantize.sensitivity import one_line
+from ..core.errors import SlimkitError, one_line
 from .space import SearchSpace, describe, suggest_plan
 from .trial import Hopeless, run_plan_trial
 

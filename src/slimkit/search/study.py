@@ -24,6 +24,7 @@ from typing import Any, Literal
 from torch import nn
 
 from ..core.errors import SlimkitError
+from ..rundir import open_run_dir, write_atomic
 from . import records
 from .narrow import narrow
 from .objective import TrialFunction, counted
@@ -34,6 +35,8 @@ from .trial import measure
 log = logging.getLogger(__name__)
 Objective = Literal["size", "latency"]
 OBJECTIVE_KEYS = {"size": "bytes", "latency": "latency_ms"}
+# Called with (out, data) after each write of search.json: the caller's page of the search.
+PageWriter = Callable[[Path, dict[str, Any]], object]
 
 
 @dataclasses.dataclass
@@ -81,31 +84,32 @@ def auto(model: nn.Module, task: Any, space: SearchSpace, *, max_drop: float,
          latency_batch: int = 512, sampler: Literal["tpe", "nsga2"] = "tpe",
          sensitivity: bool = True, early_stop: bool = True, keep: str = "all",
          on_trial: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
-         ) -> SearchResult:
+         write_page: PageWriter | None = None) -> SearchResult:
     """Run (or join, or resume) the search until the study holds `trials` finished trials.
 
     `model` is never modified. Artifacts: `out/baseline`, `out/trials/NNNN` (every measured
-    trial; with keep="pareto" only the front and the best stay); `out/search.json` and
-    `out/report.html` are rewritten after every trial; `on_trial(row, data)` sees each
-    finished trial's row and the whole search.json content. `out` must be new, empty or an
-    earlier search's, and is locked while this worker runs (workers need one `out` each).
+    trial; with keep="pareto" only the front and the best stay); `out/search.json` is rewritten
+    after every trial, each time followed by `write_page(out, data)` when given (`slimkit auto`
+    passes slimkit.report.search_html.write_search_report, which writes `out/report.html`);
+    `on_trial(row, data)` sees each finished trial's row and the whole search.json content.
+    `out` must be new, empty or an earlier search's, and is locked while this worker runs
+    (workers need one `out` each).
     """
-    from ..rundir import open_run_dir
-
     _check_args(objective, sampler, trials, max_drop, keep)
     with open_run_dir(Path(out), "auto"):
         return _search(model, task, space, max_drop=max_drop, objective=objective,
                        trials=trials, out=Path(out), storage=storage, study_name=study_name,
                        seed=seed, latency_batch=latency_batch, sampler=sampler,
                        sensitivity=sensitivity, early_stop=early_stop, keep=keep,
-                       on_trial=on_trial)
+                       on_trial=on_trial, write_page=write_page)
 
 
 def _search(model: nn.Module, task: Any, space: SearchSpace, *, max_drop: float,
             objective: Objective, trials: int, out: Path, storage: str | None,
             study_name: str, seed: int, latency_batch: int, sampler: Literal["tpe", "nsga2"],
             sensitivity: bool, early_stop: bool, keep: str,
-            on_trial: Callable[[dict[str, Any], dict[str, Any]], None] | None) -> SearchResult:
+            on_trial: Callable[[dict[str, Any], dict[str, Any]], None] | None,
+            write_page: PageWriter | None) -> SearchResult:
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     study = open_study(storage, study_name, sampler=sampler, seed=seed, trials=trials)
@@ -153,7 +157,7 @@ def _search(model: nn.Module, task: Any, space: SearchSpace, *, max_drop: float,
             raise
         if run.over_budget:
             break
-        data = write_outputs(study, out, context)
+        data = write_outputs(study, out, context, write_page)
         row = next((r for r in data["trials"] if r["number"] == run.last_number), None)
         if on_trial is not None and row is not None:
             on_trial(row, data)
@@ -163,10 +167,10 @@ def _search(model: nn.Module, task: Any, space: SearchSpace, *, max_drop: float,
             raise SlimkitError(f"trials: the last {failed_in_a_row} trials all failed (last: "
                                f"{row['note'] if row else ''}); see {str(out / 'search.json')!r}")
     # Read again at the end: other workers may have finished trials since the last write.
-    data = write_outputs(study, out, context)
+    data = write_outputs(study, out, context, write_page)
     if keep == "pareto":
         _drop_dominated_artifacts(data, out)
-        write_data(data, out)
+        write_data(data, out, write_page)
     rows = data["trials"]
     best = next((r for r in rows if r["best"]), None)
     return SearchResult(rows, best, [r for r in rows if r["pareto"]], baseline,
@@ -189,20 +193,18 @@ def collect(study: Any, context: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def write_outputs(study: Any, out: Path, context: dict[str, Any]) -> dict[str, Any]:
-    """Write search.json and report.html atomically; returns the data."""
-    return write_data(collect(study, context), out)
+def write_outputs(study: Any, out: Path, context: dict[str, Any],
+                  write_page: PageWriter | None = None) -> dict[str, Any]:
+    """Write search.json atomically (then the page, see write_data); returns the data."""
+    return write_data(collect(study, context), out, write_page)
 
 
-def write_data(data: dict[str, Any], out: Path) -> dict[str, Any]:
-    from ..report import _write_atomic
-
-    _write_atomic(out / "search.json", json.dumps(data, indent=1).encode())
-    try:
-        from ..report.search_html import write_search_report
-    except ImportError:  # the page is optional; search.json holds everything
-        return data
-    write_search_report(out, data)
+def write_data(data: dict[str, Any], out: Path,
+               write_page: PageWriter | None = None) -> dict[str, Any]:
+    """search.json, written atomically; then `write_page(out, data)` (e.g. report.html)."""
+    write_atomic(out / "search.json", json.dumps(data, indent=1).encode())
+    if write_page is not None:
+        write_page(out, data)
     return data
 
 

@@ -8,20 +8,21 @@ Every trial uses the same seed, so two trials differ only by their plans, and a 
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..core import Context
 from ..core.compress import compress_
 from ..core.plan import Plan
-from ..eval.cost import latency_interleaved
-from ..export.artifact import artifact_bytes, save
-from ..methods.quantize.sensitivity import metric_drop
+from ..eval.measure import measure as measure_model
+from ..eval.quality import quality_drop
+
+__all__ = ["Hopeless", "measure", "quality_drop", "run_plan_trial", "trains"]
+# How a trial times its model: one round of 7 calls after one warm-up call, at one batch size.
+TIMING = {"rounds": 1, "repeats": 7, "warmup": 1}
 
 # A step may lose quality that a later training step (fine-tuning, distillation) wins back, so
 # the bar is loose while training is still to come and tight once only compression is left.
@@ -43,30 +44,16 @@ def trains(config: Any) -> bool:
         getattr(config, "recover", "") != "none"
 
 
-def quality_drop(task: Any, base: dict[str, float], metrics: dict[str, float]) -> float:
-    """Quality lost relative to the baseline, positive = worse, in the primary metric's units."""
-    key = task.primary_metric
-    return metric_drop(task, base[key], metrics[key])
-
-
-def latency_ms(model: nn.Module, inputs: tuple[torch.Tensor, ...], repeats: int = 7) -> float:
-    """Median wall time of one forward pass in torch on this machine, after one warm-up call."""
-    timed = latency_interleaved({"m": model}, {0: inputs}, rounds=1, repeats=repeats, warmup=1)
-    return timed["m"]["0"]["median"]
-
-
 def measure(model: nn.Module, task: Any, path: Path, batch: int,
             plan: dict[str, Any] | None = None, *, reuse: bool = False) -> dict[str, Any]:
-    """Quality on the validation split, saved artifact bytes and latency at `batch`. With
-    `reuse`, an artifact already at `path` with the same metrics is kept, not rewritten (workers
-    sharing a directory write the baseline once)."""
-    metrics = task.evaluate(model, "valid")
-    manifest = path / "manifest.json"
-    if not (reuse and manifest.is_file() and
-            json.loads(manifest.read_text()).get("metrics", {}).get("valid") == metrics):
-        save(model, path, plan=plan, metrics={"valid": metrics}, task=task)
-    return {"metrics": metrics, "bytes": artifact_bytes(path),
-            "latency_ms": latency_ms(model, tuple(task.example_inputs(batch)))}
+    """Quality on the validation split, saved artifact bytes and the median latency (ms) at
+    `batch` (slimkit.eval.measure). With `reuse`, an artifact already at `path` with the same
+    metrics is kept, not rewritten (workers sharing a directory write the baseline once)."""
+    measured = measure_model(model, task, split="valid", save_to=path,
+                             manifest={"plan": plan, "task": task}, reuse=reuse, params=False,
+                             batch_sizes=(batch,), timing=TIMING, memory=False)
+    return {"metrics": measured["metrics"], "bytes": measured["bytes"],
+            "latency_ms": measured["latency_ms"][str(batch)]["median"]}
 
 
 def run_plan_trial(model: nn.Module, teacher: nn.Module, task: Any, plan: Plan, *,

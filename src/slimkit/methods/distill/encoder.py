@@ -18,8 +18,9 @@ from torch import nn
 
 from ...core import Batch, Context, MethodConfig, check_range, check_training, register
 from ...core.errors import ConfigError, SlimkitError
+from ...models.pooling import masked_mean_pool
 from ...train import fit
-from .losses import attention_relations, masked_mean_pool
+from .losses import attention_relations
 
 PROJECTIONS = ("query", "key", "value")
 

@@ -39,12 +39,6 @@ def is_binary(logits: torch.Tensor) -> bool:
     return logits.dim() == 1 or logits.shape[-1] == 1
 
 
-def masked_mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of `hidden` [batch, seq, dim] over the positions where `mask` is 1."""
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-
-
 def attention_relations(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
                         heads: int) -> torch.Tensor:
     """MiniLMv2 self-attention relation loss for one projection (queries, keys or values):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .groupwise import dequantize_groups, effective_group, grouped, quantize_groups
+from ...nn.groupwise import dequantize_groups, effective_group, grouped, quantize_groups
 
 
 class ActivationStats:

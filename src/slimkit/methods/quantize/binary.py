@@ -13,9 +13,9 @@ from torch import nn
 from ...core import Context, MethodConfig, Targets, check_range, check_training, register
 from ...core.errors import SlimkitError
 from ...graph import set_submodule, swap_module
+from ...nn.binary_linear import BinaryLinear, FakeSignLinear, TernaryLinear
+from ...nn.runtime_memory import CACHED, PACKED
 from ...train import fit
-from .binary_linear import BinaryLinear, FakeSignLinear, TernaryLinear
-from .runtime_memory import CACHED, PACKED
 
 log = logging.getLogger(__name__)
 

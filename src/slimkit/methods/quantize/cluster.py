@@ -14,10 +14,10 @@ from torch import nn
 from ...core import Context, MethodConfig, Targets, check_range, check_training, register
 from ...core.errors import ConfigError, SlimkitError
 from ...graph import swap_module
+from ...nn.clustered_layer import ClusteredLayer
+from ...nn.huffman import choose_form, encode_form
+from ...nn.runtime_memory import CACHED, PACKED
 from ...train import fit
-from ..encode.huffman import choose_form, encode_form
-from .clustered_layer import ClusteredLayer
-from .runtime_memory import CACHED, PACKED
 
 DEFAULT_TYPES = ("Linear", "Conv2d")
 

@@ -11,7 +11,7 @@ from torch import nn
 from ...core import Context, MethodConfig, Targets, check_range, register
 from ...core.errors import SlimkitError
 from ...graph import get_submodule, swap_module
-from .int8_linear import DynamicInt8Linear
+from ...nn.int8_linear import DynamicInt8Linear
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

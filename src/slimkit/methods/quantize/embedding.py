@@ -10,7 +10,7 @@ from torch import nn
 from ...core import Context, MethodConfig, Targets, check_range, register
 from ...core.errors import SlimkitError
 from ...graph import swap_module
-from .quantized_embedding import QuantizedEmbedding
+from ...nn.quantized_embedding import QuantizedEmbedding
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -12,10 +12,10 @@ from torch import nn
 
 from ...core import Context, MethodConfig, Targets, check_range, register
 from ...core.errors import ConfigError, SlimkitError
+from ...eval.sensitivity import module_bytes
 from ...graph import get_submodule
 from .embedding import EmbeddingQuant
 from .mixed import apply_choices, measure_options, solve
-from .sensitivity import module_bytes
 
 log = logging.getLogger(__name__)
 

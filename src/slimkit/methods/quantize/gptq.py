@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from .groupwise import (
+from ...nn.groupwise import (
     dequantize_column,
     effective_group,
     group_params,

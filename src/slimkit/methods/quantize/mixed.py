@@ -14,10 +14,10 @@ from torch import nn
 
 from ...core import Context, MethodConfig, Targets, Task, check_range, lookup, register
 from ...core.errors import ConfigError, SlimkitError
+from ...eval.sensitivity import for_layer, layer_sensitivity, module_bytes
 from ...graph import get_submodule
 from .binary import BinaryWeights
 from .dynamic_int8 import DynamicInt8
-from .sensitivity import for_layer, layer_sensitivity, module_bytes
 
 log = logging.getLogger(__name__)
 

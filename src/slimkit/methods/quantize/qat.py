@@ -19,9 +19,9 @@ from ...core.cpu import PORTABLE_WEIGHT_MAX
 from ...core.errors import SlimkitError
 from ...core.module_types import register_module_type
 from ...graph import set_submodule, swap_module
+from ...nn.int8_linear import INT8_RANGES, DynamicInt8Linear
 from ...train import fit
 from .dynamic_int8 import _next_relu
-from .int8_linear import INT8_RANGES, DynamicInt8Linear
 from .lsq import init_step, integer_codes, lsq, qrange
 
 

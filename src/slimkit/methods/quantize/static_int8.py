@@ -14,10 +14,10 @@ from torch import nn
 from ...core import Context, MethodConfig, Targets, check_range, register
 from ...core.errors import SlimkitError
 from ...graph import get_submodule, swap_module
+from ...nn.int8_linear import INT8_RANGES
+from ...nn.static_modules import StaticInt8Conv2d, StaticInt8Linear
 from .dynamic_int8 import _next_relu
-from .int8_linear import INT8_RANGES
 from .observers import Histogram, activation_qparams
-from .static_modules import StaticInt8Conv2d, StaticInt8Linear
 
 _PASSTHROUGH = (nn.Identity, nn.Dropout)
 

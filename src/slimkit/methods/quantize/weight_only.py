@@ -20,11 +20,11 @@ from ...core import Context, MethodConfig, Targets, check_range, register
 from ...core.errors import ConfigError, SlimkitError
 from ...core.task import Batch, Task
 from ...graph import swap_module
+from ...nn.groupwise import BITS, quantize_groups
+from ...nn.lowbit_linear import SCALE_DTYPES, WeightOnlyLinear
+from ...nn.runtime_memory import CACHED, PACKED
 from .awq import ActivationStats, apply_clip, search_clip, search_scales
 from .gptq import HessianAccumulator, gptq_quantize, hessian_error
-from .groupwise import BITS, quantize_groups
-from .lowbit_linear import SCALE_DTYPES, WeightOnlyLinear
-from .runtime_memory import CACHED, PACKED
 
 log = logging.getLogger(__name__)
 

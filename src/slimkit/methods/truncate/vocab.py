@@ -16,7 +16,7 @@ from torch import nn
 from ...core import Context, MethodConfig, check_range, register
 from ...core.errors import ConfigError, SlimkitError
 from ...graph import get_submodule, swap_module
-from .remapped_embedding import RemappedEmbedding
+from ...nn.remapped_embedding import RemappedEmbedding
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,105 @@
+"""The one measurement of a model on a task: quality on a split, logical parameters, artifact
+bytes, latency and run-time memory. `slimkit.evaluate`, `run_plan`'s stages and the search's
+trials all measure through `measure` (run_plan times its stages together through
+`latency_fields`, which `measure` uses for one model), so their numbers mean the same."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..core.errors import SlimkitError
+from ..core.task import Task
+from ..export import artifact_bytes, save
+from .cost import Inputs, count_params, latency_interleaved
+from .runtime_memory import runtime_memory
+
+BATCH_SIZES = (1, 512)
+# What a stage records of runtime_memory's figures (MiB above a fresh process's baseline).
+MEMORY_KEYS = ("resident", "peak", "loaded", "load_peak", "model")
+
+
+def quality(model: nn.Module, task: Task, split: str, label: str | None = None) -> dict[str, float]:
+    """The task's metrics on `split`. With `label`, a ValueError of the evaluation (NaN scores
+    after a diverged fine-tune, say) becomes a one-line SlimkitError naming `label`."""
+    if label is None:
+        return task.evaluate(model, split)
+    try:
+        return task.evaluate(model, split)
+    except ValueError as exc:
+        raise SlimkitError(f"{label}: evaluation failed ({exc}); did training diverge?") from None
+
+
+def latency_fields(models: Mapping[str, Any], inputs: Mapping[int, Inputs],
+                   **timing: Any) -> dict[str, dict[str, Any]]:
+    """Per model, timed interleaved (cost.latency_interleaved; torch models and ONNX Runtime
+    sessions alike): {"latency_ms": {batch: {"median", "p90"}}, "throughput": {batch: rows/s}}."""
+    timed = latency_interleaved(models, inputs, **timing)
+    return {name: {"latency_ms": {b: {"median": v["median"], "p90": v["p90"]}
+                                  for b, v in per.items()},
+                   "throughput": {b: v["throughput"] for b, v in per.items()}}
+            for name, per in timed.items()}
+
+
+def memory_fields(artifact: Path, inputs: Inputs,
+                  keys: Sequence[str] = MEMORY_KEYS) -> dict[str, Any] | None:
+    """{"runtime_mb": {key: MiB}, "peak_memory_mb": whole VmHWM} of a fresh process that loads
+    `artifact` and runs `inputs` (runtime_memory); None if it could not be measured."""
+    measured = runtime_memory(artifact, inputs)
+    if measured is None:
+        return None
+    return {"runtime_mb": {k: measured[k] for k in keys},
+            "peak_memory_mb": measured["peak_absolute"]}
+
+
+def _same_metrics(path: Path, split: str, metrics: Mapping[str, float]) -> bool:
+    manifest = path / "manifest.json"
+    return manifest.is_file() and \
+        json.loads(manifest.read_text()).get("metrics", {}).get(split) == metrics
+
+
+def measure(model: nn.Module, task: Task, *, split: str = "test", artifact: Path | None = None,
+            save_to: Path | None = None, manifest: Mapping[str, Any] | None = None,
+            reuse: bool = False, params: bool = True,
+            batch_sizes: Sequence[int] = BATCH_SIZES, timing: Mapping[str, Any] | None = None,
+            memory: bool = True, memory_keys: Sequence[str] = MEMORY_KEYS,
+            label: str | None = None) -> dict[str, Any]:
+    """Measure `model` on `task`; returns what was asked for, in this order:
+
+    - "metrics": the task's metrics on `split` (see `quality` for `label`);
+    - "params", "nonzeros" (with `params`): logical weights, cost.count_params;
+    - "latency_ms", "throughput" (for each of `batch_sizes`; none: not timed), `timing` passed
+      to cost.latency_interleaved (rounds, repeats, warmup);
+    - "bytes": the artifact's bytes on disk: `artifact` if given; else the model saved to
+      `save_to` with its metrics under `split` in the manifest (plus `manifest`: plan, task,
+      extra), kept as it is with `reuse` when it already holds the same metrics; else saved
+      to a temporary artifact;
+    - "runtime_mb", "peak_memory_mb" (with `memory` and `batch_sizes`): a fresh process's
+      memory after loading the artifact and running the largest batch (`memory_keys` of it).
+    """
+    metrics = quality(model, task, split, label)
+    result: dict[str, Any] = {"metrics": metrics}
+    if params:
+        result.update(count_params(model))
+    inputs = {b: task.example_inputs(b) for b in batch_sizes}
+    if inputs:
+        result.update(latency_fields({"model": model}, inputs, **(timing or {}))["model"])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = artifact
+        if path is None and save_to is not None:
+            path = save_to
+            if not (reuse and _same_metrics(save_to, split, metrics)):
+                path = save(model, save_to, metrics={split: metrics}, **(manifest or {}))
+        elif path is None:
+            path = save(model, Path(tmp) / "artifact")
+        result["bytes"] = artifact_bytes(path)
+        measured = memory_fields(path, inputs[max(inputs)], memory_keys) \
+            if memory and inputs else None
+        if measured is not None:
+            result.update(measured)
+    return result

@@ -1,0 +1,22 @@
+"""The layers a compressed model is deployed with (int8, packed low-bit, binary/ternary,
+clustered, quantized and remapped embeddings), their memory accounting, the pure math they run,
+and the entropy codec artifacts store weights with.
+
+Below methods and export alike: a method builds these layers, export saves and rebuilds them, and
+neither needs the other. Imports torch and numpy only (and slimkit.core).
+"""
+
+from . import legacy_names  # noqa: F401  (old artifacts name these layers by their old modules)
+from .binary_linear import BinaryLinear, FakeSignLinear, TernaryLinear
+from .clustered_layer import ClusteredLayer
+from .int8_linear import DynamicInt8Linear
+from .lowbit_linear import WeightOnlyLinear
+from .mean_bag import MeanBag
+from .quantized_embedding import QuantizedEmbedding
+from .remapped_embedding import RemappedEmbedding
+from .runtime_memory import memory_report
+from .static_modules import StaticInt8Conv2d, StaticInt8Linear
+
+__all__ = ["BinaryLinear", "ClusteredLayer", "DynamicInt8Linear", "FakeSignLinear", "MeanBag",
+           "QuantizedEmbedding", "RemappedEmbedding", "StaticInt8Conv2d", "StaticInt8Linear",
+           "TernaryLinear", "WeightOnlyLinear", "memory_report"]
