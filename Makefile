@@ -33,7 +33,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	# Strict typing where a mistake corrupts models or artifacts (DESIGN.md's tooling).
 	$(BIN)/mypy --strict --ignore-missing-imports src/slimkit/core src/slimkit/graph \
-		src/slimkit/export/artifact.py src/slimkit/models
+		src/slimkit/export/artifact.py src/slimkit/models src/slimkit/nn
+	# The layering: the import-linter contracts in pyproject.toml (README.md, "Layout").
+	$(BIN)/lint-imports
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q

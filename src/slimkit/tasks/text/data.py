@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ...core.errors import SlimkitError
-from ..ctr.data import widedeep_data_dir
+from ..widedeep import widedeep_data_dir
 
 REVIEWS_FILE = "WomensClothingE-CommerceReviews.parquet.brotli"
 # The review split (see `review_split`): sizes of the evaluation pool and its probe parts.
