@@ -27,8 +27,8 @@ from torch import nn
 
 from ..core.compress import edit_log
 from ..core.errors import ArtifactError, SlimkitError
-from ..core.task import describe
 from ..core.module_types import module_type, register_module_type, type_name
+from ..core.task import describe
 from ..graph import apply_edit, restore_masks
 from .assign_load import (
     TensorFile,
