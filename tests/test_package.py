@@ -26,6 +26,27 @@ def test_recipe_file_matches_embedded_demo_plan() -> None:
     assert shipped == slimkit.Plan.from_yaml(DEMO_PLAN_YAML)
 
 
+def test_recipe_file_matches_embedded_encoder_plan() -> None:
+    from slimkit.tasks.text.defaults import MINILM_PLAN_YAML
+
+    shipped = slimkit.Plan.load(ROOT / "recipes" / "minilm.yaml")
+    assert shipped == slimkit.Plan.from_yaml(MINILM_PLAN_YAML)
+
+
+def test_every_task_default_space_and_plan_load() -> None:
+    pytest.importorskip("optuna")
+    import yaml
+
+    from slimkit.search import SearchSpace
+    from slimkit.tasks.ctr.search_space import CTR_SPACE_YAML
+    from slimkit.tasks.text.defaults import ENCODER_SPACE_YAML
+    from slimkit.tasks.vision.defaults import CNN_PLAN_YAML, CNN_SPACE_YAML
+
+    for space in (CTR_SPACE_YAML, ENCODER_SPACE_YAML, CNN_SPACE_YAML):
+        assert SearchSpace.from_dict(yaml.safe_load(space)).slots
+    assert slimkit.Plan.from_yaml(CNN_PLAN_YAML).steps
+
+
 def test_public_api_is_explicit() -> None:
     for name in slimkit.__all__:
         assert hasattr(slimkit, name), name

@@ -106,6 +106,8 @@ def task_from_spec(spec: Any) -> Task:
 # Built-in tasks by reference: their modules (pandas, transformers) load only when one is built.
 for _name, _factory in (("movielens", "slimkit.tasks.ctr.task:CTRTask.movielens"),
                         ("synthetic", "slimkit.tasks.ctr.task:CTRTask.synthetic"),
+                        ("tabular", "slimkit.tasks.ctr.task:CTRTask.from_table"),
+                        ("image-folder", "slimkit.tasks.vision.task:VisionTask.image_folder"),
                         ("fashion-mnist", "slimkit.tasks.vision.task:VisionTask.fashion_mnist"),
                         ("text-encoder", "slimkit.tasks.text.task:TextEncoderTask")):
     register_task(_name, _factory)

@@ -18,7 +18,9 @@ from ...eval.metrics import auc, logloss
 from ...train.teacher import TeacherRecipe, train_best_on_valid
 from ..batching import calibration_order, epoch_order, run_eval
 from .data import CTRData, load_movielens
+from .demo_plan import DEMO_PLAN_YAML
 from .models import DCNv2, DeepFM
+from .search_space import CTR_SPACE_YAML
 from .synthetic import make_synthetic
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,17 @@ class CTRTask:
         test = self.split("test")
         idx = torch.arange(batch_size) % len(test["label"])
         return test["sparse"][idx], test["bag"][idx]
+
+    model_kinds = tuple(MODELS)
+
+    def teacher_recipe(self, kind: str | None) -> TeacherRecipe:
+        return RECIPES.get(kind or "deepfm", TeacherRecipe())
+
+    def default_plan(self) -> str:
+        return DEMO_PLAN_YAML
+
+    def search_space(self) -> str:
+        return CTR_SPACE_YAML
 
     def build_model(self, kind: str, **kwargs: Any) -> nn.Module:
         if kind not in MODELS:

@@ -18,6 +18,7 @@ from ...core.task import Batch
 from ...train.teacher import TeacherRecipe, train_best_on_valid
 from ..batching import calibration_order, epoch_order, run_eval
 from .data import CLASSES, ROOT, ImageData, load_fashion_mnist, normalize
+from .defaults import CNN_PLAN_YAML, CNN_SPACE_YAML
 from .models import SmallCNN
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,18 @@ class VisionTask:
         """The first `batch_size` test images, tiled when the split is smaller."""
         n = len(self._split("test")[1])
         return (self._batch("test", torch.arange(batch_size) % n)["image"],)
+
+    model_kinds = tuple(MODELS)
+
+    def teacher_recipe(self, kind: str | None) -> TeacherRecipe:
+        del kind
+        return CNN_RECIPE
+
+    def default_plan(self) -> str:
+        return CNN_PLAN_YAML
+
+    def search_space(self) -> str:
+        return CNN_SPACE_YAML
 
     def build_model(self, kind: str = "cnn", **kwargs: Any) -> nn.Module:
         if kind not in MODELS:
