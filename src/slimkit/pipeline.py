@@ -21,8 +21,11 @@ from torch import nn
 
 from .core import Context, Plan, SlimkitError, Task, check_plan, compress_
 from .core.cpu import cpu_features
+from .core.module_types import importable_ref, is_callers
+from .core.task import describe
 from .eval.measure import BATCH_SIZES, latency_fields, measure, memory_fields
-from .export import copy_artifact, load
+from .export import copy_artifact, reload
+from .export.artifact import model_spec
 from .rundir import clear_previous_run, open_run_dir, write_errors
 
 log = logging.getLogger(__name__)
@@ -58,11 +61,15 @@ def _evaluate_stage(model: nn.Module, task: Task, name: str, steps: list[str], s
 def run_plan(model: nn.Module | None, task: Task, plan: Plan, out: str | Path, *, ctx: Context,
              title: str, baseline_name: str = "teacher", baseline_seconds: float = 0.0,
              resume: bool = False, measure_memory: bool = True, onnxruntime: bool | None = None,
-             on_stage: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+             on_stage: Callable[[dict[str, Any]], None] | None = None,
+             model_factory: Callable[[], nn.Module] | None = None) -> dict[str, Any]:
     """Apply `plan` one step at a time to `model` (the baseline, stage 0); returns metrics.json.
 
     The plan is checked against `model` before anything is written; `out` must be new, empty or
-    a slimkit run directory, and is locked for the run (see slimkit.rundir)."""
+    a slimkit run directory, and is locked for the run (see slimkit.rundir). Stages of a model
+    of the caller's own class are reloaded into `model_factory()` (a fresh instance; default:
+    a copy of `model` as given), since `load` cannot build such a class by name; a factory a
+    fresh process can import (`module:function`) also serves the memory probe and `--resume`."""
     out = Path(out)
     if not plan.steps or (model is not None and not (resume and (out / PROGRESS).is_file())):
         check_plan(model if model is not None else nn.Module(), plan)
@@ -70,13 +77,22 @@ def run_plan(model: nn.Module | None, task: Task, plan: Plan, out: str | Path, *
         return _run_plan(model, task, plan, out, ctx=ctx, title=title,
                          baseline_name=baseline_name, baseline_seconds=baseline_seconds,
                          resume=resume, measure_memory=measure_memory, onnxruntime=onnxruntime,
-                         on_stage=on_stage)
+                         on_stage=on_stage, factory=_factory(model, model_factory))
+
+
+def _factory(model: nn.Module | None,
+             given: Callable[[], nn.Module] | None) -> Callable[[], nn.Module] | None:
+    if given is not None or model is None or not is_callers(model_spec(model)["builder"]):
+        return given
+    pristine = copy.deepcopy(model)  # the caller's class: stages reload into copies of it
+    return lambda: copy.deepcopy(pristine)
 
 
 def _run_plan(model: nn.Module | None, task: Task, plan: Plan, out: Path, *, ctx: Context,
               title: str, baseline_name: str, baseline_seconds: float, resume: bool,
               measure_memory: bool, onnxruntime: bool | None,
-              on_stage: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+              on_stage: Callable[[dict[str, Any]], None] | None,
+              factory: Callable[[], nn.Module] | None) -> dict[str, Any]:
     progress_file = out / PROGRESS
     key = {"plan": plan.to_dict(), "seed": ctx.seed, "task": getattr(task, "spec", task.name),
            "baseline": baseline_name, "title": title}
@@ -93,8 +109,8 @@ def _run_plan(model: nn.Module | None, task: Task, plan: Plan, out: Path, *, ctx
     if not done and model is None:
         raise SlimkitError(f"--resume: nothing to resume in {str(out)!r}")
     if done:
-        ctx.teacher = load(out / done[0]["artifact"]).model
-        model = load(out / done[-1]["artifact"]).model
+        ctx.teacher = reload(out / done[0]["artifact"], factory).model
+        model = reload(out / done[-1]["artifact"], factory).model
         log.info("resuming after stage %s", done[-1]["name"])
     else:
         clear_previous_run(out)  # only what an earlier run here wrote itself
@@ -120,7 +136,7 @@ def _run_plan(model: nn.Module | None, task: Task, plan: Plan, out: Path, *, ctx
         if on_stage:
             on_stage(stage)
     return finish(out, task, plan, done, title=title, ctx=ctx, measure_memory=measure_memory,
-                  onnxruntime=onnxruntime)
+                  onnxruntime=onnxruntime, model_factory=factory)
 
 
 def _onnx_sessions(out: Path, models: dict[str, nn.Module], task: Task,
@@ -150,10 +166,17 @@ def _onnx_sessions(out: Path, models: dict[str, nn.Module], task: Task,
     return sessions
 
 
-def _measure_memory(stage: dict[str, Any], out: Path, inputs: tuple) -> None:
+def _measure_memory(stage: dict[str, Any], out: Path, inputs: tuple,
+                    factory: Callable[[], nn.Module] | None) -> None:
     """Run-time memory of the stage's artifact in a fresh process, beside its bytes on disk:
     `runtime_mb` is MiB above that process's baseline; `peak_memory_mb` its whole VmHWM."""
-    memory = memory_fields(out / stage["artifact"], inputs)
+    ref = importable_ref(factory) if factory is not None else None
+    if factory is not None and ref is None:
+        log.warning("stage %s: run-time memory not measured: a fresh process cannot build the "
+                    "model's class (pass a model_factory it can import, module:function)",
+                    stage["name"])
+        return
+    memory = memory_fields(out / stage["artifact"], inputs, model_factory=ref)
     if memory is None:
         log.warning("stage %s: run-time memory could not be measured", stage["name"])
         return
@@ -167,11 +190,11 @@ def _has_onnxruntime() -> bool:
 
 
 def finish(out: Path, task: Task, plan: Plan, stages: list[dict[str, Any]], *, title: str,
-           ctx: Context, measure_memory: bool = True,
-           onnxruntime: bool | None = None) -> dict[str, Any]:
+           ctx: Context, measure_memory: bool = True, onnxruntime: bool | None = None,
+           model_factory: Callable[[], nn.Module] | None = None) -> dict[str, Any]:
     """Reload every stage from its artifact, time them interleaved (torch, and ONNX Runtime when
     installed), check the final reload, write metrics.json and the report."""
-    models = {s["name"]: load(out / s["artifact"]).model for s in stages}
+    models = {s["name"]: reload(out / s["artifact"], model_factory).model for s in stages}
     inputs = {b: task.example_inputs(b) for b in BATCH_SIZES}
     timed: dict[str, Any] = dict(models)
     if onnxruntime if onnxruntime is not None else _has_onnxruntime():
@@ -183,12 +206,12 @@ def finish(out: Path, task: Task, plan: Plan, stages: list[dict[str, Any]], *, t
         if ort is not None:
             stage["onnxruntime"]["latency_ms"] = ort["latency_ms"]
         if measure_memory:
-            _measure_memory(stage, out, inputs[max(BATCH_SIZES)])
+            _measure_memory(stage, out, inputs[max(BATCH_SIZES)], model_factory)
     final = stages[-1]
     reloaded = task.evaluate(models[final["name"]], "test")
     copy_artifact(out / final["artifact"], out / FINAL)
     metrics = {
-        "title": title, "task": task.describe(), "primary_metric": task.primary_metric,
+        "title": title, "task": describe(task), "primary_metric": task.primary_metric,
         "higher_is_better": task.higher_is_better, "baseline": stages[0]["name"],
         "plan": plan.to_dict(), "stages": stages, "final_artifact": FINAL,
         "reload_check": {k: reloaded[k] == final["metrics"][k] for k in reloaded},

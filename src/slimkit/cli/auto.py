@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from rich.table import Table
 
-from .. import Context, SlimkitError, load
+from .. import Context, SlimkitError
+from ..export import reload
 from ..rundir import check_out, open_run_dir, write_errors
 from ..tasks.defaults import search_space
 from .inputs import InputModel, add_model_args, add_task_args, task_from_args
@@ -63,7 +64,7 @@ def _model(args: argparse.Namespace, source: InputModel, task: Any) -> torch.nn.
     saved = Path(args.out) / "baseline"
     if (saved / "manifest.json").is_file():  # a resumed run or a second worker: same teacher
         console.print(f"model: {saved} (the teacher of this search)")
-        return load(saved).model
+        return reload(saved, source.factory).model
     console.print(f"training a teacher on {task.name} ...")
     return source.teacher(Context(task=task, seed=args.seed))[0]
 
@@ -123,10 +124,11 @@ def run_auto(args: argparse.Namespace) -> int:
                       sampler=args.sampler, sensitivity=not args.no_sensitivity,
                       early_stop=not args.no_early_stop, keep=args.keep,
                       on_trial=lambda row, data: _trial_line(row, data["baseline"], metric))
-        return _summary(result, task, out, metric, model)
+        return _summary(result, task, out, metric, model, source.factory)
 
 
-def _summary(result: Any, task: Any, out: Path, metric: str, model: torch.nn.Module) -> int:
+def _summary(result: Any, task: Any, out: Path, metric: str, model: torch.nn.Module,
+             factory: Any) -> int:
     from ..search.trial import quality_drop
 
     counts: dict[str, int] = {}
@@ -146,7 +148,7 @@ def _summary(result: Any, task: Any, out: Path, metric: str, model: torch.nn.Mod
     test = ""
     if local:
         drop = quality_drop(task, task.evaluate(model, "test"),
-                            task.evaluate(load(artifact).model, "test"))
+                            task.evaluate(reload(artifact, factory).model, "test"))
         test = f" ({drop:+.4f} on test)"
     console.print(
         f"best within the budget: trial {best['number']}, {base['bytes'] / best['bytes']:.1f}x "

@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         metrics = run_plan(model, task, plan, out, ctx=ctx, resume=args.resume,
                            baseline_name="input" if source.path or not source.trains
                            else "teacher", baseline_seconds=seconds, on_stage=_stage_line,
-                           title=f"slimkit run: {name} on {task.name}")
+                           title=f"slimkit run: {name} on {task.name}",
+                           model_factory=source.factory)
     return _finish(metrics, out)
 
 

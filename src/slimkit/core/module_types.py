@@ -50,6 +50,20 @@ def register_module_type(cls: M | None = None, *,
     return cls
 
 
+def is_callers(ref: str) -> bool:
+    """Whether a builder name is the caller's own class (not slimkit's, torch's or a
+    transformers model), which `load` can build only if the caller allows it."""
+    return not ref.startswith((_OWN_PACKAGE, "torch.", "transformers:"))
+
+
+def importable_ref(obj: object) -> str | None:
+    """`module:qualname` of a function or class a fresh process can import, else None."""
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if not module or not qualname or module == "__main__" or "<" in qualname:
+        return None
+    return f"{module}:{qualname}"
+
+
 def caller_types() -> list[str]:
     """Registered names of classes from outside slimkit and torch that a fresh process can
     import by name (for a child process that must load the same artifacts)."""

@@ -46,11 +46,12 @@ def latency_fields(models: Mapping[str, Any], inputs: Mapping[int, Inputs],
             for name, per in timed.items()}
 
 
-def memory_fields(artifact: Path, inputs: Inputs,
-                  keys: Sequence[str] = MEMORY_KEYS) -> dict[str, Any] | None:
+def memory_fields(artifact: Path, inputs: Inputs, keys: Sequence[str] = MEMORY_KEYS,
+                  model_factory: str | None = None) -> dict[str, Any] | None:
     """{"runtime_mb": {key: MiB}, "peak_memory_mb": whole VmHWM} of a fresh process that loads
-    `artifact` and runs `inputs` (runtime_memory); None if it could not be measured."""
-    measured = runtime_memory(artifact, inputs)
+    `artifact` (into `model_factory()`'s instance when given) and runs `inputs`
+    (runtime_memory); None if it could not be measured."""
+    measured = runtime_memory(artifact, inputs, model_factory)
     if measured is None:
         return None
     return {"runtime_mb": {k: measured[k] for k in keys},

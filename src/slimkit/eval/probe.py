@@ -49,7 +49,7 @@ def _import_builders(manifest: dict[str, Any]) -> None:
             continue
 
 
-def _child(artifact: str, inputs_file: str, caller_types: list[str]) -> None:
+def _child(artifact: str, inputs_file: str, factory: str, caller_types: list[str]) -> None:
     from slimkit.core.module_types import allow_caller_types
     from slimkit.export import load
     from slimkit.export.artifact import read_manifest
@@ -60,7 +60,12 @@ def _child(artifact: str, inputs_file: str, caller_types: list[str]) -> None:
     inputs = tuple(stored[str(i)] for i in range(len(stored)))
     _reset_peak()
     base = _status_mb("VmRSS")
-    model = load(artifact).model
+    if factory != "-":  # the caller's class, built by the caller's function as in the parent
+        from slimkit.core.refs import import_ref
+
+        model = load(artifact, model=import_ref(factory, field="model_factory")()).model
+    else:
+        model = load(artifact).model
     loaded, load_peak = _status_mb("VmRSS"), _status_mb("VmHWM")
     with torch.inference_mode():
         model(*inputs)
@@ -75,4 +80,4 @@ def _child(artifact: str, inputs_file: str, caller_types: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    _child(sys.argv[1], sys.argv[2], sys.argv[3:])
+    _child(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:])

@@ -26,18 +26,20 @@ Inputs = tuple[torch.Tensor, ...]
 TIMEOUT_S = 300
 
 
-def runtime_memory(artifact: str | Path, inputs: Inputs) -> dict[str, float] | None:
+def runtime_memory(artifact: str | Path, inputs: Inputs,
+                   model_factory: str | None = None) -> dict[str, float] | None:
     """MiB above the fresh process's baseline: `loaded` (resident after load), `load_peak`
     (peak while loading), `resident` and `peak` (after one forward of `inputs`), `model` (the
     model's tensors and prepacked kernels, slimkit.nn.runtime_memory); plus
     `baseline` and `peak_absolute` (VmHWM, which includes the baseline). None if the child
-    failed."""
+    failed. `model_factory` (`module:function`) builds the instance a caller's own model class
+    is loaded into (slimkit.load(path, model=...))."""
     with tempfile.TemporaryDirectory() as tmp:
         file = Path(tmp) / "inputs.safetensors"
         safetensors.torch.save_file({str(i): t.contiguous() for i, t in enumerate(inputs)},
                                     str(file))
         cmd = [sys.executable, "-m", "slimkit.eval.probe", str(artifact), str(file),
-               *caller_types()]
+               model_factory or "-", *caller_types()]
         # The caller's modules import in the child as they did here.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         try:

@@ -1,5 +1,6 @@
 """Artifacts (safetensors + JSON manifest, no pickle) that rebuild compressed models exactly."""
 
-from .artifact import MANIFEST, WEIGHTS, Artifact, artifact_bytes, copy_artifact, load, save
+from .artifact import MANIFEST, WEIGHTS, Artifact, artifact_bytes, copy_artifact, load, reload, save
 
-__all__ = ["MANIFEST", "WEIGHTS", "Artifact", "artifact_bytes", "copy_artifact", "load", "save"]
+__all__ = ["MANIFEST", "WEIGHTS", "Artifact", "artifact_bytes", "copy_artifact", "load", "reload",
+           "save"]

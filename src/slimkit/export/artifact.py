@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from torch import nn
 
 from ..core.compress import edit_log
 from ..core.errors import ArtifactError, SlimkitError
-from ..core.module_types import module_type, register_module_type, type_name
+from ..core.module_types import is_callers, module_type, register_module_type, type_name
 from ..core.task import describe
 from ..graph import apply_edit, restore_masks
 from .assign_load import (
@@ -132,6 +132,15 @@ def load(path: str | Path, *, model: nn.Module | None = None) -> Artifact:
     release_freed_heap()  # what layers' own load hooks freed (re-packing codes, say)
     restore_masks(model)
     return Artifact(model.eval(), manifest, path)
+
+
+def reload(path: str | Path, model_factory: Callable[[], nn.Module] | None) -> Artifact:
+    """`load(path)`, or into `model_factory()` when the artifact's model is the caller's own
+    class, which `load` cannot build by name without its constructor's arguments."""
+    builder = str(read_manifest(Path(path))["model"].get("builder", ""))
+    if model_factory is not None and is_callers(builder):
+        return load(path, model=model_factory())
+    return load(path)
 
 
 def _load_into(model: nn.Module, manifest: dict[str, Any], path: Path) -> Artifact:
