@@ -190,7 +190,7 @@ def test_plan_round_trip_with_nested_options() -> None:
                         awq=AWQOptions(clip=True))
     plan = slimkit.Plan(steps=(config,))
     assert slimkit.Plan.from_yaml(plan.to_yaml()) == plan
-    assert config.needs_data and not WeightOnly().needs_data
+    assert "data" in config.requires() and not WeightOnly().requires()
 
 
 class _QKV(nn.Module):

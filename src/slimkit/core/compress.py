@@ -42,12 +42,12 @@ def compress_(model: nn.Module, plan: Plan, ctx: Context, *, first_step: int = 0
     The plan is checked against the model first (`check_plan`), before any step runs.
     """
     check_plan(model, plan, first_step=first_step)
-    needy = next((i for i, s in enumerate(plan.steps) if s.needs_data), None)
+    needy = next((i for i, s in enumerate(plan.steps) if "data" in s.requires()), None)
     if needy is not None and ctx.task is None:  # refused before any step runs, not midway
         step = plan.steps[needy]
         raise SlimkitError(f"steps[{first_step + needy}] ({step.method}): needs data; pass "
                            "Context(task=...) with a task that provides batches")
-    own_teacher = ctx.teacher is None and any(s.needs_teacher for s in plan.steps)
+    own_teacher = ctx.teacher is None and any("teacher" in s.requires() for s in plan.steps)
     if own_teacher:
         ctx.teacher = copy.deepcopy(model).eval()
         for p in ctx.teacher.parameters():

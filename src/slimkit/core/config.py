@@ -20,13 +20,16 @@ if TYPE_CHECKING:
     from .context import Context
 
 
+NOTHING: frozenset[str] = frozenset()
+DATA = frozenset({"data"})
+DATA_AND_TEACHER = frozenset({"data", "teacher"})
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MethodConfig:
     """Base of every method config; subclasses set `method` and override `validate`."""
 
     method: ClassVar[str] = ""
-    needs_data: ClassVar[bool] = False
-    needs_teacher: ClassVar[bool] = False
     # Leaves int8 kernels without gradients in the model (read by check_plan: later training
     # is refused before any work instead of failing mid-run).
     leaves_int8_kernels: ClassVar[bool] = False
@@ -44,6 +47,12 @@ class MethodConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the field and value when a value is out of range."""
+
+    def requires(self) -> frozenset[str]:
+        """What the step needs besides the model, as configured: "data" (the task's batches)
+        and "teacher" (Context.teacher; compress_ makes one from the model as it was before
+        the plan when none is given). compress_ reads it before any step runs."""
+        return NOTHING
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, **to_plain(self)}

@@ -7,17 +7,20 @@ import dataclasses
 from torch import nn
 
 from ..core import Context, MethodConfig, check_training, register
+from ..core.config import DATA
 from ..train import fit
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Finetune(MethodConfig):
     method = "finetune"
-    needs_data = True
     epochs: float = 1.0
     lr: float = 1e-3
     batch_size: int = 512
     weight_decay: float = 0.0
+
+    def requires(self) -> frozenset[str]:
+        return DATA
 
     def validate(self) -> None:
         check_training(self)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...core import Batch, Context, MethodConfig, check_range, check_training, register
+from ...core.config import DATA_AND_TEACHER
 from ...core.errors import ConfigError, SlimkitError
 from ...models.pooling import masked_mean_pool
 from ...train import fit
@@ -30,8 +31,6 @@ class EncoderKD(MethodConfig):
     """loss = w_e * embedding loss + w_h * hidden-state MSE + w_a * attention-relation KL."""
 
     method = "distill.encoder"
-    needs_data = True
-    needs_teacher = True
     embedding_loss: Literal["cosine", "mse"] = "cosine"
     embedding_weight: float = 1.0
     hidden_weight: float = 0.0
@@ -42,6 +41,9 @@ class EncoderKD(MethodConfig):
     lr: float = 1e-4
     batch_size: int = 32
     schedule: Literal["constant", "linear"] = "linear"
+
+    def requires(self) -> frozenset[str]:
+        return DATA_AND_TEACHER
 
     def validate(self) -> None:
         for name in ("embedding_weight", "hidden_weight", "attention_weight"):

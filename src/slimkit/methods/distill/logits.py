@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ...core import Batch, Context, MethodConfig, Task, check_range, check_training, register
+from ...core.config import DATA_AND_TEACHER
 from ...core.errors import SlimkitError
 from ...train import fit
 from .losses import is_binary, kd_loss
@@ -20,8 +21,6 @@ class LogitsKD(MethodConfig):
     """loss = alpha * T^2 KL(teacher_T || student_T) + (1 - alpha) * task loss."""
 
     method = "distill.logits"
-    needs_data = True
-    needs_teacher = True
     temperature: float = 2.0
     alpha: float = 0.5
     kind: Literal["auto", "binary", "softmax"] = "auto"
@@ -29,6 +28,9 @@ class LogitsKD(MethodConfig):
     lr: float = 1e-3
     batch_size: int = 512
     weight_decay: float = 0.0
+
+    def requires(self) -> frozenset[str]:
+        return DATA_AND_TEACHER
 
     def validate(self) -> None:
         check_range("temperature", self.temperature, 0.0, 100.0, lo_open=True)

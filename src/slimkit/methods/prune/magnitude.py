@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ...core import Context, MethodConfig, Targets, check_range, check_training, register
+from ...core.config import DATA, NOTHING
 from ...core.errors import ConfigError, SlimkitError
 from ...graph import MASK, mark_masked
 from ...train import fit
@@ -35,9 +36,8 @@ class Magnitude(MethodConfig):
     update_every: int = 20
     targets: Targets = Targets()
 
-    @property
-    def needs_data(self) -> bool:  # type: ignore[override]
-        return self.epochs > 0
+    def requires(self) -> frozenset[str]:
+        return DATA if self.epochs > 0 else NOTHING
 
     def validate(self) -> None:
         check_range("sparsity", self.sparsity, 0.0, 1.0, hi_open=True)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ...core import Context, Targets, check_range, register
+from ...core.config import DATA, DATA_AND_TEACHER
 from ...core.errors import SlimkitError
 from ...graph.deps import Analysis, Group, analyse_units
 from ...graph.shrink import AttrFix, Keep, probe, shrink
@@ -48,13 +49,9 @@ class Structured(Recovery):
     calibration_batches: int = 8
     targets: Targets = Targets()
 
-    @property
-    def needs_data(self) -> bool:  # type: ignore[override]
-        return True
-
-    @property
-    def needs_teacher(self) -> bool:  # type: ignore[override]
-        return self.recover == "distill" and self.epochs > 0
+    def requires(self) -> frozenset[str]:
+        # Scoring channels always reads batches; recovery by distillation needs the teacher.
+        return DATA_AND_TEACHER if self.recover == "distill" and self.epochs > 0 else DATA
 
     def validate(self) -> None:
         check_range("ratio", self.ratio, 0.0, 1.0, hi_open=True)

@@ -11,6 +11,7 @@ from typing import Literal
 from torch import nn
 
 from ...core import Context, MethodConfig, Targets, check_range, check_training, register
+from ...core.config import DATA, NOTHING
 from ...core.errors import SlimkitError
 from ...graph import set_submodule, swap_module
 from ...nn.binary_linear import BinaryLinear, FakeSignLinear, TernaryLinear
@@ -44,9 +45,8 @@ class BinaryWeights(MethodConfig):
     cache: bool = False
     targets: Targets = Targets()
 
-    @property
-    def needs_data(self) -> bool:  # type: ignore[override]
-        return self.epochs > 0
+    def requires(self) -> frozenset[str]:
+        return DATA if self.epochs > 0 else NOTHING
 
     def validate(self) -> None:
         check_range("threshold", self.threshold, 0.0, 10.0, lo_open=True)

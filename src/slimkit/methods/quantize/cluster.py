@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ...core import Context, MethodConfig, Targets, check_range, check_training, register
+from ...core.config import DATA, NOTHING
 from ...core.errors import ConfigError, SlimkitError
 from ...graph import swap_module
 from ...nn.clustered_layer import ClusteredLayer
@@ -42,9 +43,8 @@ class Cluster(MethodConfig):
     cache: bool = False
     targets: Targets = Targets()
 
-    @property
-    def needs_data(self) -> bool:  # type: ignore[override]
-        return self.epochs > 0
+    def requires(self) -> frozenset[str]:
+        return DATA if self.epochs > 0 else NOTHING
 
     def validate(self) -> None:
         check_range("conv_bits", self.conv_bits, 1, 8)

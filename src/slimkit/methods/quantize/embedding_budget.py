@@ -11,6 +11,7 @@ from typing import Literal
 from torch import nn
 
 from ...core import Context, MethodConfig, Targets, check_range, register
+from ...core.config import DATA
 from ...core.errors import ConfigError, SlimkitError
 from ...eval.sensitivity import module_bytes
 from ...graph import get_submodule
@@ -30,7 +31,6 @@ class EmbeddingBudget(MethodConfig):
     fp32 and outside the budget, as in quantize.embedding."""
 
     method = "quantize.embedding_budget"
-    needs_data = True
     bits: tuple[int, ...] = (8, 4, 2)
     budget: float = 0.2
     budget_bytes: int = 0
@@ -38,6 +38,9 @@ class EmbeddingBudget(MethodConfig):
     solver: Literal["exact", "greedy"] = "exact"
     split: str = "valid"
     targets: Targets = Targets()
+
+    def requires(self) -> frozenset[str]:
+        return DATA
 
     def validate(self) -> None:
         if not self.bits or any(b not in WIDTHS for b in self.bits) \

@@ -13,6 +13,7 @@ from typing import Literal, NamedTuple
 from torch import nn
 
 from ...core import Context, MethodConfig, Targets, Task, check_range, lookup, register
+from ...core.config import DATA
 from ...core.errors import ConfigError, SlimkitError
 from ...eval.sensitivity import for_layer, layer_sensitivity, module_bytes
 from ...graph import get_submodule
@@ -94,13 +95,15 @@ class MixedPrecision(MethodConfig):
     """
 
     method = "quantize.mixed"
-    needs_data = True
     candidates: tuple[str, ...] = (KEEP, "int8", "ternary", "binary")
     budget: float = 0.25
     budget_bytes: int = 0
     solver: Literal["exact", "greedy"] = "exact"
     split: str = "valid"
     targets: Targets = Targets()
+
+    def requires(self) -> frozenset[str]:
+        return DATA
 
     def validate(self) -> None:
         check_range("budget", self.budget, 0.0, 1.0, lo_open=True)

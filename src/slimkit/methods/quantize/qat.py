@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...core import Context, MethodConfig, Targets, check_range, check_training, register
+from ...core.config import DATA
 from ...core.cpu import PORTABLE_WEIGHT_MAX
 from ...core.errors import SlimkitError
 from ...core.module_types import register_module_type
@@ -72,7 +73,6 @@ class QAT(MethodConfig):
     `int8_range` as in quantize.dynamic_int8: "portable" trains weights within [-64, 64]."""
 
     method = "quantize.qat"
-    needs_data = True
     leaves_int8_kernels = True
     weight_bits: Literal[8] = 8
     activation_bits: Literal[0] = 0
@@ -83,6 +83,9 @@ class QAT(MethodConfig):
     weight_decay: float = 0.0
     min_features: int = 16
     targets: Targets = Targets()
+
+    def requires(self) -> frozenset[str]:
+        return DATA
 
     def validate(self) -> None:
         check_training(self)

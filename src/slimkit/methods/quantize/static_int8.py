@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ...core import Context, MethodConfig, Targets, check_range, register
+from ...core.config import DATA
 from ...core.errors import SlimkitError
 from ...graph import get_submodule, swap_module
 from ...nn.int8_linear import INT8_RANGES
@@ -37,7 +38,6 @@ class StaticInt8(MethodConfig):
     consecutive layers of an nn.Sequential (torch backend) instead of de-quantizing."""
 
     method = "quantize.static_int8"
-    needs_data = True
     leaves_int8_kernels = True
     observer: Literal["minmax", "percentile", "mse", "kl"] = "percentile"
     percentile: float = 99.99
@@ -50,6 +50,9 @@ class StaticInt8(MethodConfig):
     keep_quantized: bool = True
     min_features: int = 16
     targets: Targets = Targets()
+
+    def requires(self) -> frozenset[str]:
+        return DATA
 
     def validate(self) -> None:
         check_range("percentile", self.percentile, 50.0, 100.0, lo_open=True)

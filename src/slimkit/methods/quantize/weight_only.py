@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ...core import Context, MethodConfig, Targets, check_range, register
+from ...core.config import DATA, NOTHING
 from ...core.errors import ConfigError, SlimkitError
 from ...core.task import Batch, Task
 from ...graph import swap_module
@@ -79,9 +80,8 @@ class WeightOnly(MethodConfig):
     cache: bool = False
     targets: Targets = Targets()
 
-    @property
-    def needs_data(self) -> bool:  # type: ignore[override]
-        return self.algorithm != "rtn"
+    def requires(self) -> frozenset[str]:
+        return DATA if self.algorithm != "rtn" else NOTHING
 
     def validate(self) -> None:
         if self.bits not in BITS:

@@ -9,6 +9,7 @@ import math
 from torch import nn
 
 from ...core import Context, check_range, register
+from ...core.config import DATA, DATA_AND_TEACHER, NOTHING
 from ...core.errors import ConfigError, SlimkitError
 from ...graph import drop_blocks, get_submodule
 from ..recovery import Recovery, recover
@@ -26,13 +27,11 @@ class Layers(Recovery):
     drop: int = 0
     calibration_batches: int = 8
 
-    @property
-    def needs_data(self) -> bool:  # type: ignore[override]
-        return self.drop > 0 or self.recover != "none"
-
-    @property
-    def needs_teacher(self) -> bool:  # type: ignore[override]
-        return self.recover == "distill"
+    def requires(self) -> frozenset[str]:
+        if self.recover == "distill":
+            return DATA_AND_TEACHER
+        # Choosing which blocks to drop (drop=N) scores them on batches.
+        return DATA if self.drop > 0 or self.recover != "none" else NOTHING
 
     def validate(self) -> None:
         if bool(self.indices) == (self.drop > 0):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ...core import Context, MethodConfig, check_range, register
+from ...core.config import DATA
 from ...core.errors import ConfigError, SlimkitError
 from ...graph import get_submodule, swap_module
 from ...nn.remapped_embedding import RemappedEmbedding
@@ -24,13 +25,15 @@ class Vocab(MethodConfig):
     """Keep the token ids seen at least `min_count` times in the task's training text."""
 
     method = "truncate.vocab"
-    needs_data = True
     module: str = "embeddings.word_embeddings"
     min_count: int = 1
     epochs: float = 1.0
     batch_size: int = 64
     keep_ids: tuple[int, ...] = ()
     unk_id: int | None = None
+
+    def requires(self) -> frozenset[str]:
+        return DATA
 
     def validate(self) -> None:
         check_range("min_count", self.min_count, 1, 1 << 30)
