@@ -102,6 +102,7 @@ def _front_table(result: Any, metric: str) -> Table:
 
 
 def run_auto(args: argparse.Namespace) -> int:
+    from ..report.search_html import write_search_report
     from ..search import auto
 
     space = _space(args, None) if args.space else None  # a bad file, before any data is read
@@ -123,13 +124,14 @@ def run_auto(args: argparse.Namespace) -> int:
                       study_name=args.study, seed=args.seed, latency_batch=args.latency_batch,
                       sampler=args.sampler, sensitivity=not args.no_sensitivity,
                       early_stop=not args.no_early_stop, keep=args.keep,
-                      on_trial=lambda row, data: _trial_line(row, data["baseline"], metric))
+                      on_trial=lambda row, data: _trial_line(row, data["baseline"], metric),
+                      write_page=write_search_report)
         return _summary(result, task, out, metric, model, source.factory)
 
 
 def _summary(result: Any, task: Any, out: Path, metric: str, model: torch.nn.Module,
              factory: Any) -> int:
-    from ..search.trial import quality_drop
+    from ..eval.quality import quality_drop
 
     counts: dict[str, int] = {}
     for r in result.trials:
