@@ -6,11 +6,11 @@ Light to import: matplotlib (the `report` extra) loads only when a chart is draw
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..rundir import write_atomic
 from .charts import render_charts
 from .html import render_html
 from .markdown import render_markdown
@@ -18,24 +18,6 @@ from .table import build_table, stage_rows, summary
 
 __all__ = ["build_table", "render_charts", "render_html", "render_markdown", "stage_rows",
            "summary", "write_report"]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same directory then os.replace: a reader (or a crash) never sees a
-    half-written report, and the rename stays on one filesystem so it is atomic."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    # os.open with 0o666 lets the umask decide permissions (mkstemp would force 0600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_report(run_dir: str | os.PathLike[str], metrics: Mapping[str, Any]) -> dict[str, Path]:
@@ -48,9 +30,9 @@ def write_report(run_dir: str | os.PathLike[str], metrics: Mapping[str, Any]) ->
     written: dict[str, Path] = {}
     # Charts first, so report.md never links to a file that is not there yet.
     for rel, png in files.items():
-        _write_atomic(root / rel, png)
+        write_atomic(root / rel, png)
         written[rel] = root / rel
     for rel, data in (("report.md", text), ("report.html", page)):
-        _write_atomic(root / rel, data.encode("utf-8"))
+        write_atomic(root / rel, data.encode("utf-8"))
         written[rel] = root / rel
     return written

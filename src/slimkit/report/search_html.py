@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..rundir import write_atomic
 from .html import CSS
 from .table import _num, _ratio, format_metric, format_ratio
 
@@ -225,9 +226,7 @@ def render_search_html(data: Mapping[str, Any]) -> str:
 
 def write_search_report(out_dir: str | os.PathLike[str], data: Mapping[str, Any]) -> Path:
     """Write `<out_dir>/report.html` atomically and return its path."""
-    # Imported here: report/__init__.py may re-export this module before it defines _write_atomic.
-    from . import _write_atomic
 
     path = Path(out_dir) / "report.html"
-    _write_atomic(path, render_search_html(data).encode("utf-8"))
+    write_atomic(path, render_search_html(data).encode("utf-8"))
     return path

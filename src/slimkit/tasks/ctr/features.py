@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from ...core.errors import SlimkitError
+from ..batching import check_split
 from .data import SPLIT_FRACTIONS, CTRData, _encode, time_split
 
 log = logging.getLogger(__name__)
@@ -135,17 +136,6 @@ def flag_bag(flags: np.ndarray) -> np.ndarray:
     width = max(int(flags.sum(axis=1).max(initial=0)), 1)
     order = np.argsort(~flags, axis=1, kind="stable")[:, :width]  # set flags first, in order
     return np.where(np.take_along_axis(flags, order, axis=1), order + 1, 0)
-
-
-def check_split(split: Sequence[float]) -> tuple[float, float, float]:
-    try:
-        fractions = tuple(float(f) for f in split)
-    except (TypeError, ValueError):
-        fractions = ()
-    if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-6:
-        raise SlimkitError("split: expected three fractions > 0 summing to 1 (train, valid, "
-                           f"test), got {split!r}")
-    return fractions[0], fractions[1], fractions[2]
 
 
 def encode_frame(frame: pd.DataFrame, *, label: str, categorical: Sequence[str] = (),

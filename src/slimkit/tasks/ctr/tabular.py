@@ -17,8 +17,9 @@ try:
 except ImportError:  # the "data" extra: needed by the table tasks only
     raise SlimkitError("table: needs pandas and pyarrow; run `pip install 'slimkit[data]'`") \
         from None
+from ..batching import check_split
 from .data import CTRData
-from .features import check_split, encode_frame
+from .features import encode_frame
 from .task import CTRTask
 
 # Suffix -> format; compressed CSVs are read by pandas, which infers the compression.

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ...core.errors import SlimkitError
+from ..batching import check_split
 from .data import ImageData
 
 try:
@@ -81,14 +82,7 @@ def _check(size: int, grayscale: bool, split: Sequence[float], seed: int,
         raise SlimkitError(f"seed: expected an int, got {seed!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise SlimkitError(f"limit: expected an int >= 1 or null, got {limit!r}")
-    try:
-        fractions = tuple(float(f) for f in split)
-    except (TypeError, ValueError):
-        fractions = ()
-    if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-6:
-        raise SlimkitError("split: expected three fractions > 0 summing to 1 (train, valid, "
-                           f"test), got {split!r}")
-    return fractions
+    return check_split(split)
 
 
 def _assign(root: Path, fractions: Sequence[float], seed: int,
