@@ -44,3 +44,12 @@ def test_cli_example_runs_and_eval_reproduces_in_a_fresh_process(tmp_path) -> No
              "print(t.evaluate(a)['average_precision'])")
     proc = _run([sys.executable, "-c", check, str(out / "model")], EXAMPLE)
     assert abs(float(proc.stdout) - final["metrics"]["average_precision"]) <= 1e-6
+
+
+def test_cli_example_searches_with_its_own_space(tmp_path) -> None:
+    out = tmp_path / "auto"
+    _run([*SLIMKIT, "auto", "--task", "mymodule:make_task", "--model", "mymodule:make_model",
+          "--space", "space.yaml", "--max-drop", "0.05", "--trials", "2", "--out", str(out),
+          "--no-sensitivity"], EXAMPLE)
+    data = json.loads((out / "search.json").read_text())
+    assert len(data["trials"]) == 2 and (out / "report.html").is_file()
