@@ -133,13 +133,7 @@ NOT_APPLICABLE = {
 }
 
 # Known slimkit bugs, as strict xfails: (method, column) -> (exception, what is wrong).
-_NO_HF_KD = ("distill.logits' loss calls `.dim()` on the model output; a transformers model "
-             "returns a ModelOutput (CausalLMOutputWithPast), so KD against a transformers "
-             "teacher raises AttributeError instead of using its logits")
-BROKEN = {
-    ("distill.logits", "transformer"): (AttributeError, _NO_HF_KD),
-    ("truncate.layers", "transformer"): (AttributeError, "recover='distill': " + _NO_HF_KD),
-}
+BROKEN: dict[tuple[str, str], tuple[type[Exception], str]] = {}
 
 COLUMNS = ("deepfm", "dcnv2", "cnn", "transformer", "user")
 

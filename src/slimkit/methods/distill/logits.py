@@ -12,6 +12,7 @@ from torch import nn
 from ...core import Batch, Context, MethodConfig, Task, check_range, check_training, register
 from ...core.config import DATA_AND_TEACHER
 from ...core.errors import SlimkitError
+from ...graph.trace import tensors_of
 from ...train import fit
 from .losses import is_binary, kd_loss
 
@@ -47,8 +48,10 @@ def distill_loss_fn(teacher: nn.Module, task: Task, *, temperature: float, alpha
         out = student(*inputs)
         with torch.no_grad():
             target = teacher(*inputs)
-        binary = is_binary(out) if kind == "auto" else kind == "binary"
-        kd = kd_loss(out, target, temperature, binary)
+        # A transformers model returns a ModelOutput; its first tensor is the logits.
+        logits, target_logits = tensors_of(out)[0], tensors_of(target)[0]
+        binary = is_binary(logits) if kind == "auto" else kind == "binary"
+        kd = kd_loss(logits, target_logits, temperature, binary)
         if alpha >= 1.0:
             return kd
         return alpha * kd + (1 - alpha) * task.loss(out, batch)
