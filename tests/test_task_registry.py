@@ -59,7 +59,7 @@ def test_an_artifact_never_imports_a_task_module() -> None:
 
 @pytest.fixture
 def user_module(tmp_path, monkeypatch) -> str:
-    """A module of the caller's own, importable from the working directory as the CLI sees it."""
+    """A module of the caller's own, on the import path."""
     (tmp_path / "userpkg_tasks.py").write_text(textwrap.dedent("""
         import slimkit
 
@@ -68,7 +68,7 @@ def user_module(tmp_path, monkeypatch) -> str:
 
         not_callable = 3
     """))
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # the CLI adds the working directory itself
     monkeypatch.delitem(sys.modules, "userpkg_tasks", raising=False)
     return "userpkg_tasks"
 
@@ -112,6 +112,31 @@ def test_cli_task_and_model_errors_are_one_line_exit_2(argv, says, tmp_path, mon
     assert not Path("out").exists()
 
 
+def test_task_option_that_is_not_plain_data_is_refused() -> None:
+    import datetime
+
+    with pytest.raises(slimkit.SlimkitError, match="--task-opt: when: expected a number"):
+        slimkit.register_task("dated", lambda when=None: _tiny())
+        slimkit.make_task("dated", when=datetime.date(2024, 1, 1))
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--model", "userpkg_tasks:make_task"], "--task: name the task"),
+    (["--task", "synthetic", "--model", "userpkg_tasks:make_model"],
+     "--model: does not run on task"),
+])
+def test_factory_model_needs_its_own_task(argv, says, user_module, tmp_path, monkeypatch,
+                                          capsys) -> None:
+    (tmp_path / "userpkg_tasks.py").write_text(
+        (tmp_path / "userpkg_tasks.py").read_text()
+        + "\nimport torch\ndef make_model():\n    return torch.nn.Linear(3, 1)\n")
+    monkeypatch.chdir(tmp_path)
+    Path("plan.yaml").write_text("version: 1\nsteps:\n- method: quantize.dynamic_int8\n")
+    assert main(["run", "plan.yaml", *argv, "--out", "out"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and len(err.splitlines()) == 1
+
+
 def test_task_config_file_sets_options(tmp_path, monkeypatch) -> None:
     from slimkit.cli.inputs import task_from_args
 
@@ -120,3 +145,6 @@ def test_task_config_file_sets_options(tmp_path, monkeypatch) -> None:
     args = type("Args", (), {"task": "synthetic", "task_config": "task.yaml",
                              "task_opt": ["n_rows=2000"]})()
     assert task_from_args(args).spec["kwargs"] == {"n_rows": 2000, "cardinalities": [30, 10]}
+    recorded = {"name": "synthetic", "kwargs": {"seed": 3, "n_rows": 9000}}
+    assert task_from_args(args, recorded).spec["kwargs"] == {
+        "seed": 3, "n_rows": 2000, "cardinalities": [30, 10]}  # recorded, then the file, then -o

@@ -55,9 +55,8 @@ def test_user_class_round_trips_into_a_fresh_instance(tmp_path) -> None:
         assert torch.equal(loaded(*INPUTS), model(*INPUTS))
 
 
-def test_unregistered_class_is_refused_naming_it_and_the_fix(tmp_path, monkeypatch) -> None:
-    path = slimkit.save(NoArgs(), tmp_path / "m")  # saving allows the class in this process...
-    monkeypatch.delitem(module_types._TYPES, module_types.type_name(NoArgs))  # ...a new one:
+def test_unregistered_class_is_refused_naming_it_and_the_fix(tmp_path) -> None:
+    path = slimkit.save(NoArgs(), tmp_path / "m")  # saving allows nothing
     with pytest.raises(slimkit.ArtifactError) as err:
         slimkit.load(path)
     message = str(err.value)
@@ -67,9 +66,34 @@ def test_unregistered_class_is_refused_naming_it_and_the_fix(tmp_path, monkeypat
     assert isinstance(slimkit.load(path).model, NoArgs)
 
 
+def test_saving_again_after_the_class_is_redefined(tmp_path) -> None:
+    """A notebook re-runs the cell that defines the class: saving never trips on a name."""
+    first = type("Cell", (NoArgs,), {})
+    second = type("Cell", (NoArgs,), {})
+    slimkit.save(first(), tmp_path / "a")
+    slimkit.save(second(), tmp_path / "b")
+
+
+def test_torch_model_without_spec_loads_into_an_instance(tmp_path) -> None:
+    """An nn.Sequential of the caller's: its layers are not in its constructor's arguments."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1)).eval()
+    slimkit.compress_(model, slimkit.Plan(steps=(slimkit.Magnitude(sparsity=0.5),
+                                                 slimkit.DynamicInt8())), slimkit.Context())
+    path = slimkit.save(model, tmp_path / "m")
+    with pytest.raises(slimkit.ArtifactError, match=r"saved from an instance of Sequential.*"
+                       r"model=Sequential\(\.\.\.\)"):
+        slimkit.load(path)
+    fresh = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1))
+    x = torch.randn(4, 6)
+    with torch.inference_mode():
+        assert torch.equal(slimkit.load(path, model=fresh).model(x), model(x))
+
+
 def test_class_needing_arguments_says_to_pass_an_instance(tmp_path) -> None:
     path = slimkit.save(_compressed(), tmp_path / "m")
-    with pytest.raises(slimkit.ArtifactError, match=r"pass slimkit.load\(path, model=...\)"):
+    slimkit.register_module_type(TwoTower)  # allowed, but its arguments are unknown
+    with pytest.raises(slimkit.ArtifactError, match=r"cannot build .*TwoTower.*model=TwoTower"):
         slimkit.load(path)
 
 

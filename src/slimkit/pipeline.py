@@ -21,7 +21,8 @@ from torch import nn
 
 from .core import Context, Plan, SlimkitError, Task, check_plan, compress_
 from .core.cpu import cpu_features
-from .core.module_types import importable_ref, is_callers
+from .core.module_types import needs_instance
+from .core.refs import importable_ref
 from .core.task import describe
 from .eval.measure import BATCH_SIZES, latency_fields, measure, memory_fields
 from .export import copy_artifact, reload
@@ -82,7 +83,7 @@ def run_plan(model: nn.Module | None, task: Task, plan: Plan, out: str | Path, *
 
 def _factory(model: nn.Module | None,
              given: Callable[[], nn.Module] | None) -> Callable[[], nn.Module] | None:
-    if given is not None or model is None or not is_callers(model_spec(model)["builder"]):
+    if given is not None or model is None or not needs_instance(model_spec(model)):
         return given
     pristine = copy.deepcopy(model)  # the caller's class: stages reload into copies of it
     return lambda: copy.deepcopy(pristine)
@@ -95,7 +96,8 @@ def _run_plan(model: nn.Module | None, task: Task, plan: Plan, out: Path, *, ctx
               factory: Callable[[], nn.Module] | None) -> dict[str, Any]:
     progress_file = out / PROGRESS
     key = {"plan": plan.to_dict(), "seed": ctx.seed, "task": getattr(task, "spec", task.name),
-           "baseline": baseline_name, "title": title}
+           "baseline": baseline_name, "title": title,
+           "model_factory": importable_ref(factory) if factory is not None else None}
     done: list[dict[str, Any]] = []
     if resume and progress_file.is_file():
         try:

@@ -19,15 +19,17 @@ from .progress import console
 
 
 def add_parser(sub: Any) -> None:
-    auto = sub.add_parser("auto", help="search plans until the model meets its target: the "
-                          "smallest (or fastest) plan within a quality budget, plus the Pareto "
-                          "front; resumable, several workers may share one study")
+    about = ("search plans until the model meets its target: the smallest (or fastest) plan "
+             "within a quality budget, plus the Pareto front; resumable, several workers may "
+             "share one study")
+    auto = sub.add_parser("auto", help=about, description=about[0].upper() + about[1:] + ".")
     add_task_args(auto)
     add_model_args(auto, "default: OUT/baseline if there, else train the task's teacher")
     auto.add_argument("--max-drop", type=float, required=True,
-                      help="quality budget: largest allowed drop of the task's primary metric "
-                      "(e.g. 0.002 AUC)")
-    auto.add_argument("--objective", default="size", choices=["size", "latency"])
+                      help="quality budget: largest allowed drop of the task's primary metric, "
+                      "in its own units (e.g. 0.002 for AUC, 0.5 for accuracy in %%)")
+    auto.add_argument("--objective", default="size", choices=["size", "latency"],
+                      help="what the best plan minimises within the budget (default: size)")
     auto.add_argument("--trials", type=int, default=30, help="finished trials the study should "
                       "hold (counted across runs and workers; default 30)")
     auto.add_argument("--storage", help="Optuna RDB URL (default: sqlite:///OUT/study.db); "
@@ -39,8 +41,10 @@ def add_parser(sub: Any) -> None:
                       help="tpe: best plan under the budget; nsga2: the whole Pareto front")
     auto.add_argument("--out", default="runs/auto", help="directory for artifacts, search.json "
                       "and report.html (default: runs/auto)")
-    auto.add_argument("--seed", type=int, default=0)
-    auto.add_argument("--latency-batch", type=int, default=512)
+    auto.add_argument("--seed", type=int, default=0, help="seed of the teacher, the sampler and "
+                      "every trial")
+    auto.add_argument("--latency-batch", type=int, default=512,
+                      help="batch size the latency objective is timed at (default: 512)")
     auto.add_argument("--no-sensitivity", action="store_true",
                       help="do not narrow the space by per-layer sensitivity")
     auto.add_argument("--no-early-stop", action="store_true",
@@ -64,7 +68,7 @@ def _model(args: argparse.Namespace, source: InputModel, task: Any) -> torch.nn.
     saved = Path(args.out) / "baseline"
     if (saved / "manifest.json").is_file():  # a resumed run or a second worker: same teacher
         console.print(f"model: {saved} (the teacher of this search)")
-        return reload(saved, source.factory).model
+        return reload(saved, source.reload_factory(saved)).model
     console.print(f"training a teacher on {task.name} ...")
     return source.teacher(Context(task=task, seed=args.seed))[0]
 
@@ -116,6 +120,8 @@ def run_auto(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_out(out, "auto")
     given = source.given()  # a bad --model is refused before --out is created or marked
+    if source.path is not None and source.path.is_dir():
+        source.factory = source.reload_factory(source.path)
     with open_run_dir(out, "auto"), write_errors(out):  # locked before the teacher trains
         model = given if given is not None else _model(args, source, task)
         metric = task.primary_metric

@@ -79,7 +79,8 @@ def demo(args: argparse.Namespace) -> int:
     task = make_task("movielens")
     plan = Plan.from_yaml(default_plan(task))
     source = InputModel(argparse.Namespace(model=None, arch=args.model, weights=None,
-                                           no_train=False), task)
+                                           no_train=False, seed=args.seed, task="movielens"),
+                        task)
     ctx = Context(task=task, seed=args.seed, progress=rich_progress)
     out = Path(args.out)
     with open_run_dir(out, "demo"), write_errors(out):  # locked before the teacher trains
@@ -113,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     if not resuming:  # the whole plan, before a teacher trains: an untrained one has its modules
         check_plan(model if model is not None else source.untrained(), plan,
                    field="--model" if args.model else "model")
+    factory = _reload_factory(source, out, resuming)
     with open_run_dir(out, "run"), write_errors(out):
         seconds = 0.0
         if model is None and not resuming:
@@ -122,13 +124,29 @@ def run(args: argparse.Namespace) -> int:
                            baseline_name="input" if source.path or not source.trains
                            else "teacher", baseline_seconds=seconds, on_stage=_stage_line,
                            title=f"slimkit run: {name} on {task.name}",
-                           model_factory=source.factory)
+                           model_factory=factory)
     return _finish(metrics, out)
+
+
+def _reload_factory(source: InputModel, out: Path, resuming: bool) -> Any:
+    """What the run's stages reload into (see InputModel.reload_factory): the input artifact's
+    model, or when resuming, the model of the run's first stage."""
+    if source.path is not None and source.path.is_dir():
+        return source.reload_factory(source.path)
+    if resuming and source.factory is None:
+        first = json.loads((out / "progress.json").read_text())["stages"][0]["artifact"]
+        return source.reload_factory(out / first)
+    return source.factory
 
 
 def evaluate(args: argparse.Namespace) -> int:
     manifest = read_manifest(Path(args.artifact))
-    task = task_from_args(args) if args.task else task_from_spec(manifest.get("task_spec"))
+    if not args.task and (args.task_opt or args.task_config):
+        raise SlimkitError("--task-opt/--task-config: only with --task (without it, the task "
+                           "and options the artifact records are used)")
+    spec = manifest.get("task_spec")
+    task = task_from_args(args, spec if isinstance(spec, dict) else None) if args.task \
+        else task_from_spec(spec)
     artifact = _load_for_eval(Path(args.artifact), manifest, task, args.model)
     measured = task.evaluate(artifact.model, args.split)
     recorded = artifact.manifest.get("metrics", {}).get(args.split, {})
@@ -156,7 +174,7 @@ def _load_for_eval(path: Path, manifest: dict[str, Any], task: Any, model_ref: s
     if model_ref:
         factory = import_ref(model_ref, field="--model")
         return load(path, model=factory())
-    skeleton = task_model_for(task, str(manifest.get("model", {}).get("builder", "")))
+    skeleton = task_model_for(task, manifest["model"])
     return load(path, model=skeleton) if skeleton is not None else load(path)
 
 

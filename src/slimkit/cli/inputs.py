@@ -9,6 +9,7 @@ import argparse
 import re
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,32 +18,40 @@ import yaml
 
 from .. import Context, SlimkitError, load, make_task
 from ..core import check_finite
+from ..core.errors import one_line
 from ..core.refs import import_ref, is_ref
-from ..tasks.defaults import model_kinds, train_baseline
+from ..export.artifact import read_manifest
+from ..tasks.defaults import check_kind, task_model_for, train_baseline
 from ..tasks.registry import task_names
 
 FIX = "save model.state_dict() with torch.save, or pass an artifact directory"
 
 
-def add_task_args(parser: argparse.ArgumentParser, *, default: str | None = "movielens") -> None:
-    shown = f" (default: {default})" if default else " (default: the one the artifact records)"
-    parser.add_argument("--task", default=default, metavar="NAME|MODULE:FACTORY",
+def add_task_args(parser: argparse.ArgumentParser, *, recorded: bool = False) -> None:
+    shown = " (default: the task and options the artifact records)" if recorded else \
+        " (default: movielens)"
+    parser.add_argument("--task", metavar="NAME|MODULE:FACTORY",
                         help=f"a registered task: {', '.join(task_names())}; or your own, as "
-                        f"package.module:factory returning a slimkit.Task{shown}")
+                        f"package.module:factory returning a slimkit.Task{shown}. tabular "
+                        "needs path= and label= (and categorical=, numeric=); image-folder "
+                        "needs root=")
     parser.add_argument("--task-opt", action="append", default=[], metavar="KEY=VALUE",
                         help="task option, e.g. n_rows=5000 for synthetic or path=data.csv for "
-                        "tabular; values are read as YAML (repeatable)")
+                        "tabular; values are read as YAML (1e4 is a string, write 10000; "
+                        "[a, b] is a list) (repeatable)")
     parser.add_argument("--task-config", metavar="FILE.yaml",
                         help="task options as a YAML mapping (--task-opt entries override it)")
 
 
 def add_model_args(parser: argparse.ArgumentParser, default_help: str) -> None:
-    parser.add_argument("--model", help="input model: an artifact directory, a weights-only "
-                        "state-dict checkpoint (.pt) of --arch, or your own "
-                        f"package.module:factory returning an nn.Module ({default_help}); "
-                        "never modified")
+    parser.add_argument("--model", metavar="DIR|FILE.pt|MODULE:FACTORY",
+                        help="input model: an artifact directory, a weights-only state-dict "
+                        "checkpoint (.pt) of --arch, or your own package.module:factory "
+                        "returning an nn.Module, trained as the teacher on --task "
+                        f"({default_help}); never modified")
     parser.add_argument("--arch", help="the task's architecture to train as the teacher, or to "
-                        "read a checkpoint into (default: the task's first)")
+                        "read a checkpoint into: deepfm or dcnv2 (CTR tasks), cnn (vision), "
+                        "minilm or tiny-bert (text-encoder) (default: the task's first)")
     parser.add_argument("--weights", metavar="FILE.pt", help="with --model package.module:"
                         "factory: a weights-only state dict to load into the built model "
                         "instead of training it")
@@ -50,8 +59,14 @@ def add_model_args(parser: argparse.ArgumentParser, default_help: str) -> None:
                         "factory: use the model as built (it is trained already)")
 
 
-def task_from_args(args: argparse.Namespace, name: str | None = None) -> Any:
+def task_from_args(args: argparse.Namespace, recorded: dict[str, Any] | None = None) -> Any:
+    """The task `--task` names (movielens when none), its options from `--task-config` then
+    `--task-opt`. With `recorded` (an artifact's task spec) and the same name, the recorded
+    options are the starting point."""
+    name = args.task or "movielens"
     options: dict[str, Any] = {}
+    if recorded and recorded.get("name") == name and isinstance(recorded.get("kwargs"), dict):
+        options.update(recorded["kwargs"])
     if args.task_config:
         file = Path(args.task_config)
         if not file.is_file():
@@ -70,17 +85,20 @@ def task_from_args(args: argparse.Namespace, name: str | None = None) -> Any:
         if not sep or not key:
             raise SlimkitError(f"--task-opt: expected KEY=VALUE, got {pair!r}")
         options[key] = yaml.safe_load(value)
-    return make_task(name or args.task, **options)
+    return make_task(name, **options)
 
 
 class InputModel:
     """Where the baseline comes from, resolved before any work so its errors come first."""
 
     def __init__(self, args: argparse.Namespace, task: Any) -> None:
-        self.task, self.arch = task, args.arch
-        self.factory = None
+        self.task, self.arch, self.seed = task, args.arch, args.seed
+        self.factory: Callable[[], torch.nn.Module] | None = None
         self.path = None
         if args.model and is_ref(args.model) and not Path(args.model).exists():
+            if args.task is None:  # movielens ids would silently feed the user's own model
+                raise SlimkitError(f"--task: name the task {args.model!r} is built for "
+                                   "(--task NAME or package.module:factory)")
             self.factory = import_ref(args.model, field="--model")
             if not callable(self.factory):
                 raise SlimkitError(f"--model: {args.model!r} is not callable")
@@ -92,17 +110,17 @@ class InputModel:
             raise SlimkitError("--weights/--no-train: only with --model package.module:factory")
         self.weights = Path(args.weights) if args.weights else None
         self.no_train = args.no_train
-        kinds = model_kinds(task)
-        if self.arch is not None and self.arch not in kinds:
-            raise SlimkitError(f"--arch: expected one of {', '.join(kinds) or '(none)'} for "
-                               f"{task.name}, got {self.arch!r}")
+        if self.arch is not None:
+            check_kind(task, self.arch)
         self.trains = self.path is None and not self.weights and not self.no_train
 
     def given(self) -> torch.nn.Module | None:
         """The model when it needs no training (artifact, checkpoint, factory with weights or
         --no-train), checked; None when a teacher is to be trained."""
         if self.path is not None:
-            return load_input_model(self.path, self.task, self.arch)
+            model = load_input_model(self.path, self.task, self.arch)
+            check_runs(model, self.task)
+            return model
         if self.factory is not None and not self.trains:
             model = self._built()
             if self.weights is not None:
@@ -115,12 +133,7 @@ class InputModel:
         """A model of the architecture a teacher will have, to check a plan against."""
         if self.factory is not None:
             return self._built()
-        kinds = model_kinds(self.task)
-        if not kinds:
-            raise SlimkitError(f"--model: task {self.task.name!r} builds no model of its own; "
-                               "pass --model (an artifact, a checkpoint or "
-                               "package.module:factory)")
-        return self.task.build_model(self.arch or kinds[0])  # type: ignore[no-any-return]
+        return self.task.build_model(check_kind(self.task, self.arch))  # type: ignore[no-any-return]
 
     def teacher(self, ctx: Context) -> tuple[torch.nn.Module, float]:
         """Train the teacher (or take a pretrained kind as built); returns it and its seconds."""
@@ -129,29 +142,53 @@ class InputModel:
         model = train_baseline(self.task, ctx, kind=self.arch, model=model)
         return model, time.perf_counter() - start
 
+    def reload_factory(self, artifact: Path) -> Callable[[], torch.nn.Module] | None:
+        """What stages of the model in `artifact` reload into: the --model factory, else the
+        task's own model when the artifact's class is one the task builds, else None (load by
+        name)."""
+        if self.factory is not None:
+            return self.factory
+        spec = read_manifest(artifact)["model"]
+        if task_model_for(self.task, spec) is None:
+            return None
+        return lambda: task_model_for(self.task, spec)  # type: ignore[return-value]
+
     def _built(self) -> torch.nn.Module:
+        """The factory's model, built under the run's seed so its initial weights (and so a
+        teacher trained from them) are the same in every run."""
         assert self.factory is not None
-        model = self.factory()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            model = self.factory()
         if not isinstance(model, torch.nn.Module):
             raise SlimkitError(f"--model: the factory returned a {type(model).__name__}, not an "
                                "nn.Module")
+        check_runs(model, self.task)
         return model
+
+
+def check_runs(model: torch.nn.Module, task: Any) -> None:
+    """One forward pass on two of the task's inputs: a model built for other inputs is refused
+    in one line before any training, not with a traceback midway."""
+    try:
+        with torch.inference_mode():
+            model.eval()(*task.example_inputs(2))
+    except Exception as exc:  # noqa: BLE001 - any failure means the same: not this task's model
+        raise SlimkitError(f"--model: does not run on task {task.name!r}'s inputs "
+                           f"({one_line(exc)}); is --task the one it was built for?") from None
 
 
 def load_input_model(path: Path, task: Any, arch: str | None) -> torch.nn.Module:
     """An artifact directory or a state-dict checkpoint as a model in eval mode, with finite
-    weights; SlimkitError naming --model otherwise."""
+    weights; SlimkitError naming --model otherwise. An artifact of a class of the caller's loads
+    into the task's own model when the task builds that class."""
     if path.is_dir():
-        model = load(path).model
+        skeleton = task_model_for(task, read_manifest(path)["model"])
+        model = load(path, model=skeleton).model
     elif not path.is_file():
         raise SlimkitError(f"--model: no such file or directory {str(path)!r}")
     else:
-        kinds = model_kinds(task)
-        if not kinds:
-            raise SlimkitError(f"--model: task {task.name!r} builds no model to read a "
-                               "checkpoint into; pass --model package.module:factory --weights "
-                               f"{str(path)!r}")
-        arch = arch or kinds[0]
+        arch = check_kind(task, arch)
         model = task.build_model(arch)
         _load_weights(model, path, "--model", what=repr(arch))
     check_finite(model, field="--model")

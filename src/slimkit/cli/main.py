@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from ..core.errors import SlimkitError
@@ -30,25 +31,33 @@ def build_parser() -> argparse.ArgumentParser:
                           "stage by stage (embedded defaults)")
     demo.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     demo.add_argument("--model", default="deepfm", choices=["deepfm", "dcnv2"])
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of the teacher and every step")
     demo.add_argument("--resume", action="store_true", help="continue an interrupted run")
     demo.set_defaults(func=commands.demo)
 
-    run = sub.add_parser("run", help="apply a plan (YAML/JSON) to a model, stage by stage")
+    run = sub.add_parser("run", help="apply a plan (YAML/JSON) to a model, stage by stage",
+                         description="Apply a plan to a model stage by stage on a task: after "
+                         "each step, measure quality, artifact bytes, latency (torch and ONNX "
+                         "Runtime) and run-time memory, and save the stage's artifact; write "
+                         "metrics.json, report.html and OUT/model.")
     run.add_argument("plan", nargs="?", help="plan file (.yaml or .json; default: the task's "
                      "own plan)")
     add_task_args(run)
     add_model_args(run, "default: train the task's teacher")
     run.add_argument("--out", default="runs/run", help="run directory (default: runs/run)")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, default=0, help="seed of the teacher and every step")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run")
     run.set_defaults(func=commands.run)
 
     ev = sub.add_parser("eval", help="load an artifact, re-measure its quality on its task, and "
-                        "compare with the metrics recorded when it was saved")
+                        "compare with the metrics recorded when it was saved",
+                        description="Load an artifact, re-measure its quality on its task and "
+                        "compare with the metrics recorded when it was saved; exit 1 if any "
+                        "differs by more than 1e-6.")
     ev.add_argument("artifact", help="artifact directory (model.safetensors + manifest.json)")
-    ev.add_argument("--split", default="test", choices=["test", "valid"])
-    add_task_args(ev, default=None)
+    ev.add_argument("--split", default="test", choices=["test", "valid"],
+                    help="which split's recorded metrics to reproduce (default: test)")
+    add_task_args(ev, recorded=True)
     ev.add_argument("--model", metavar="MODULE:FACTORY", help="your own package.module:factory "
                     "building a fresh instance of the artifact's model class to load into "
                     "(default: the task's model, else the class the artifact names, if "
@@ -65,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A --task or --model package.module:factory names a module beside the caller, as
+    # `python -m` would find it; appended, so it never shadows an installed package.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -50,18 +50,14 @@ def register_module_type(cls: M | None = None, *,
     return cls
 
 
-def is_callers(ref: str) -> bool:
-    """Whether a builder name is the caller's own class (not slimkit's, torch's or a
-    transformers model), which `load` can build only if the caller allows it."""
-    return not ref.startswith((_OWN_PACKAGE, "torch.", "transformers:"))
-
-
-def importable_ref(obj: object) -> str | None:
-    """`module:qualname` of a function or class a fresh process can import, else None."""
-    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
-    if not module or not qualname or module == "__main__" or "<" in qualname:
-        return None
-    return f"{module}:{qualname}"
+def needs_instance(spec: dict[str, object]) -> bool:
+    """Whether an artifact's model (its manifest's "model" spec) is loaded into an instance the
+    caller builds: a model saved without a `slimkit_spec` (any class, torch.nn's included, whose
+    constructor arguments slimkit never saw) or a class from outside slimkit, torch and
+    transformers."""
+    builder = str(spec.get("builder", ""))
+    return spec.get("instance") is True or \
+        not builder.startswith((_OWN_PACKAGE, "torch.", "transformers:"))
 
 
 def caller_types() -> list[str]:
@@ -99,12 +95,14 @@ def module_type(ref: str) -> type[nn.Module]:
         except ImportError:
             pass  # recorded: refused below as not registered
         cls = _TYPES.get(ref)
+    if cls is None and module_name.startswith(_OWN_PACKAGE):
+        raise ArtifactError(f"manifest: {ref!r} is not a module type of slimkit")
     if cls is None:
         shown = attr or ref
         raise ArtifactError(
             f"manifest: class {ref!r} is not a registered module type; if you trust it, call "
             f"slimkit.register_module_type({shown}) before loading, or pass "
-            f"slimkit.load(path, model={shown}(...))")
+            f"slimkit.load(path, model={shown}(...)) (CLI: --model package.module:factory)")
     return cls
 
 

@@ -4,8 +4,7 @@ caller names them (a CLI flag, a Python argument); nothing read from an artifact
 from __future__ import annotations
 
 import importlib
-import os
-import sys
+import inspect
 from typing import Any
 
 from .errors import SlimkitError
@@ -17,13 +16,11 @@ def is_ref(text: str) -> bool:
 
 
 def import_ref(ref: str, *, field: str) -> Any:
-    """The object `ref` names, imported with the working directory on the path (as `python -m`
-    would see a module beside the caller); SlimkitError naming `field` otherwise."""
+    """The object `ref` names; SlimkitError naming `field` otherwise. (The CLI puts the working
+    directory on the import path, so a module beside the caller is found.)"""
     module_name, sep, attr = ref.partition(":")
     if not (sep and module_name and attr):
         raise SlimkitError(f"{field}: expected package.module:name, got {ref!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
@@ -33,3 +30,14 @@ def import_ref(ref: str, *, field: str) -> Any:
             raise SlimkitError(f"{field}: module {module_name!r} has no {attr!r}")
         obj = getattr(obj, part)
     return obj
+
+
+def importable_ref(obj: object) -> str | None:
+    """`module:qualname` of a module-level function or class that a fresh process can import by
+    that name, else None (a lambda, a nested function, a bound method, anything in __main__)."""
+    if inspect.ismethod(obj):
+        return None
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if not module or not qualname or module == "__main__" or "<" in qualname:
+        return None
+    return f"{module}:{qualname}"

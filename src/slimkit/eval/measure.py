@@ -69,7 +69,7 @@ def measure(model: nn.Module, task: Task, *, split: str = "test", artifact: Path
             reuse: bool = False, params: bool = True,
             batch_sizes: Sequence[int] = BATCH_SIZES, timing: Mapping[str, Any] | None = None,
             memory: bool = True, memory_keys: Sequence[str] = MEMORY_KEYS,
-            label: str | None = None) -> dict[str, Any]:
+            label: str | None = None, model_factory: str | None = None) -> dict[str, Any]:
     """Measure `model` on `task`; returns what was asked for, in this order:
 
     - "metrics": the task's metrics on `split` (see `quality` for `label`);
@@ -81,7 +81,9 @@ def measure(model: nn.Module, task: Task, *, split: str = "test", artifact: Path
       extra), kept as it is with `reuse` when it already holds the same metrics; else saved
       to a temporary artifact;
     - "runtime_mb", "peak_memory_mb" (with `memory` and `batch_sizes`): a fresh process's
-      memory after loading the artifact and running the largest batch (`memory_keys` of it).
+      memory after loading the artifact and running the largest batch (`memory_keys` of it);
+      a model that loads into an instance (a class of the caller's) needs `model_factory`,
+      the `module:function` that builds one, for that process.
     """
     metrics = quality(model, task, split, label)
     result: dict[str, Any] = {"metrics": metrics}
@@ -99,7 +101,7 @@ def measure(model: nn.Module, task: Task, *, split: str = "test", artifact: Path
         elif path is None:
             path = save(model, Path(tmp) / "artifact")
         result["bytes"] = artifact_bytes(path)
-        measured = memory_fields(path, inputs[max(inputs)], memory_keys) \
+        measured = memory_fields(path, inputs[max(inputs)], memory_keys, model_factory) \
             if memory and inputs else None
         if measured is not None:
             result.update(measured)

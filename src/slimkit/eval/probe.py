@@ -49,23 +49,33 @@ def _import_builders(manifest: dict[str, Any]) -> None:
             continue
 
 
+def _instance(factory: str) -> Any:
+    """The caller's model class built by the caller's function (as in the parent process),
+    storage-less, before the baseline is read: whatever else the factory does (reading a data
+    file, say) is not the model's memory, and the loaded tensors are assigned to it."""
+    if factory == "-":
+        return None
+    from slimkit.core.refs import import_ref
+    from slimkit.export.assign_load import empty_weights
+
+    with empty_weights():
+        return import_ref(factory, field="model_factory")()
+
+
 def _child(artifact: str, inputs_file: str, factory: str, caller_types: list[str]) -> None:
-    from slimkit.core.module_types import allow_caller_types
+    from slimkit.core.module_types import allow_caller_types, needs_instance
     from slimkit.export import load
     from slimkit.export.artifact import read_manifest
 
     allow_caller_types(caller_types)  # the classes the parent process's caller allowed
-    _import_builders(read_manifest(Path(artifact)))
+    manifest = read_manifest(Path(artifact))
+    _import_builders(manifest)
+    instance = _instance(factory) if needs_instance(manifest["model"]) else None
     stored = safetensors.torch.load_file(inputs_file)
     inputs = tuple(stored[str(i)] for i in range(len(stored)))
     _reset_peak()
     base = _status_mb("VmRSS")
-    if factory != "-":  # the caller's class, built by the caller's function as in the parent
-        from slimkit.core.refs import import_ref
-
-        model = load(artifact, model=import_ref(factory, field="model_factory")()).model
-    else:
-        model = load(artifact).model
+    model = load(artifact, model=instance).model
     loaded, load_peak = _status_mb("VmRSS"), _status_mb("VmHWM")
     with torch.inference_mode():
         model(*inputs)

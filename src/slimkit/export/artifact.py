@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from ..core.compress import edit_log
-from ..core.errors import ArtifactError, SlimkitError
-from ..core.module_types import is_callers, module_type, register_module_type, type_name
+from ..core.errors import ArtifactError, SlimkitError, one_line
+from ..core.module_types import module_type, needs_instance, type_name
 from ..core.task import describe
 from ..graph import apply_edit, restore_masks
 from .assign_load import (
@@ -62,9 +62,8 @@ def save(model: nn.Module, path: str | Path, *, plan: dict[str, Any] | None = No
     """Write the artifact directory atomically (a temp dir renamed into place).
 
     With `task`, the manifest records the task so `slimkit eval` can re-measure the artifact.
-    Any module class can be saved; its name goes into the manifest, and `load` rebuilds it only
-    where the caller allows it (see `load`). The class handed in here is allowed for the rest of
-    this process.
+    Any module can be saved. One without a `slimkit_spec` (a builder and its arguments) is
+    recorded by its class name only, and loads into an instance the caller builds (see `load`).
     """
     spec = model_spec(model)
     path = Path(path)
@@ -118,6 +117,19 @@ def load(path: str | Path, *, model: nn.Module | None = None) -> Artifact:
                             "with (tampered or mixed up)")
     if model is not None:
         return _load_into(model, manifest, path)
+    try:
+        return _load_by_name(manifest, weights, path)
+    except ArtifactError as exc:
+        if not manifest["model"].get("instance") or "registered module type" in str(exc):
+            raise  # already says how to allow the class or pass an instance
+        name = str(manifest["model"].get("builder")).rpartition(":")[2]
+        raise ArtifactError(f"{exc}; the model was saved from an instance of {name} (slimkit "
+                            f"never saw its constructor's arguments): pass slimkit.load(path, "
+                            f"model={name}(...)) (CLI: --model package.module:factory)") from None
+
+
+def _load_by_name(manifest: dict[str, Any], weights: Path, path: Path) -> Artifact:
+    """The model rebuilt from the class and arguments the manifest names, then filled."""
     empty = _build_empty(manifest)
     # Constructors allocate (and zero) real tensors before they are moved to meta; glibc keeps
     # those pages resident unless told to give them back.
@@ -135,10 +147,9 @@ def load(path: str | Path, *, model: nn.Module | None = None) -> Artifact:
 
 
 def reload(path: str | Path, model_factory: Callable[[], nn.Module] | None) -> Artifact:
-    """`load(path)`, or into `model_factory()` when the artifact's model is the caller's own
-    class, which `load` cannot build by name without its constructor's arguments."""
-    builder = str(read_manifest(Path(path))["model"].get("builder", ""))
-    if model_factory is not None and is_callers(builder):
+    """`load(path)`, or into `model_factory()` when the artifact's model loads into an instance
+    (`needs_instance`: saved without a slimkit_spec, or a class from outside slimkit)."""
+    if model_factory is not None and needs_instance(read_manifest(Path(path))["model"]):
         return load(path, model=model_factory())
     return load(path)
 
@@ -152,17 +163,25 @@ def _load_into(model: nn.Module, manifest: dict[str, Any], path: Path) -> Artifa
     if done != manifest["edits"][:len(done)]:
         raise SlimkitError("load: model carries slimkit edits the artifact does not start "
                            "with; pass a freshly built instance")
-    saved = str(manifest["model"].get("builder"))
-    if saved != type_name(type(model)):
-        log.warning("load: artifact was saved from %s, loading into %s", saved,
+    saved = manifest["model"]
+    saved_class = str(saved.get("builder", "")).rpartition(":")[2].rpartition(".")[2]
+    if saved_class != type(model).__name__:
+        log.warning("load: artifact was saved from %s, loading into %s", saved.get("builder"),
                     type_name(type(model)))
-    if manifest["model"] != {"builder": type_name(type(model)), "kwargs": {}}:
-        model.slimkit_spec = dict(manifest["model"])  # type: ignore[assignment]
+    elif getattr(model, "slimkit_spec", None) is None and not saved.get("instance"):
+        model.slimkit_spec = dict(saved)  # type: ignore[assignment]  # so it saves the same way
     for edit in manifest["edits"][len(done):]:  # a model the artifact grew from has some
         apply_edit(model, edit)
     with open(path / WEIGHTS, "rb") as fh:
         state = decode_state(manifest["tensors"], TensorFile(fh), tie_groups(model))
-    _copy_state(model, state)
+    if any(t.is_meta for t in model.state_dict().values()):  # built under empty_weights()
+        assign_state(model, state)
+        leftovers = meta_leftovers(model)
+        if leftovers:
+            raise ArtifactError(f"artifact: {leftovers[0]!r} of the given model has no tensor "
+                                "in the artifact")
+    else:
+        _copy_state(model, state)
     del state
     release_freed_heap()
     restore_masks(model)
@@ -171,12 +190,11 @@ def _load_into(model: nn.Module, manifest: dict[str, Any], path: Path) -> Artifa
 
 def model_spec(model: nn.Module) -> dict[str, Any]:
     """What the manifest records to rebuild `model`: its `slimkit_spec` when it has one (a
-    builder and its arguments), else its class with no arguments. The class is registered for
-    this process, since the caller handed it to slimkit."""
+    builder and its arguments), else its class marked `instance`: slimkit never saw its
+    constructor's arguments, so it loads into an instance the caller builds."""
     spec = getattr(model, "slimkit_spec", None)
     if spec is None:
-        register_module_type(type(model))
-        return {"builder": type_name(type(model)), "kwargs": {}}
+        return {"builder": type_name(type(model)), "kwargs": {}, "instance": True}
     if not isinstance(spec, dict) or not isinstance(spec.get("builder"), str) \
             or not isinstance(spec.get("kwargs", {}), dict):
         raise SlimkitError("save: model.slimkit_spec must be {'builder': 'module:Class', "
@@ -262,8 +280,8 @@ def build_model(manifest: dict[str, Any]) -> nn.Module:
         try:
             model = cls(**spec.get("kwargs", {}))
         except (TypeError, ValueError) as exc:
-            raise ArtifactError(f"artifact: cannot build {builder!r} ({exc}); build the model "
-                                "yourself and pass slimkit.load(path, model=...)") from None
+            raise ArtifactError(f"artifact: cannot build {builder!r} ({one_line(exc)})") \
+                from None
     for edit in manifest.get("edits", []):
         apply_edit(model, edit)
     return model

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..core.context import Context
 from ..core.errors import SlimkitError
+from ..core.module_types import needs_instance, type_name
 from ..core.task import Task
 from ..train.teacher import TeacherRecipe, fit_best_on_valid, train_best_on_valid
 
@@ -17,6 +18,19 @@ from ..train.teacher import TeacherRecipe, fit_best_on_valid, train_best_on_vali
 def model_kinds(task: Task) -> tuple[str, ...]:
     """The architectures `task.build_model` accepts; the first is the default."""
     return tuple(getattr(task, "model_kinds", ()))
+
+
+def check_kind(task: Task, kind: str | None) -> str:
+    """`kind`, or the task's first architecture when None; SlimkitError when the task builds
+    no model or not that one."""
+    kinds = model_kinds(task)
+    if not hasattr(task, "build_model") or not kinds:
+        raise SlimkitError(f"--model: task {task.name!r} builds no model of its own; pass "
+                           "--model (an artifact, a checkpoint or package.module:factory)")
+    if kind is not None and kind not in kinds:
+        raise SlimkitError(f"--arch: expected one of {', '.join(kinds)} for {task.name}, got "
+                           f"{kind!r}")
+    return kind or kinds[0]
 
 
 def teacher_recipe(task: Task, kind: str | None) -> TeacherRecipe | None:
@@ -34,14 +48,7 @@ def train_baseline(task: Task, ctx: Context, *, kind: str | None = None,
     task's `kind`, trained with the task's teacher recipe and the best valid epoch kept; a
     pretrained kind (recipe None) as built."""
     if model is None:
-        kinds = model_kinds(task)
-        if not hasattr(task, "build_model") or not kinds:
-            raise SlimkitError(f"--model: task {task.name!r} builds no model of its own; pass "
-                               "--model (an artifact, a checkpoint or package.module:factory)")
-        kind = kind or kinds[0]
-        if kind not in kinds:
-            raise SlimkitError(f"--arch: expected one of {', '.join(kinds)} for {task.name}, "
-                               f"got {kind!r}")
+        kind = check_kind(task, kind)
     recipe = teacher_recipe(task, kind)
     if recipe is None:
         return (model if model is not None else task.build_model(kind)).eval()  # type: ignore[attr-defined]
@@ -67,16 +74,15 @@ def search_space(task: Task) -> dict[str, Any]:
     return copy.deepcopy(yaml.safe_load(task.search_space()))
 
 
-def task_model_for(task: Task, builder: str) -> nn.Module | None:
-    """A fresh instance of the caller's class an artifact names (`builder`), built by the task
-    that the caller named; None when the class is slimkit's, torch's or transformers', or the
-    task builds another class. Loading into it needs no registration of the caller's class."""
-    from ..core.module_types import type_name
-
-    if builder.startswith(("slimkit.", "torch.", "transformers:")) or not model_kinds(task):
+def task_model_for(task: Task, spec: dict[str, Any]) -> nn.Module | None:
+    """A fresh instance of the class an artifact's model spec names, built by the task the
+    caller named, when the artifact loads into an instance (core.module_types.needs_instance);
+    None when it loads by name or the task builds another class. Loading into it needs no
+    registration of the caller's class."""
+    if not needs_instance(spec):
         return None
     for kind in model_kinds(task):
         model: nn.Module = task.build_model(kind)  # type: ignore[attr-defined]
-        if type_name(type(model)) == builder:
+        if type_name(type(model)) == spec.get("builder"):
             return model
     return None

@@ -6,10 +6,12 @@ looked up in the registry, never imported."""
 from __future__ import annotations
 
 import inspect
+import json
+import os
 from collections.abc import Callable
 from typing import Any
 
-from ..core.errors import SlimkitError
+from ..core.errors import SlimkitError, one_line
 from ..core.refs import import_ref, is_ref
 from ..core.task import Task, missing_members
 
@@ -41,10 +43,11 @@ def make_task(name: str, **options: Any) -> Task:
     ones."""
     factory = task_factory(name)
     _check_options(name, factory, options)
+    options = _plain_options(options)
     try:
         task = factory(**options)
-    except (TypeError, ValueError) as exc:
-        raise SlimkitError(f"--task-opt: {name}: {exc}") from None
+    except (TypeError, ValueError) as exc:  # a bad option value, as the factory words it
+        raise SlimkitError(f"--task-opt: {name}: {one_line(exc)}") from None
     missing = missing_members(task)
     if missing:
         raise SlimkitError(f"--task: {name!r} built a {type(task).__name__} without "
@@ -89,6 +92,18 @@ def _check_options(name: str, factory: Callable[..., Any], options: dict[str, An
         shown = ", ".join(valid) if valid else "none"
         raise SlimkitError(f"--task-opt: {name} has no option {unknown[0]!r}; valid options: "
                            f"{shown}")
+
+
+def _plain_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Options as JSON data (paths as strings): a run directory and an artifact record them."""
+    plain = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in options.items()}
+    for key, value in plain.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            raise SlimkitError(f"--task-opt: {key}: expected a number, string, list or mapping, "
+                               f"got {type(value).__name__} {value!r}") from None
+    return plain
 
 
 def task_from_spec(spec: Any) -> Task:
