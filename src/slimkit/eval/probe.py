@@ -66,6 +66,7 @@ def _child(artifact: str, inputs_file: str, factory: str, caller_types: list[str
     from slimkit.core.module_types import allow_caller_types, needs_instance
     from slimkit.export import load
     from slimkit.export.artifact import read_manifest
+    from slimkit.export.assign_load import release_freed_heap
 
     allow_caller_types(caller_types)  # the classes the parent process's caller allowed
     manifest = read_manifest(Path(artifact))
@@ -73,6 +74,7 @@ def _child(artifact: str, inputs_file: str, factory: str, caller_types: list[str
     instance = _instance(factory) if needs_instance(manifest["model"]) else None
     stored = safetensors.torch.load_file(inputs_file)
     inputs = tuple(stored[str(i)] for i in range(len(stored)))
+    release_freed_heap()  # what the imports and the factory freed is not returned by the load
     _reset_peak()
     base = _status_mb("VmRSS")
     model = load(artifact, model=instance).model
