@@ -58,14 +58,15 @@ class MethodConfig:
         return {"method": self.method, **to_plain(self)}
 
     def summary(self) -> str:
-        """`method key=value ...` for the fields that differ from their defaults."""
+        """One line a person reads in a report's table, the same for equal configs:
+        `prune.magnitude 80% gradual 2 ep lr=0.0005 targets=tower.*,head`. The fields that
+        differ from their defaults, plus the amount (sparsity, ratio, bits) even at its default,
+        since a step without it says nothing about what it did."""
         parts = [self.method]
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
-                else f.default
-            if value != default:
-                parts.append(f"{f.name}={to_plain(value)}")
+            if f.name in _HEADLINE or value != _default(f):
+                parts.extend(_summary_parts(f.name, value, _default(f)))
         return " ".join(parts)
 
     @classmethod
@@ -73,6 +74,55 @@ class MethodConfig:
         body = {k: v for k, v in data.items() if k != "method"}
         config: MethodConfig = from_mapping(cls, body, prefix or cls.method)
         return config
+
+
+# Fields shown even at their default, and choices whose value names itself ("gradual").
+_HEADLINE = frozenset({"sparsity", "ratio", "bits"})
+_BARE = frozenset({"schedule", "kind", "algorithm", "criterion", "observer", "scope"})
+_PERCENT = {"sparsity": "", "ratio": "", "initial_sparsity": "from ", "head_ratio": "heads ",
+            "budget": "budget "}
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _plain_text(value: Any) -> str:
+    """Compact scalar and list text: 0.0005, true, tower.*,head; dict keys sorted, so equal
+    configs print the same; whitespace collapsed, so a summary stays one line."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, float):
+        text = f"{value:g}"
+    elif isinstance(value, (list, tuple)):
+        text = ",".join(_plain_text(v) for v in value)
+    elif isinstance(value, dict):
+        text = ",".join(f"{k}:{_plain_text(value[k])}" for k in sorted(value, key=str))
+    else:
+        text = str(value)
+    return " ".join(text.split())
+
+
+def _summary_parts(name: str, value: Any, default: Any) -> list[str]:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # Nested options (Targets, GPTQOptions): only their changed fields; a Targets' names
+        # read as "targets=tower.*,head" rather than "targets.names=...".
+        return [f"{name}={_plain_text(sub)}" if f.name == "names" else
+                f"{name}.{f.name}={_plain_text(sub)}"
+                for f in dataclasses.fields(value)
+                for sub in [getattr(value, f.name)]
+                if default is dataclasses.MISSING or sub != getattr(default, f.name)]
+    if name in _PERCENT and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [f"{_PERCENT[name]}{round(value * 100, 2):g}%"]
+    if name == "bits" and isinstance(value, int) and not isinstance(value, bool):
+        return [f"{value}-bit"]
+    if name == "epochs" and isinstance(value, (int, float)):
+        return [f"{value:g} ep"]
+    if name in _BARE and isinstance(value, str):
+        return [value]
+    return [f"{name}={_plain_text(value)}"]
 
 
 _HINTS: dict[type, dict[str, Any]] = {}
