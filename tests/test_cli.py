@@ -39,8 +39,25 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("cli")
     (tmp / "plan.yaml").write_text(PLAN)
     out = tmp / "run"
-    assert main(["run", str(tmp / "plan.yaml"), *TASK, "--out", str(out)]) == 0
+    # In a fresh process, with the global -v after the subcommand and the result as JSON.
+    proc = subprocess.run([sys.executable, "-m", "slimkit.cli.main", "run",
+                           str(tmp / "plan.yaml"), *TASK, "--out", str(out), "-v", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (tmp / "stdout.txt").write_text(proc.stdout)
+    (tmp / "stderr.txt").write_text(proc.stderr)
     return out
+
+
+def test_run_json_is_the_only_stdout_and_verbose_logs_go_to_stderr(run_dir: Path) -> None:
+    result = json.loads((run_dir.parent / "stdout.txt").read_text())  # one JSON document
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert result["run_dir"] == str(run_dir) and result["primary_metric"] == "auc"
+    assert result["final"]["bytes"] == metrics["stages"][-1]["bytes"]
+    assert result["x_smaller"] == pytest.approx(
+        metrics["stages"][0]["bytes"] / metrics["stages"][-1]["bytes"], rel=1e-3)
+    stderr = (run_dir.parent / "stderr.txt").read_text()
+    assert "INFO" in stderr and "x smaller artifact" in stderr  # -v, and the human summary
 
 
 def test_run_writes_run_directory(run_dir: Path) -> None:
@@ -60,10 +77,17 @@ def test_run_writes_run_directory(run_dir: Path) -> None:
 
 
 def test_eval_reproduces_recorded_metrics(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["eval", str(run_dir / "model")]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["eval", str(run_dir / "model"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)  # stdout holds the JSON object only
+    assert result["reproduced"] and result["max_abs_diff"] <= 1e-6
     for key, value in result["measured"].items():
         assert abs(value - result["recorded"][key]) <= 1e-6
+
+
+def test_quiet_eval_prints_nothing(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["eval", str(run_dir / "model"), "-q"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
 
 
 def test_report_command_rewrites_report(run_dir: Path) -> None:
@@ -124,12 +148,25 @@ def test_user_errors_exit_2(argv: list[str], tmp_path: Path, capsys) -> None:
     assert len(err) == 1
 
 
-def test_help_for_every_command() -> None:
-    for argv in (["--help"], ["demo", "--help"], ["run", "--help"], ["eval", "--help"],
-                 ["report", "--help"]):
+def test_help_for_every_command_and_option() -> None:
+    from slimkit.cli.main import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert {"demo", "run", "eval", "auto", "report", "methods", "check"} <= set(commands)
+    for name, sub in commands.items():
+        assert sub.description, name
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest}: no help text"
         with pytest.raises(SystemExit) as info:
-            main(argv)
+            main([name, "--help"])
         assert info.value.code == 0
+
+
+def test_version(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("slimkit 0.")
 
 
 def test_run_from_weights_only_checkpoint(tmp_path: Path) -> None:

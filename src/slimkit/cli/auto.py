@@ -15,14 +15,14 @@ from ..export import reload
 from ..rundir import check_out, open_run_dir, write_errors
 from ..tasks.defaults import search_space
 from .inputs import InputModel, add_model_args, add_task_args, task_from_args
-from .progress import console
+from .progress import console, emit_json, results
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(add: Any) -> Any:
     about = ("search plans until the model meets its target: the smallest (or fastest) plan "
              "within a quality budget, plus the Pareto front; resumable, several workers may "
              "share one study")
-    auto = sub.add_parser("auto", help=about, description=about[0].upper() + about[1:] + ".")
+    auto = add("auto", help=about, description=about[0].upper() + about[1:] + ".")
     add_task_args(auto)
     add_model_args(auto, "default: OUT/baseline if there, else train the task's teacher")
     auto.add_argument("--max-drop", type=float, required=True,
@@ -52,6 +52,7 @@ def add_parser(sub: Any) -> None:
     auto.add_argument("--keep", default="all", choices=["all", "pareto"],
                       help="trial artifacts to keep at the end (default: all)")
     auto.set_defaults(func=run_auto)
+    return auto
 
 
 def _space(args: argparse.Namespace, task: Any) -> Any:
@@ -95,13 +96,16 @@ def _front_table(result: Any, metric: str) -> Table:
             continue
         table.add_row(f"{r['number']}{' *' if r['best'] else ''}", f"{r['drop']:+.4f}",
                       f"{r['bytes'] / 1024:.1f}", f"{base['bytes'] / r['bytes']:.1f}",
-                      f"{r['latency_ms']:.3f}", f"{base['latency_ms'] / r['latency_ms']:.2f}",
+                      f"{r['latency_ms']:.3f}", _speed_cell(r),
                       "yes" if r["feasible"] else "no", r["steps"])
     again = {plan: n[1:] for plan, n in repeats.items() if len(n) > 1}
+    notes = ["* best", "x faster: only where the trial was timed interleaved with the baseline "
+             "and its noise probe (\"-\": not re-measured)"]
     if again:
-        table.caption = "* best. Same plan again in trials " + "; ".join(
+        notes.append("same plan again in trials " + "; ".join(
             f"{n[0]}: {', '.join(map(str, more))}" for n, more in
-            ((repeats[p], m) for p, m in again.items()))
+            ((repeats[p], m) for p, m in again.items())))
+    table.caption = ". ".join(notes)
     return table
 
 
@@ -132,23 +136,29 @@ def run_auto(args: argparse.Namespace) -> int:
                       early_stop=not args.no_early_stop, keep=args.keep,
                       on_trial=lambda row, data: _trial_line(row, data["baseline"], metric),
                       write_page=write_search_report)
-        return _summary(result, task, out, metric, model, source.factory)
+        return _summary(result, task, out, metric, model, source.factory, args.json)
 
 
 def _summary(result: Any, task: Any, out: Path, metric: str, model: torch.nn.Module,
-             factory: Any) -> int:
+             factory: Any, as_json: bool = False) -> int:
     from ..eval.quality import quality_drop
 
     counts: dict[str, int] = {}
     for r in result.trials:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
-    console.print("trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
+    results.print("trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
     if result.pareto:
-        console.print(_front_table(result, metric))
+        results.print(_front_table(result, metric))
     best, base = result.best, result.baseline
+    answer: dict[str, Any] = {"out": str(out), "search_file": str(out / "search.json"),
+                              "primary_metric": metric, "split": "valid", "trials": counts,
+                              "max_drop": result.data["max_drop"], "best": best,
+                              "pareto": result.pareto, "baseline": base}
     if best is None:
-        console.print(f"no trial fits the budget ({metric} drop <= "
+        results.print(f"no trial fits the budget ({metric} drop <= "
                       f"{result.data['max_drop']}); see {out / 'report.html'}")
+        if as_json:
+            emit_json(answer)
         return 1
     where = result.data["best_position"]
     artifact = out / best["artifact"]
@@ -158,15 +168,37 @@ def _summary(result: Any, task: Any, out: Path, metric: str, model: torch.nn.Mod
         drop = quality_drop(task, task.evaluate(model, "test"),
                             task.evaluate(reload(artifact, factory).model, "test"))
         test = f" ({drop:+.4f} on test)"
-    console.print(
+        answer["test_drop"] = drop
+    results.print(
         f"best within the budget: trial {best['number']}, {base['bytes'] / best['bytes']:.1f}x "
-        f"smaller ({best['bytes'] / 1024:.1f} KB), {base['latency_ms'] / best['latency_ms']:.2f}x "
-        f"faster at batch {result.data['latency_batch']}, {metric} drop {best['drop']:+.4f} on "
+        f"smaller ({best['bytes'] / 1024:.1f} KB), {_speed(best, base)} at batch "
+        f"{result.data['latency_batch']}, {metric} drop {best['drop']:+.4f} on "
         f"valid{test}; rank {best['rank']} (1 = on the Pareto front), position "
         f"{where['position']} of {where['front_size']} front points by "
         f"{'size' if where['by'] == 'bytes' else 'latency'}")
-    console.print(f"plan: {best['steps']}")
+    results.print(f"plan: {best['steps']}")
     where_art = artifact if local else f"{best['artifact']} in the --out of worker {best['worker']}"
-    console.print(f"artifact: {where_art}   report: {out / 'report.html'}   "
+    results.print(f"artifact: {where_art}   report: {out / 'report.html'}   "
                   f"trials: {out / 'search.json'}")
+    if as_json:
+        emit_json(answer)
     return 0
+
+
+def _speed_cell(row: dict[str, Any]) -> str:
+    """x faster only where an interleaved re-measurement against the baseline supports it."""
+    verdict, ratio = row.get("latency_verdict"), row.get("latency_ratio")
+    if verdict is None or ratio is None:
+        return "-"
+    return "≈1 (noise)" if verdict == "within noise" else f"{ratio:.2f}"
+
+
+def _speed(row: dict[str, Any], base: dict[str, Any]) -> str:
+    """The trial's speed against the baseline, as its interleaved re-measurement judged it."""
+    verdict = row.get("latency_verdict")
+    if verdict == "within noise":
+        return "as fast as the baseline (within noise)"
+    ratio = row.get("latency_ratio") or base["latency_ms"] / row["latency_ms"]
+    if verdict is None:
+        return f"{ratio:.2f}x faster (not re-measured against the baseline)"
+    return f"{ratio:.2f}x {'faster' if ratio >= 1 else 'slower'}"

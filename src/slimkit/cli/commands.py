@@ -18,7 +18,7 @@ from ..rundir import check_out, open_run_dir, write_errors
 from ..tasks.defaults import default_plan, task_model_for
 from ..tasks.registry import task_from_spec
 from .inputs import InputModel, task_from_args
-from .progress import console, rich_progress
+from .progress import console, emit_json, results, rich_progress
 
 
 def _stage_line(stage: dict[str, Any]) -> None:
@@ -60,19 +60,39 @@ def _ort_ms(stage: dict[str, Any], batch: str) -> float | None:
     return lat["median"] if lat else None
 
 
-def _finish(metrics: dict[str, Any], out: Path) -> int:
-    console.print(_summary_table(metrics))
+def _finish(metrics: dict[str, Any], out: Path, as_json: bool = False) -> int:
+    results.print(_summary_table(metrics))
     base, final = metrics["stages"][0], metrics["stages"][-1]
     primary = metrics["primary_metric"]
     smaller = base["bytes"] / final["bytes"]
     faster = base["latency_ms"]["512"]["median"] / final["latency_ms"]["512"]["median"]
     delta = final["metrics"][primary] - base["metrics"][primary]
-    console.print(f"final vs {base['name']}: {smaller:.1f}x smaller artifact, {faster:.2f}x "
+    results.print(f"final vs {base['name']}: {smaller:.1f}x smaller artifact, {faster:.2f}x "
                   f"faster at batch 512, {primary} {delta:+.4f}; reloaded artifact reproduces "
                   f"its metrics: {all(metrics['reload_check'].values())}")
-    console.print(f"run directory: {out}  (report.html, report.md, metrics.json, "
+    results.print(f"run directory: {out}  (report.html, report.md, metrics.json, "
                   f"{metrics['final_artifact']}/)")
+    if as_json:
+        emit_json(run_result(metrics, out))
     return 0
+
+
+def run_result(metrics: dict[str, Any], out: Path) -> dict[str, Any]:
+    """What `run --json` prints: the headline and where everything is (metrics.json has all)."""
+    base, final = metrics["stages"][0], metrics["stages"][-1]
+    primary = metrics["primary_metric"]
+
+    def stage(s: dict[str, Any]) -> dict[str, Any]:
+        return {k: s.get(k) for k in ("name", "metrics", "bytes", "latency_ms", "speed",
+                                      "regressions", "runtime_mb")}
+
+    return {"run_dir": str(out), "artifact": str(out / metrics["final_artifact"]),
+            "metrics_file": str(out / "metrics.json"), "primary_metric": primary,
+            "split": "test", "x_smaller": round(base["bytes"] / final["bytes"], 3),
+            "metric_change": final["metrics"][primary] - base["metrics"][primary],
+            "reload_check": all(metrics["reload_check"].values()),
+            "baseline": stage(base), "final": stage(final),
+            "stages": [s["name"] for s in metrics["stages"]]}
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -125,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
                            else "teacher", baseline_seconds=seconds, on_stage=_stage_line,
                            title=f"slimkit run: {name} on {task.name}",
                            model_factory=factory)
-    return _finish(metrics, out)
+    return _finish(metrics, out, args.json)
 
 
 def _reload_factory(source: InputModel, out: Path, resuming: bool) -> Any:
@@ -160,10 +180,14 @@ def evaluate(args: argparse.Namespace) -> int:
         worst = max(worst, diff or 0.0)
         table.add_row(key, f"{value:.6f}", "n/a" if rec is None else f"{rec:.6f}",
                       "n/a" if diff is None else f"{diff:.1e}")
-    console.print(table)
-    print(json.dumps({"split": args.split, "measured": measured, "recorded": recorded}))
-    if not recorded or set(recorded) != set(measured):
-        console.print(f"no complete {args.split} metrics were recorded in this artifact")
+    results.print(table)
+    complete = bool(recorded) and set(recorded) == set(measured)
+    if args.json:
+        emit_json({"artifact": args.artifact, "task": task.name, "split": args.split,
+                   "measured": measured, "recorded": recorded, "max_abs_diff": worst,
+                   "reproduced": complete and worst <= 1e-6})
+    if not complete:
+        results.print(f"no complete {args.split} metrics were recorded in this artifact")
         return 1
     return 0 if worst <= 1e-6 else 1
 
@@ -191,7 +215,7 @@ def report(args: argparse.Namespace) -> int:
         except json.JSONDecodeError:
             raise SlimkitError(f"run_dir: {str(run_dir / 'search.json')!r} is not valid "
                                "JSON") from None
-        console.print(f"wrote {write_search_report(run_dir, data)}")
+        results.print(f"wrote {write_search_report(run_dir, data)}")
         return 0
     if not file.is_file():
         raise SlimkitError(f"run_dir: no metrics.json in {str(run_dir)!r}")
@@ -200,5 +224,5 @@ def report(args: argparse.Namespace) -> int:
     except json.JSONDecodeError:
         raise SlimkitError(f"run_dir: {str(file)!r} is not valid JSON") from None
     paths = write_report(run_dir, metrics)
-    console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    results.print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
 
+from .. import __version__
 from ..core.errors import SlimkitError
 from . import commands
 from .auto import add_parser as add_auto_parser
 from .inputs import add_model_args, add_task_args
+from .introspect import add_check_parser, add_methods_parser
+from .progress import configure
 
 EXIT_USER_ERROR = 2
 
@@ -21,21 +25,42 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USER_ERROR)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="slimkit", description="Compress deep models: prune, quantize, "
-                     "distill, truncate; evaluate each stage; write a deployable artifact.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _global_options() -> argparse.ArgumentParser:
+    """-v and -q, accepted before or after the subcommand (SUPPRESS: a later parse does not
+    reset what an earlier one set)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log progress details (INFO) to stderr")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="print nothing but errors (and the --json result)")
+    return common
 
-    demo = sub.add_parser("demo", help="train a CTR teacher on MovieLens-100k and compress it "
-                          "stage by stage (embedded defaults)")
+
+def _json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON "
+                        "object on stdout; human text goes to stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _global_options()
+    parser = _Parser(prog="slimkit", parents=[common],
+                     description="Compress deep models: prune, quantize, distill, truncate; "
+                     "evaluate each stage; write a deployable artifact.")
+    parser.add_argument("--version", action="version", version=f"slimkit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    add = functools.partial(sub.add_parser, parents=[common])
+
+    demo = add("demo", help="train a CTR teacher on MovieLens-100k and compress it stage by "
+               "stage (embedded defaults)", description="Train a DeepFM click-through-rate "
+               "teacher on MovieLens-100k and compress it with the demo plan, stage by stage.")
     demo.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
-    demo.add_argument("--model", default="deepfm", choices=["deepfm", "dcnv2"])
+    demo.add_argument("--model", default="deepfm", choices=["deepfm", "dcnv2"],
+                      help="teacher architecture (default: deepfm)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the teacher and every step")
     demo.add_argument("--resume", action="store_true", help="continue an interrupted run")
     demo.set_defaults(func=commands.demo)
 
-    run = sub.add_parser("run", help="apply a plan (YAML/JSON) to a model, stage by stage",
+    run = add("run", help="apply a plan (YAML/JSON) to a model, stage by stage",
                          description="Apply a plan to a model stage by stage on a task: after "
                          "each step, measure quality, artifact bytes, latency (torch and ONNX "
                          "Runtime) and run-time memory, and save the stage's artifact; write "
@@ -47,9 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="runs/run", help="run directory (default: runs/run)")
     run.add_argument("--seed", type=int, default=0, help="seed of the teacher and every step")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    _json_option(run)
     run.set_defaults(func=commands.run)
 
-    ev = sub.add_parser("eval", help="load an artifact, re-measure its quality on its task, and "
+    ev = add("eval", help="load an artifact, re-measure its quality on its task, and "
                         "compare with the metrics recorded when it was saved",
                         description="Load an artifact, re-measure its quality on its task and "
                         "compare with the metrics recorded when it was saved; exit 1 if any "
@@ -62,12 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "building a fresh instance of the artifact's model class to load into "
                     "(default: the task's model, else the class the artifact names, if "
                     "registered)")
+    _json_option(ev)
     ev.set_defaults(func=commands.evaluate)
 
-    add_auto_parser(sub)
+    auto = add_auto_parser(add)
+    _json_option(auto)
+    for name, adder in (("methods", add_methods_parser), ("check", add_check_parser)):
+        _json_option(adder(add, name))
 
-    rep = sub.add_parser("report", help="(re)write report.html and report.md from metrics.json "
-                         "(or report.html from a search's search.json)")
+    about = ("(re)write report.html and report.md from metrics.json (or report.html from a "
+             "search's search.json)")
+    rep = add("report", help=about, description=about[4].upper() + about[5:] + ".")
     rep.add_argument("run_dir", help="a run directory holding metrics.json")
     rep.set_defaults(func=commands.report)
     return parser
@@ -79,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
+    configure(quiet=quiet, json_mode=getattr(args, "json", False))
+    logging.basicConfig(level=logging.INFO if verbose else
+                        logging.ERROR if quiet else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)

@@ -84,7 +84,8 @@ def edit_log(model: nn.Module) -> list[dict[str, Any]]:
     return edits
 
 
-def check_plan(model: nn.Module, plan: Plan, *, first_step: int = 0, field: str = "model") -> None:
+def check_plan(model: nn.Module | None, plan: Plan, *, first_step: int = 0,
+               field: str = "model") -> None:
     """Refuse, before any work, a plan that cannot run on `model`; one line naming the step.
 
     Checked: an empty plan; NaN/Inf in the model (`check_finite`); a step that trains after a
@@ -94,21 +95,24 @@ def check_plan(model: nn.Module, plan: Plan, *, first_step: int = 0, field: str 
     name absent now cannot appear later; explicit `types` only for the first step, since
     earlier steps swap types. Not checked: a later step's targets that an earlier step removes
     (truncate.layers), and the methods' default types (the method itself refuses those).
+    Without a model (None), only what needs none: an empty plan and the order of the steps.
     """
     if not plan.steps:
         raise SlimkitError("plan: no steps")
-    check_finite(model, field=field)
-    names = [name for name, _ in model.named_modules() if name]
-    types = {name: type(module).__name__ for name, module in model.named_modules() if name}
+    modules = list(model.named_modules()) if model is not None else []
+    if model is not None:
+        check_finite(model, field=field)
+    names = [name for name, _ in modules if name]
+    types = {name: type(module).__name__ for name, module in modules if name}
     frozen = next((f"the {field} holds {name!r}, an int8 kernel without gradients"
-                   for name, m in model.named_modules()
+                   for name, m in modules
                    if getattr(m, "supports_autograd", True) is False), None)
     for i, step in enumerate(plan.steps):
         label = f"steps[{first_step + i}] ({step.method})"
         if frozen is not None and trains(step):
             raise SlimkitError(f"{label}: cannot train: {frozen}; put training steps "
                                "before quantize steps")
-        for where, targets in _targets_of(step):
+        for where, targets in _targets_of(step) if model is not None else ():
             chosen = [n for n in names if _matches(n, targets.names)
                       and not _matches(n, targets.exclude)
                       and (i > 0 or not targets.types or types[n] in targets.types)]

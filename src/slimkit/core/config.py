@@ -6,6 +6,7 @@ A method is a frozen keyword-only dataclass (the data) plus one function
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import typing
 from collections.abc import Callable
@@ -137,6 +138,9 @@ def _hints(cls: type[MethodConfig]) -> dict[str, Any]:
 
 
 ApplyFn = Callable[["nn.Module", Any, "Context"], "nn.Module"]
+# field -> (lo, hi, lo_open, hi_open) of each check_range call while set (see core.describe).
+RANGES: contextvars.ContextVar[dict[str, tuple[float, float, bool, bool]] | None] = \
+    contextvars.ContextVar("RANGES", default=None)
 C = TypeVar("C", bound=type[MethodConfig])
 _REGISTRY: dict[str, tuple[type[MethodConfig], ApplyFn]] = {}
 
@@ -169,6 +173,9 @@ def method_names() -> list[str]:
 def check_range(field: str, value: float, lo: float, hi: float, *, lo_open: bool = False,
                 hi_open: bool = False) -> None:
     """Raise ConfigError unless lo <= value <= hi (with optional open ends)."""
+    recorded = RANGES.get()
+    if recorded is not None:  # core.describe collects the declared ranges this way
+        recorded.setdefault(field, (lo, hi, lo_open, hi_open))
     ok_lo = value > lo if lo_open else value >= lo
     ok_hi = value < hi if hi_open else value <= hi
     if not (ok_lo and ok_hi):

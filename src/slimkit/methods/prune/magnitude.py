@@ -41,7 +41,10 @@ class Magnitude(MethodConfig):
 
     def validate(self) -> None:
         check_range("sparsity", self.sparsity, 0.0, 1.0, hi_open=True)
-        check_range("initial_sparsity", self.initial_sparsity, 0.0, self.sparsity)
+        check_range("initial_sparsity", self.initial_sparsity, 0.0, 1.0, hi_open=True)
+        if self.initial_sparsity > self.sparsity:
+            raise ConfigError("initial_sparsity", self.initial_sparsity,
+                              f"a value <= sparsity ({self.sparsity})")
         check_training(self, allow_zero_epochs=True)
         check_range("update_every", self.update_every, 1, 1 << 30)
         if self.schedule == "gradual" and self.epochs <= 0:
