@@ -41,8 +41,8 @@ def _auto(argv: list[str], out: Path, space: str | None = None) -> dict:
 
 def _eval_reproduces(run: Path, capsys) -> None:
     capsys.readouterr()
-    assert main(["eval", str(run / "model")]) == 0  # the task rebuilt from the artifact
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["eval", str(run / "model"), "--json"]) == 0  # task rebuilt from the artifact
+    result = json.loads(capsys.readouterr().out)
     assert result["measured"] == result["recorded"]
 
 

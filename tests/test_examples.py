@@ -35,8 +35,9 @@ def test_cli_example_runs_and_eval_reproduces_in_a_fresh_process(tmp_path) -> No
     # A compressed model of the user's that ranks far better than chance (the click rate).
     assert final["metrics"]["average_precision"] > 0.4
     assert all(metrics["reload_check"].values())
-    proc = _run([*SLIMKIT, "eval", str(out / "model"), "--task", "mymodule:make_task"], EXAMPLE)
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    proc = _run([*SLIMKIT, "eval", str(out / "model"), "--task", "mymodule:make_task",
+                 "--json"], EXAMPLE)
+    result = json.loads(proc.stdout)
     for key, value in result["measured"].items():
         assert abs(value - result["recorded"][key]) <= 1e-6
     check = ("import sys, torch, slimkit, mymodule; t = mymodule.make_task(); "
