@@ -24,14 +24,19 @@ from .core.cpu import cpu_features
 from .core.module_types import needs_instance
 from .core.refs import importable_ref
 from .core.task import describe
-from .eval.measure import BATCH_SIZES, latency_fields, measure, memory_fields
+from .eval.cost import latency_interleaved
+from .eval.measure import BATCH_SIZES, latency_fields, measure, memory_fields, speed_fields
+from .eval.regressions import describe as describe_regression
+from .eval.regressions import stage_regressions
 from .export import copy_artifact, reload
 from .export.artifact import model_spec
+from .export.runtime import available_cores
 from .rundir import clear_previous_run, open_run_dir, write_errors
 
 log = logging.getLogger(__name__)
 FINAL = "model"
 PROGRESS = "progress.json"
+ORT = "onnxruntime:"  # + a stage's name: its ONNX Runtime session's name in the timing
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -63,14 +68,16 @@ def run_plan(model: nn.Module | None, task: Task, plan: Plan, out: str | Path, *
              title: str, baseline_name: str = "teacher", baseline_seconds: float = 0.0,
              resume: bool = False, measure_memory: bool = True, onnxruntime: bool | None = None,
              on_stage: Callable[[dict[str, Any]], None] | None = None,
-             model_factory: Callable[[], nn.Module] | None = None) -> dict[str, Any]:
+             model_factory: Callable[[], nn.Module] | None = None,
+             threads: int | None = None) -> dict[str, Any]:
     """Apply `plan` one step at a time to `model` (the baseline, stage 0); returns metrics.json.
 
     The plan is checked against `model` before anything is written; `out` must be new, empty or
     a slimkit run directory, and is locked for the run (see slimkit.rundir). Stages of a model
     of the caller's own class are reloaded into `model_factory()` (a fresh instance; default:
     a copy of `model` as given), since `load` cannot build such a class by name; a factory a
-    fresh process can import (`module:function`) also serves the memory probe and `--resume`."""
+    fresh process can import (`module:function`) also serves the memory probe and `--resume`.
+    `threads`: intra-op threads of torch and ONNX Runtime while timing (see `finish`)."""
     out = Path(out)
     if not plan.steps or (model is not None and not (resume and (out / PROGRESS).is_file())):
         check_plan(model if model is not None else nn.Module(), plan)
@@ -78,7 +85,8 @@ def run_plan(model: nn.Module | None, task: Task, plan: Plan, out: str | Path, *
         return _run_plan(model, task, plan, out, ctx=ctx, title=title,
                          baseline_name=baseline_name, baseline_seconds=baseline_seconds,
                          resume=resume, measure_memory=measure_memory, onnxruntime=onnxruntime,
-                         on_stage=on_stage, factory=_factory(model, model_factory))
+                         on_stage=on_stage, factory=_factory(model, model_factory),
+                         threads=threads)
 
 
 def _factory(model: nn.Module | None,
@@ -93,7 +101,7 @@ def _run_plan(model: nn.Module | None, task: Task, plan: Plan, out: Path, *, ctx
               title: str, baseline_name: str, baseline_seconds: float, resume: bool,
               measure_memory: bool, onnxruntime: bool | None,
               on_stage: Callable[[dict[str, Any]], None] | None,
-              factory: Callable[[], nn.Module] | None) -> dict[str, Any]:
+              factory: Callable[[], nn.Module] | None, threads: int | None) -> dict[str, Any]:
     progress_file = out / PROGRESS
     key = {"plan": plan.to_dict(), "seed": ctx.seed, "task": getattr(task, "spec", task.name),
            "baseline": baseline_name, "title": title,
@@ -138,11 +146,11 @@ def _run_plan(model: nn.Module | None, task: Task, plan: Plan, out: Path, *, ctx
         if on_stage:
             on_stage(stage)
     return finish(out, task, plan, done, title=title, ctx=ctx, measure_memory=measure_memory,
-                  onnxruntime=onnxruntime, model_factory=factory)
+                  onnxruntime=onnxruntime, model_factory=factory, threads=threads)
 
 
 def _onnx_sessions(out: Path, models: dict[str, nn.Module], task: Task,
-                   stages: list[dict[str, Any]]) -> dict[str, Any]:
+                   stages: list[dict[str, Any]], threads: int) -> dict[str, Any]:
     """Export every stage to ONNX and open an ONNX Runtime session on it (the deployed runtime).
 
     A stage that does not export is reported, not fatal: its torch numbers still stand.
@@ -164,7 +172,7 @@ def _onnx_sessions(out: Path, models: dict[str, nn.Module], task: Task,
             continue
         stage["onnxruntime"] = {"bytes": path.stat().st_size, "parity_cosine": parity.cosine,
                                 "parity_max_abs_diff": parity.max_abs_diff}
-        sessions[f"onnxruntime:{name}"] = OrtSession(path)
+        sessions[ORT + name] = OrtSession(path, threads=threads)
     return sessions
 
 
@@ -193,20 +201,64 @@ def _has_onnxruntime() -> bool:
 
 def finish(out: Path, task: Task, plan: Plan, stages: list[dict[str, Any]], *, title: str,
            ctx: Context, measure_memory: bool = True, onnxruntime: bool | None = None,
-           model_factory: Callable[[], nn.Module] | None = None) -> dict[str, Any]:
+           model_factory: Callable[[], nn.Module] | None = None,
+           threads: int | None = None) -> dict[str, Any]:
     """Reload every stage from its artifact, time them interleaved (torch, and ONNX Runtime when
-    installed), check the final reload, write metrics.json and the report."""
+    installed) beside a noise probe of the baseline per runtime on `threads` threads (default:
+    available_cores()), check the final reload, write metrics.json and the report.
+
+    What metrics.json adds to each stage's quality, params, bytes and memory:
+    - metrics["threads"]: int, the intra-op threads of torch and ONNX Runtime while timing;
+    - metrics["noise"]: {"torch": {batch: band}, "onnxruntime": {batch: band}} (a runtime
+      that was not timed is absent), band = the relative half-width b of the noise probe
+      (eval.cost.noise_band): ratios within [1/(1+b), 1+b] are noise (about 1 +- b);
+    - stage["latency_ms"][batch] = {"median", "p90", "spread"} (ms, ms, relative: half the
+      width of the middle 80% of calls over the median), the same inside
+      stage["onnxruntime"]["latency_ms"] when that stage was timed in ONNX Runtime;
+    - stage["speed"] = {"torch": {batch: {"vs_baseline": cmp, "vs_previous": cmp}},
+      "onnxruntime": {...the same, when timed}} with cmp = {"ratio": float, "verdict":
+      "faster" | "slower" | "within noise", "band": float}: ratio = reference / this stage,
+      the median over rounds of the per-round ratio of medians (>1: this stage is faster);
+      band = the probe's band widened for calls shorter than the baseline's
+      (eval.cost.pair_band); the baseline is 1.0 "within noise" against itself, and
+      vs_previous is None when the previous stage was not timed in that runtime;
+    - stage["regressions"] = [{"what": "bytes" | "latency", "runtime": "torch" |
+      "onnxruntime" | None, "batch": str | None, "change": float, "reason": str | None}]
+      against the previous stage (eval.regressions): "bytes" when the artifact grew at all
+      (change = new / old bytes), "latency" per runtime and batch whose vs_previous verdict
+      is "slower" (change = old ms / new ms, the vs_previous ratio); [] for the baseline.
+    """
     models = {s["name"]: reload(out / s["artifact"], model_factory).model for s in stages}
     inputs = {b: task.example_inputs(b) for b in BATCH_SIZES}
-    timed: dict[str, Any] = dict(models)
+    threads = available_cores() if threads is None else threads
+    timed_models: dict[str, Any] = dict(models)
     if onnxruntime if onnxruntime is not None else _has_onnxruntime():
-        timed.update(_onnx_sessions(out, models, task, stages))
-    latency = latency_fields(timed, inputs, progress=ctx.progress)
-    for stage in stages:
-        stage.update(latency[stage["name"]])
-        ort = latency.get(f"onnxruntime:{stage['name']}")
-        if ort is not None:
-            stage["onnxruntime"]["latency_ms"] = ort["latency_ms"]
+        timed_models.update(_onnx_sessions(out, models, task, stages, threads))
+    base = stages[0]["name"]
+    probes = {"torch": base, "onnxruntime": ORT + base}
+    probes = {runtime: p for runtime, p in probes.items() if p in timed_models}
+    timed = latency_interleaved(timed_models, inputs, probes=list(probes.values()),
+                                threads=threads, progress=ctx.progress)
+    for index, stage in enumerate(stages):
+        name, previous = stage["name"], stages[max(index - 1, 0)]
+        stage.update(latency_fields(timed, name))
+        if ORT + name in timed.summary:
+            stage["onnxruntime"]["latency_ms"] = latency_fields(timed, ORT + name)["latency_ms"]
+        stage["speed"] = {}
+        for runtime, probe in probes.items():
+            prefix = ORT if runtime == "onnxruntime" else ""
+            if prefix + name not in timed.summary:
+                continue
+            before = prefix + previous["name"]
+            stage["speed"][runtime] = speed_fields(
+                timed, prefix + name, baseline=probe, probe=probe,
+                previous=before if before in timed.summary else None)
+        method = plan.steps[index - 1].method if index else None
+        stage["regressions"] = stage_regressions(
+            previous, stage, method, before=out / previous["artifact"],
+            after=out / stage["artifact"], model=models[name]) if index else []
+        for regression in stage["regressions"]:
+            log.warning("stage %s: %s", name, describe_regression(regression))
         if measure_memory:
             _measure_memory(stage, out, inputs[max(BATCH_SIZES)], model_factory)
     final = stages[-1]
@@ -214,9 +266,11 @@ def finish(out: Path, task: Task, plan: Plan, stages: list[dict[str, Any]], *, t
     copy_artifact(out / final["artifact"], out / FINAL)
     metrics = {
         "title": title, "task": describe(task), "primary_metric": task.primary_metric,
-        "higher_is_better": task.higher_is_better, "baseline": stages[0]["name"],
+        "higher_is_better": task.higher_is_better, "baseline": base,
         "plan": plan.to_dict(), "stages": stages, "final_artifact": FINAL,
         "reload_check": {k: reloaded[k] == final["metrics"][k] for k in reloaded},
+        "threads": timed.threads,
+        "noise": {runtime: timed.noise[probe] for runtime, probe in probes.items()},
         # Latency, memory and int8 numerics depend on the CPU that measured them.
         "machine": cpu_features().describe(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

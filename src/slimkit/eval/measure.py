@@ -1,7 +1,8 @@
 """The one measurement of a model on a task: quality on a split, logical parameters, artifact
 bytes, latency and run-time memory. `slimkit.evaluate`, `run_plan`'s stages and the search's
-trials all measure through `measure` (run_plan times its stages together through
-`latency_fields`, which `measure` uses for one model), so their numbers mean the same."""
+trials all measure through `measure` (run_plan times its stages together and reads them with
+`latency_fields` and `speed_fields`, which `measure` uses for one model), so their numbers
+mean the same."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from torch import nn
 from ..core.errors import SlimkitError
 from ..core.task import Task
 from ..export import artifact_bytes, save
-from .cost import Inputs, count_params, latency_interleaved
+from .cost import NOISE, Inputs, Timing, count_params, latency_interleaved
 from .runtime_memory import runtime_memory
 
 BATCH_SIZES = (1, 512)
@@ -35,15 +36,30 @@ def quality(model: nn.Module, task: Task, split: str, label: str | None = None) 
         raise SlimkitError(f"{label}: evaluation failed ({exc}); did training diverge?") from None
 
 
-def latency_fields(models: Mapping[str, Any], inputs: Mapping[int, Inputs],
-                   **timing: Any) -> dict[str, dict[str, Any]]:
-    """Per model, timed interleaved (cost.latency_interleaved; torch models and ONNX Runtime
-    sessions alike): {"latency_ms": {batch: {"median", "p90"}}, "throughput": {batch: rows/s}}."""
-    timed = latency_interleaved(models, inputs, **timing)
-    return {name: {"latency_ms": {b: {"median": v["median"], "p90": v["p90"]}
-                                  for b, v in per.items()},
-                   "throughput": {b: v["throughput"] for b, v in per.items()}}
-            for name, per in timed.items()}
+def latency_fields(timed: Timing, name: str) -> dict[str, dict[str, Any]]:
+    """One model's share of an interleaved timing (cost.latency_interleaved; torch models and
+    ONNX Runtime sessions alike): {"latency_ms": {batch: {"median", "p90", "spread"}},
+    "throughput": {batch: rows/s}}."""
+    per = timed[name]
+    return {"latency_ms": {b: {k: v[k] for k in ("median", "p90", "spread")}
+                           for b, v in per.items()},
+            "throughput": {b: v["throughput"] for b, v in per.items()}}
+
+
+def speed_fields(timed: Timing, name: str, *, baseline: str, previous: str | None,
+                 probe: str) -> dict[str, dict[str, Any]]:
+    """{batch: {"vs_baseline": {"ratio", "verdict", "band"}, "vs_previous": same or None}}:
+    `name` against `baseline` and `previous` (None: not timed), judged by `probe`'s noise
+    (Timing.compare). A model against itself is 1.0 within noise by definition."""
+    def against(reference: str | None, batch: str) -> dict[str, Any] | None:
+        if reference is None:
+            return None
+        if reference == name:
+            return {"ratio": 1.0, "verdict": NOISE, "band": timed.noise[probe][batch]}
+        return timed.compare(name, reference, batch, probe)
+
+    return {b: {"vs_baseline": against(baseline, b), "vs_previous": against(previous, b)}
+            for b in timed[name]}
 
 
 def memory_fields(artifact: Path, inputs: Inputs, keys: Sequence[str] = MEMORY_KEYS,
@@ -74,8 +90,9 @@ def measure(model: nn.Module, task: Task, *, split: str = "test", artifact: Path
 
     - "metrics": the task's metrics on `split` (see `quality` for `label`);
     - "params", "nonzeros" (with `params`): logical weights, cost.count_params;
-    - "latency_ms", "throughput" (for each of `batch_sizes`; none: not timed), `timing` passed
-      to cost.latency_interleaved (rounds, repeats, warmup);
+    - "latency_ms", "throughput", "threads" (for each of `batch_sizes`; none: not timed),
+      `timing` passed to cost.latency_interleaved (rounds, repeats, warmup, threads); one
+      model is timed without a noise probe: nothing is compared with it here;
     - "bytes": the artifact's bytes on disk: `artifact` if given; else the model saved to
       `save_to` with its metrics under `split` in the manifest (plus `manifest`: plan, task,
       extra), kept as it is with `reuse` when it already holds the same metrics; else saved
@@ -91,7 +108,8 @@ def measure(model: nn.Module, task: Task, *, split: str = "test", artifact: Path
         result.update(count_params(model))
     inputs = {b: task.example_inputs(b) for b in batch_sizes}
     if inputs:
-        result.update(latency_fields({"model": model}, inputs, **(timing or {}))["model"])
+        timed = latency_interleaved({"model": model}, inputs, probes=(), **(timing or {}))
+        result.update(latency_fields(timed, "model"), threads=timed.threads)
     with tempfile.TemporaryDirectory() as tmp:
         path = artifact
         if path is None and save_to is not None:

@@ -1,12 +1,15 @@
 """ONNX Runtime sessions used like torch models: call on torch tensors, evaluate with a task, and
 time them with the same interleaved latency measurement as torch models (deployed latency:
-slimkit.eval.cost.latency_interleaved takes a session where it takes a model)."""
+slimkit.eval.cost.latency_interleaved takes a session where it takes a model), on as many
+threads as torch gets there (`available_cores`)."""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,19 +19,34 @@ from ..core.cpu import PORTABLE_WEIGHT_MAX, cpu_features
 log = logging.getLogger(__name__)
 
 
+def available_cores() -> int:
+    """CPUs this process may run on: its affinity mask where the OS has one (taskset, cgroup
+    cpusets and container limits shrink it; os.cpu_count() counts the whole host), else
+    os.cpu_count(). Logical CPUs: the standard library cannot tell SMT siblings apart, and
+    the default must be the same number for torch and ONNX Runtime, not the best for either."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 class OrtSession:
-    """An onnxruntime.InferenceSession on CPU (intra-op threads = 2 by default, all graph
-    optimizations on) that quacks like an eval-mode nn.Module: `session(*tensors) -> tensor`.
+    """An onnxruntime.InferenceSession on CPU (intra-op threads = `available_cores()` unless
+    given, all graph optimizations on) that quacks like an eval-mode nn.Module:
+    `session(*tensors) -> tensor`.
 
     `eval`, `train`, `training` and `parameters` exist so task.evaluate and latency_interleaved
-    take it where they take a model.
+    take it where they take a model; `threads` is what the timing records and checks;
+    copy.deepcopy opens a second session on the same file (a noise probe has its own arena).
     """
 
     training = False
 
-    def __init__(self, path: str | Path, *, threads: int = 2, optimize: bool = True) -> None:
+    def __init__(self, path: str | Path, *, threads: int | None = None,
+                 optimize: bool = True) -> None:
         import onnxruntime as ort
 
+        threads = available_cores() if threads is None else threads
+        self.threads, self.optimize = threads, optimize
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -57,6 +75,9 @@ class OrtSession:
         feeds = {name: t.detach().cpu().contiguous().numpy()
                  for name, t in zip(self.input_names, inputs, strict=True)}
         return torch.from_numpy(self.session.run(None, feeds)[0])
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> OrtSession:
+        return OrtSession(self.path, threads=self.threads, optimize=self.optimize)
 
     def eval(self) -> OrtSession:
         return self
