@@ -18,6 +18,7 @@ from slimkit.core.plan import Plan  # noqa: E402
 from slimkit.report.search_html import write_search_report  # noqa: E402
 from slimkit.search import SearchSpace, auto, narrow  # noqa: E402
 from slimkit.search.records import nondominated_ranks, pareto_front  # noqa: E402
+from slimkit.search.space import describe, suggest_plan  # noqa: E402
 from slimkit.search.trial import Hopeless, run_plan_trial  # noqa: E402
 
 SPACE = {"steps": [
@@ -77,13 +78,43 @@ def test_search_records_every_trial_and_resumes(make_model, tiny_task, tmp_path)
     assert again.pareto and all(r["rank"] == 1 for r in again.pareto)
     saved = json.loads((tmp_path / "run" / "search.json").read_text())
     assert [r["number"] for r in saved["trials"]] == [r["number"] for r in again.trials]
-    assert saved["baseline"]["bytes"] > max(r["bytes"] for r in measured if r["steps"] !=
-                                            "(no compression)") or not measured
+    assert saved["baseline"]["bytes"] > max(r["bytes"] for r in measured) or not measured
+    # Every measured trial was timed interleaved with the baseline and its noise probe; its
+    # latency_ms is the study's baseline latency over that paired ratio.
+    base_ms = saved["baseline"]["latency_ms"]
+    assert saved["threads"] >= 1 and saved["baseline"]["latency_band"] >= 0
+    for row in saved["trials"]:
+        if row["bytes"] is None:
+            assert row["latency_verdict"] is None and row["latency_ratio"] is None
+            continue
+        assert row["latency_verdict"] in ("faster", "slower", "within noise")
+        assert row["latency_ms"] == round(base_ms / row["latency_ratio"], 5)
+        assert row["latency_band"] >= 0 and set(row["latency_timed_ms"]) == {"trial",
+                                                                              "baseline"}
     # A study answers only to the target it was started with.
     with pytest.raises(slimkit.SlimkitError, match="max_drop"):
         auto(model, tiny_task, space, trials=5, **{**kw, "max_drop": 0.01})
     with pytest.raises(slimkit.SlimkitError, match="model"):
         auto(make_model("deepfm", seed=1), tiny_task, space, trials=5, **kw)
+
+
+def test_the_empty_plan_is_never_proposed() -> None:
+    space = SearchSpace.from_dict(SPACE)  # every slot optional
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    plans = set()
+    for _ in range(200):
+        trial = study.ask()
+        plan = suggest_plan(trial, space)
+        methods = tuple(s.method for s in plan.steps)
+        assert methods == tuple(d.split("(")[0] for d in describe(trial.params, space)
+                                .split(" > "))
+        plans.add(methods)
+        study.tell(trial, 0.0)
+    # The last slot is used unasked when the first is not: every non-empty plan, no other.
+    assert plans == {("prune.structured",), ("quantize.embedding",),
+                     ("prune.structured", "quantize.embedding")}
+    with pytest.raises(slimkit.ConfigError, match="non-empty list of steps"):
+        SearchSpace.from_dict({"steps": []})
 
 
 def test_narrowing_excludes_layers_over_the_budget(make_model, tiny_task) -> None:

@@ -1,5 +1,6 @@
 """The function Optuna calls for each trial: pick a plan, run it, record everything on the trial
-(plan, searched steps, metrics, bytes, latency, drop, artifact, worker, why it stopped)."""
+(plan, searched steps, metrics, bytes, latency and its verdict against the baseline, drop,
+artifact, worker, why it stopped)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from .trial import Hopeless, run_plan_trial
 log = logging.getLogger(__name__)
 COUNTED = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")  # a failed trial leaves its slot free
 INTERRUPTED = "interrupted"
+RECORDED = ("metrics", "bytes", "latency_ms", "latency_ratio", "latency_verdict", "latency_band",
+            "latency_timed_ms", "drop")
 
 
 class OverBudget(SlimkitError):
@@ -38,11 +41,12 @@ class TrialFunction:
     def __init__(self, model: nn.Module, teacher: nn.Module, task: Any, space: SearchSpace,
                  baseline: dict[str, Any], out: Path, worker: str, *, max_drop: float,
                  key: str, seed: int, batch: int, early_stop: bool, multi: bool,
-                 trials: int) -> None:
+                 trials: int, threads: int | None = None) -> None:
         self.model, self.teacher, self.task, self.space = model, teacher, task, space
         self.baseline, self.out, self.worker = baseline, out, worker
         self.max_drop, self.key, self.seed, self.batch = max_drop, key, seed, batch
         self.early_stop, self.multi, self.trials = early_stop, multi, trials
+        self.threads = threads
         self.last_number: int | None = None
         self.over_budget = False
 
@@ -62,8 +66,9 @@ class TrialFunction:
         same = self._measured_before(trial)
         if same is not None:  # samplers re-propose plans; a trial's numbers are deterministic
             trial.set_user_attr("note", f"same plan as trial {same.number}: not run again")
-            for name in ("metrics", "bytes", "latency_ms", "drop", "artifact"):
-                trial.set_user_attr(name, same.user_attrs[name])
+            for name in (*RECORDED, "artifact"):
+                if name in same.user_attrs:
+                    trial.set_user_attr(name, same.user_attrs[name])
             trial.set_constraint("quality_drop", same.user_attrs["drop"] - self.max_drop)
             return same.values if self.multi else same.values[0]
         trial.set_user_attr("note", INTERRUPTED)  # what stays if the process dies mid-trial
@@ -72,7 +77,7 @@ class TrialFunction:
             result = run_plan_trial(
                 self.model, self.teacher, self.task, plan, baseline=self.baseline["metrics"],
                 max_drop=self.max_drop, seed=self.seed, path=self.out / artifact,
-                batch=self.batch, early_stop=self.early_stop,
+                batch=self.batch, early_stop=self.early_stop, threads=self.threads,
                 report=None if self.multi else lambda step, drop: trial.report(drop, step))
         except Hopeless as stop:
             trial.set_user_attr("note", str(stop))
@@ -89,7 +94,11 @@ class TrialFunction:
                 raise
             raise TrialFailed(reason) from exc
         trial.set_user_attr("note", "")
-        for name in ("metrics", "bytes", "latency_ms", "drop"):
+        # The trial's latency on the baseline's scale: the baseline's ms over the paired ratio,
+        # so trials timed under different loads compare as their ratios do (the raw medians of
+        # the trial's own rounds stay in latency_timed_ms).
+        result["latency_ms"] = round(self.baseline["latency_ms"] / result["latency_ratio"], 5)
+        for name in RECORDED:
             trial.set_user_attr(name, result[name])
         trial.set_user_attr("artifact", artifact)
         trial.set_constraint("quality_drop", result["drop"] - self.max_drop)  # fits when <= 0

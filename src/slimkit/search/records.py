@@ -6,10 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 FRONT_KEYS = ("drop", "bytes", "latency_ms")
+LATENCY_KEYS = ("latency_ratio", "latency_verdict", "latency_band", "latency_timed_ms")
 
 
 def trial_row(trial: Any) -> dict[str, Any]:
-    """A JSON-ready row for one Optuna trial (any state)."""
+    """A JSON-ready row for one Optuna trial (any state). Latency of a measured trial (None
+    otherwise), timed interleaved with the baseline and its noise probe (search/trial.py):
+    "latency_ratio" baseline / trial, paired per round (>1: faster); "latency_verdict"
+    "faster" | "slower" | "within noise"; "latency_band" the probe's relative half-width for
+    it; "latency_timed_ms" {"trial", "baseline"} medians of those rounds; "latency_ms" the
+    study's baseline ms / latency_ratio (trials timed under different loads on one scale)."""
     attrs = trial.user_attrs
     plan = attrs.get("plan")
     done = trial.state.name == "COMPLETE" and "bytes" in attrs
@@ -21,6 +27,7 @@ def trial_row(trial: Any) -> dict[str, Any]:
             "metrics": attrs.get("metrics") if done else None,
             "bytes": attrs.get("bytes") if done else None,
             "latency_ms": attrs.get("latency_ms") if done else None,
+            **{k: attrs.get(k) if done else None for k in LATENCY_KEYS},
             "drop": attrs.get("drop") if done else attrs.get("intermediate_drop"),
             "feasible": False, "pareto": False, "best": False, "rank": None,
             "artifact": attrs.get("artifact") if done else None, "seconds": seconds,

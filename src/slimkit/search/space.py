@@ -13,6 +13,9 @@ parameters to search (`float: [lo, hi]`, `int: [lo, hi]`, `choice: [...]`) and f
 `sensitivity` (optional) narrows the space before the search: the step is applied with these
 settings to one targeted layer at a time, and a layer that alone costs more than the quality
 budget is excluded from the step's targets for the whole search (see search/narrow.py).
+
+The empty plan is no candidate (it is the baseline, measured already): when every slot is
+optional, the last one is used without asking whenever no slot before it was (`forced`).
 """
 
 from __future__ import annotations
@@ -50,8 +53,9 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, data: Any) -> SearchSpace:
-        if not isinstance(data, dict) or not isinstance(data.get("steps"), list):
-            raise ConfigError("steps", data, "a mapping with a list of steps")
+        if not isinstance(data, dict) or not isinstance(data.get("steps"), list) \
+                or not data["steps"]:
+            raise ConfigError("steps", data, "a mapping with a non-empty list of steps")
         slots = []
         for i, step in enumerate(data["steps"]):
             field = f"steps[{i}]"
@@ -118,12 +122,37 @@ def _check_buildable(slot: Slot, field: str) -> None:
                               exc.expected, unknown=exc.unknown) from None
 
 
+def forced(space: SearchSpace, index: int, chosen: int) -> bool:
+    """Whether optional slot `index` is used without asking, `chosen` steps being picked before
+    it: the last slot, when every slot is optional and none before it was picked. So the empty
+    plan is never proposed, no trial (and no budget) is spent or pruned for it, and the sampler
+    sees a conditional parameter (Optuna's samplers take a parameter a trial may not have).
+    The price: with n optional slots, that slot alone is drawn with chance 2**-(n-1) at random,
+    not 1 / (2**n - 1); the other non-empty plans keep equal chances among themselves."""
+    return chosen == 0 and index == len(space.slots) - 1 and \
+        all(slot.optional for slot in space.slots)
+
+
+def _used(params: dict[str, Any], space: SearchSpace, index: int, chosen: int,
+          ask: Any = None) -> bool:
+    slot = space.slots[index]
+    key = f"{index}.{slot.method}.use"
+    if not slot.optional:
+        return True
+    if ask is None and key in params:  # as asked (a study begun before slots were forced)
+        return bool(params[key])
+    if forced(space, index, chosen):
+        return True
+    return bool(ask(key, [True, False])) if ask is not None else False
+
+
 def suggest_plan(trial: Any, space: SearchSpace) -> Plan:
-    """The plan an Optuna trial picks from `space` (parameter names are `i.method.param`)."""
-    steps = []
+    """The plan an Optuna trial picks from `space` (parameter names are `i.method.param`); it
+    has at least one step (see `forced`)."""
+    steps: list[dict[str, Any]] = []
     for i, slot in enumerate(space.slots):
         key = f"{i}.{slot.method}"
-        if slot.optional and not trial.suggest_categorical(f"{key}.use", [True, False]):
+        if not _used({}, space, i, len(steps), trial.suggest_categorical):
             continue
         values = dict(slot.fixed)
         for name, spec in slot.params.items():
@@ -142,10 +171,10 @@ def suggest_plan(trial: Any, space: SearchSpace) -> Plan:
 def describe(params: dict[str, Any], space: SearchSpace) -> str:
     """`prune.magnitude(sparsity=0.62) > quantize.embedding(bits=4)`: the steps a trial's
     parameters choose, with the searched values only (fixed ones are in the plan)."""
-    parts = []
+    parts: list[str] = []
     for i, slot in enumerate(space.slots):
         key = f"{i}.{slot.method}"
-        if slot.optional and not params.get(f"{key}.use", False):
+        if not _used(params, space, i, len(parts)):
             continue
         args = ", ".join(f"{name}={_short(params[f'{key}.{name}'])}" for name in slot.params
                          if f"{key}.{name}" in params)

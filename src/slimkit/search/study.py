@@ -7,6 +7,11 @@ first process records the baseline, the budget and the (narrowed) search space o
 the others check they compress the same model for the same target. TPE is told the budget as a
 constraint (Optuna's constrained TPE) so it learns where the feasible plans are; NSGA-II
 searches the (drop, bytes, latency) front directly.
+
+No trial's latency is read alone: each is timed in interleaved rounds with the baseline and a
+copy of it (the noise probe) before it can become the answer, and carries the paired ratio and
+its verdict (faster / slower / within noise); its latency_ms is the baseline's, recorded once
+for the study, over that ratio. The empty plan is never proposed (search/space.py, `forced`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any, Literal
 from torch import nn
 
 from ..core.errors import SlimkitError
+from ..export.runtime import available_cores
 from ..rundir import open_run_dir, write_atomic
 from . import records
 from .narrow import narrow
@@ -84,7 +90,7 @@ def auto(model: nn.Module, task: Any, space: SearchSpace, *, max_drop: float,
          latency_batch: int = 512, sampler: Literal["tpe", "nsga2"] = "tpe",
          sensitivity: bool = True, early_stop: bool = True, keep: str = "all",
          on_trial: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
-         write_page: PageWriter | None = None) -> SearchResult:
+         write_page: PageWriter | None = None, threads: int | None = None) -> SearchResult:
     """Run (or join, or resume) the search until the study holds `trials` finished trials.
 
     `model` is never modified. Artifacts: `out/baseline`, `out/trials/NNNN` (every measured
@@ -93,7 +99,8 @@ def auto(model: nn.Module, task: Any, space: SearchSpace, *, max_drop: float,
     passes slimkit.report.search_html.write_search_report, which writes `out/report.html`);
     `on_trial(row, data)` sees each finished trial's row and the whole search.json content.
     `out` must be new, empty or an earlier search's, and is locked while this worker runs
-    (workers need one `out` each).
+    (workers need one `out` each). `threads`: torch's and ONNX Runtime's intra-op threads
+    while timing (default: the cores this process may use), recorded in search.json.
     """
     _check_args(objective, sampler, trials, max_drop, keep)
     with open_run_dir(Path(out), "auto"):
@@ -101,7 +108,8 @@ def auto(model: nn.Module, task: Any, space: SearchSpace, *, max_drop: float,
                        trials=trials, out=Path(out), storage=storage, study_name=study_name,
                        seed=seed, latency_batch=latency_batch, sampler=sampler,
                        sensitivity=sensitivity, early_stop=early_stop, keep=keep,
-                       on_trial=on_trial, write_page=write_page)
+                       on_trial=on_trial, write_page=write_page,
+                       threads=available_cores() if threads is None else threads)
 
 
 def _search(model: nn.Module, task: Any, space: SearchSpace, *, max_drop: float,
@@ -109,7 +117,7 @@ def _search(model: nn.Module, task: Any, space: SearchSpace, *, max_drop: float,
             study_name: str, seed: int, latency_batch: int, sampler: Literal["tpe", "nsga2"],
             sensitivity: bool, early_stop: bool, keep: str,
             on_trial: Callable[[dict[str, Any], dict[str, Any]], None] | None,
-            write_page: PageWriter | None) -> SearchResult:
+            write_page: PageWriter | None, threads: int) -> SearchResult:
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     study = open_study(storage, study_name, sampler=sampler, seed=seed, trials=trials)
@@ -118,8 +126,8 @@ def _search(model: nn.Module, task: Any, space: SearchSpace, *, max_drop: float,
     _agree(study, "objective", objective, "objective")
     _agree(study, "space", space.to_dict(), "space")
 
-    baseline = {**measure(model, task, out / "baseline", latency_batch, reuse=True),
-                "artifact": "baseline"}
+    baseline = {**measure(model, task, out / "baseline", latency_batch, reuse=True,
+                          threads=threads), "artifact": "baseline"}
     stored = study.user_attrs.get("baseline_metrics")
     if stored is None:
         study.set_user_attr("baseline_metrics", baseline["metrics"])
@@ -128,15 +136,26 @@ def _search(model: nn.Module, task: Any, space: SearchSpace, *, max_drop: float,
                            f"{stored}, this one has {baseline['metrics']} (pass the same "
                            "model, or another study name)")
     baseline["metrics"] = stored or baseline["metrics"]  # every worker judges drops alike
+    # Trials' latency_ms is this over their ratio: one number for the study, so trials of every
+    # worker and every resumed run are on one scale.
+    scale = dict(study.user_attrs.get("baseline_latency_ms", {}))
+    if str(latency_batch) not in scale:
+        scale[str(latency_batch)] = baseline["latency_ms"]
+        study.set_user_attr("baseline_latency_ms", scale)
+    baseline["latency_ms"] = scale[str(latency_batch)]
     if sensitivity and "narrowed_space" not in study.user_attrs:
         narrowed, rows = narrow(model, task, space, max_drop=max_drop, seed=seed,
                                 baseline=baseline["metrics"][task.primary_metric])
         study.set_user_attr("narrowed_space", narrowed.to_dict())
         study.set_user_attr("sensitivity", rows)
-    narrowed = SearchSpace.from_dict(study.user_attrs.get("narrowed_space", space.to_dict()))
+    narrowed_steps = study.user_attrs.get("narrowed_space", space.to_dict())
+    if not narrowed_steps["steps"]:
+        raise SlimkitError(f"max_drop: every step of the space costs more than {max_drop} on "
+                           "each layer it targets (see the sensitivity rows); no plan can fit")
+    narrowed = SearchSpace.from_dict(narrowed_steps)
     context = {"task": task.name, "primary_metric": task.primary_metric,
                "higher_is_better": task.higher_is_better, "max_drop": float(max_drop),
-               "objective": objective, "latency_batch": latency_batch,
+               "objective": objective, "latency_batch": latency_batch, "threads": threads,
                "storage": storage, "study_name": study_name, "baseline": baseline}
 
     teacher = copy.deepcopy(model).eval()
@@ -146,7 +165,8 @@ def _search(model: nn.Module, task: Any, space: SearchSpace, *, max_drop: float,
     fail_dead_local_trials(study)
     run = TrialFunction(model, teacher, task, narrowed, baseline, out, worker,
                         max_drop=max_drop, key=key, seed=seed, batch=latency_batch,
-                        early_stop=early_stop, multi=sampler == "nsga2", trials=trials)
+                        early_stop=early_stop, multi=sampler == "nsga2", trials=trials,
+                        threads=threads)
     failed_in_a_row = 0
     while counted(study.get_trials(deepcopy=False)) < trials:
         # One trial per call: optimize() keeps the heartbeat and fails stale trials for us.
