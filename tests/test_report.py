@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from slimkit.report import render_html, render_markdown, stage_rows, write_report
+from slimkit.report import render_html, render_markdown, stage_rows, summary, write_report
 from slimkit.report.charts import latency_chart, render_charts
-from slimkit.report.table import format_bytes, format_metric, format_ms, format_sig, summary
+from slimkit.report.table import format_bytes, format_delta, format_metric, format_ms, format_sig
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -79,20 +79,25 @@ def test_baseline_is_looked_up_by_name() -> None:
 
 
 def test_formatting() -> None:
-    assert format_bytes(1_650_000) == "1.65 MB"
-    assert format_bytes(240_000) == "240 KB"
+    assert format_bytes(1_650_000) == "1.57 MiB"  # binary units, as everywhere (units.py)
+    assert format_bytes(240_000) == "234 KiB"
     assert format_bytes(512) == "512 B"
     assert format_ms(2.9) == "2.90 ms"
     assert format_ms(0.2104) == "0.210 ms"
     assert format_sig(1234.6) == "1235"
-    assert format_metric(0.7758 - 0.781, signed=True) == "-0.0052"
-    assert format_metric(None) == "n/a"
+    assert format_metric(0.781) == "0.7810"  # a column of AUCs lines up
+    assert format_delta(0.7758 - 0.781, 0.781) == "-0.0052"
+    assert format_delta(0.00001, 0.781) == "0.0000"  # no sign on what rounds to nothing
+    assert format_delta(-0.5, 23.4) == "-0.50"
+    assert format_metric(None) == "n/a" and format_delta(None, 0.7) == "n/a"
 
 
 def test_summary_line() -> None:
     line = summary(_metrics())
-    assert "6.9x smaller" in line and "2.6x faster at batch 512" in line
-    assert "-0.0052" in line and "higher is better" in line
+    assert "size: 6.9x smaller" in line and "test AUC: 0.7810 → 0.7758 (-0.0052)" in line
+    assert "higher is better" in line
+    # This fixture predates the noise probe: raw times, no speed-up claimed.
+    assert "faster" not in line and "no speed claim" in line and "no noise probe" in line
 
 
 def test_html_is_self_contained(charts: dict[str, bytes]) -> None:
@@ -104,7 +109,8 @@ def test_html_is_self_contained(charts: dict[str, bytes]) -> None:
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*https?://""", html, re.IGNORECASE)
     assert "<script" not in html and "<link" not in html and "@import" not in html
     assert "DeepFM &lt;MovieLens&gt; &amp; co" in html and "<MovieLens>" not in html
-    assert "6.9x" in html and "2.6x" in html  # ratios appear in the table
+    assert "6.9x" in html  # the size ratio appears; no speed ratio without a noise probe
+    assert "2.6x" not in html and "no speed claim" in html
 
 
 def test_html_draws_its_own_charts() -> None:
@@ -116,7 +122,8 @@ def test_html_draws_its_own_charts() -> None:
 
 def test_markdown_table_and_chart_files(charts: dict[str, bytes]) -> None:
     text, files = render_markdown(_metrics(), "figs", charts=charts)
-    table_rows = [line for line in text.splitlines() if line.startswith("| ")]
+    stages = text.split("## Stages")[1].split("##")[0]
+    table_rows = [line for line in stages.splitlines() if line.startswith("| ")]
     assert len(table_rows) == 2 + 5  # header, alignment row, one row per stage
     for name in ["prune", "distill", "structured", "quantize"]:
         assert any(line.startswith(f"| {name} |") for line in table_rows)
@@ -175,7 +182,7 @@ def test_lower_is_better_metric() -> None:
     assert rows[1]["quality_delta"] == pytest.approx(1.6) and rows[1]["quality_better"] is False
     assert "lower is better" in summary(metrics)
     html = render_html(metrics)
-    assert 'class="num good">-0.5<' in html and 'class="num bad">+1.6<' in html
+    assert 'class="num good">-0.50<' in html and 'class="num bad">+1.60<' in html
 
 
 def test_empty_stages_is_an_error() -> None:

@@ -12,12 +12,15 @@ from typing import Any
 
 from ..rundir import write_atomic
 from .charts import render_charts
+from .headline import headline, summary
 from .html import render_html
 from .markdown import render_markdown
-from .table import build_table, stage_rows, summary
+from .stage_tables import speed_table, stages_table
+from .table import stage_rows
+from .units import format_bytes
 
-__all__ = ["build_table", "render_charts", "render_html", "render_markdown", "stage_rows",
-           "summary", "write_report"]
+__all__ = ["format_bytes", "headline", "render_charts", "render_html", "render_markdown",
+           "speed_table", "stage_rows", "stages_table", "summary", "write_report"]
 
 
 def write_report(run_dir: str | os.PathLike[str], metrics: Mapping[str, Any]) -> dict[str, Path]:

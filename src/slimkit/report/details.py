@@ -1,6 +1,5 @@
 """Per-stage details for the report: what each step reported (sparsity reached, layers chosen,
-bits per weight against the entropy of the coded streams), memory while loading, and ONNX
-Runtime timings and parity."""
+bits per weight against the entropy of the coded streams) and the ONNX export's parity."""
 
 from __future__ import annotations
 
@@ -33,18 +32,12 @@ def stage_details(metrics: Mapping[str, Any]) -> list[tuple[str, list[tuple[str,
             text = _short(value)
             if text is not None:
                 items.append((str(key), text))
-        memory = stage.get("runtime_mb") or {}
-        if isinstance(memory.get("loaded"), (int, float)) \
-                and isinstance(memory.get("load_peak"), (int, float)):
-            items.append(("memory after load / peak while loading",
-                          f"{memory['loaded']:.4g} / {memory['load_peak']:.4g} MiB"))
+        # Latency and memory are in the report's tables; here only what has no column.
         ort = stage.get("onnxruntime") or {}
         if "error" in ort:
             items.append(("onnx export", str(ort["error"])))
-        elif ort.get("latency_ms"):
-            for batch, lat in ort["latency_ms"].items():
-                items.append((f"ONNX Runtime ms @{batch}", f"{lat['median']:.4g}"))
-            items.append(("ONNX parity cosine", f"{ort.get('parity_cosine', float('nan')):.6f}"))
+        elif isinstance(ort.get("parity_cosine"), (int, float)):
+            items.append(("ONNX parity cosine", f"{ort['parity_cosine']:.6f}"))
         if items:
             rows.append((str(stage.get("name", "?")), items[:MAX_ITEMS]))
     return rows

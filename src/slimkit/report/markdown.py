@@ -1,4 +1,5 @@
-"""render_markdown: the stage table as a GitHub Markdown table plus links to chart PNG files."""
+"""render_markdown: the headline, the stage and speed tables as GitHub Markdown tables, the extras
+folded in <details>, plus links to chart PNG files."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ from typing import Any
 
 from .charts import CAPTIONS, render_charts
 from .details import stage_details
-from .table import build_table, summary
+from .headline import headline
+from .speed import speed_note
+from .stage_tables import MARK, Table, extra_tables, regression_lines, speed_table, stages_table
+from .units import UNIT_NOTE
 
 
 def _cell(text: str) -> str:
-    """Escape what would break a table row: pipes split cells and newlines end the row."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """Escape what would break a table row: pipes split cells and newlines end the row (a
+    cell's second line joins the first after a middle dot)."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " · ")
 
 
 def _text(text: str) -> str:
@@ -22,10 +27,9 @@ def _text(text: str) -> str:
     return text.replace("\n", " ")
 
 
-def markdown_table(metrics: Mapping[str, Any]) -> str:
-    table = build_table(metrics)
+def markdown_table(table: Table) -> str:
     # Text columns left-aligned, numbers right-aligned, as in the HTML table.
-    align = [":---" if i < 2 else "---:" for i in range(len(table.headers))]
+    align = [":---" if table.is_text(i) else "---:" for i in range(len(table.headers))]
     lines = [
         "| " + " | ".join(_cell(h) for h in table.headers) + " |",
         "| " + " | ".join(align) + " |",
@@ -36,6 +40,15 @@ def markdown_table(metrics: Mapping[str, Any]) -> str:
             shown[0] = f"**{shown[0]}**"
         lines.append("| " + " | ".join(shown) + " |")
     return "\n".join(lines)
+
+
+def _headline_md(metrics: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for item in headline(metrics):
+        value = _text(item.value.replace("\n", "; "))
+        detail = f" ({_text(item.detail)})" if item.detail else ""
+        lines.append(f"- **{_text(item.label)}**: {value}{detail}")
+    return lines
 
 
 def render_markdown(
@@ -49,8 +62,21 @@ def render_markdown(
     if charts is None:
         charts = render_charts(metrics)
     title = str(metrics.get("title") or "slimkit report")
-    parts = [f"# {_text(title)}", "", _text(summary(metrics)), "", "## Stages", "",
-             markdown_table(metrics), ""]
+    parts = [f"# {_text(title)}", "", *_headline_md(metrics), "",
+             _text(f"{UNIT_NOTE} {speed_note(metrics)}"), "",
+             "## Stages", "", markdown_table(stages_table(metrics)), ""]
+    speed = speed_table(metrics)
+    if speed is not None:
+        parts += ["## Speed", "", markdown_table(speed), ""]
+    flagged = regression_lines(metrics)
+    if flagged:
+        parts += ["## Regressions", ""]
+        parts += [f"- {MARK} **{_text(name)}**: {_text(text)}" for name, text in flagged]
+        parts.append("")
+    parts += ["<details><summary>More numbers per stage</summary>", ""]
+    for name, table in extra_tables(metrics):
+        parts += [f"### {name}", "", markdown_table(table), ""]
+    parts += ["</details>", ""]
     files: dict[str, bytes] = {}
     if charts:
         parts += ["## Charts", ""]

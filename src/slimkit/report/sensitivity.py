@@ -4,7 +4,7 @@ failed on are drawn as a labelled "failed" entry with the reason; `sensitivity_m
 every layer, measured or not, as a table.
 
 matplotlib is imported inside the function (the optional `report` extra), through Figure and the
-Agg canvas, as in charts.py.
+Agg canvas, as in chart_base.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .charts import DPI, STYLE, WIDTH_IN, _png
+from .chart_base import DPI, STYLE, WIDTH_IN, png
 
 COLORS = ("#2f6db5", "#d9822b", "#3a9d5d", "#9b59b6", "#c0392b", "#7f8c8d")
 
@@ -78,7 +78,7 @@ def sensitivity_chart(series: Mapping[str, Rows] | Rows, *, title: str | None = 
             ax.text(0.5, 0.5, "\n".join(lines), ha="center", va="center",
                     transform=ax.transAxes, color="#b42318" if failed else "#666666")
             ax.set_axis_off()
-            return _png(fig)
+            return png(fig)
         bar = 0.8 / len(groups)
         for g, (label, rows) in enumerate(groups.items()):
             drops = {r["layer"]: float(r["drop"]) for r in rows}
@@ -107,4 +107,4 @@ def sensitivity_chart(series: Mapping[str, Rows] | Rows, *, title: str | None = 
         ax.set_xlabel(f"{metric} drop (positive = worse)")
         if len(groups) > 1:
             ax.legend(loc="lower right", frameon=True, framealpha=0.9, edgecolor="none")
-        return _png(fig)
+        return png(fig)
