@@ -13,7 +13,14 @@ import pytest
 
 from slimkit.report import render_html, render_markdown, stage_rows, summary, write_report
 from slimkit.report.charts import latency_chart, render_charts
-from slimkit.report.table import format_bytes, format_delta, format_metric, format_ms, format_sig
+from slimkit.report.table import (
+    format_bytes,
+    format_delta,
+    format_metric,
+    format_ms,
+    format_quality,
+    format_sig,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -85,7 +92,7 @@ def test_formatting() -> None:
     assert format_ms(2.9) == "2.90 ms"
     assert format_ms(0.2104) == "0.210 ms"
     assert format_sig(1234.6) == "1235"
-    assert format_metric(0.781) == "0.7810"  # a column of AUCs lines up
+    assert format_quality(0.781) == "0.7810" and format_metric(0.002) == "0.002"
     assert format_delta(0.7758 - 0.781, 0.781) == "-0.0052"
     assert format_delta(0.00001, 0.781) == "0.0000"  # no sign on what rounds to nothing
     assert format_delta(-0.5, 23.4) == "-0.50"

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 from test_report_demo import demo_metrics
-from test_search_report import _load, driver  # noqa: F401  (the browser fixture)
+from test_search_report import _load, driver, search_data  # noqa: F401  (the browser fixture)
 
 from slimkit.report import write_report
+from slimkit.report.search_html import write_search_report
 
 WIDTH, HEIGHT = 1280, 900
 
@@ -96,5 +97,32 @@ def test_the_overflow_check_can_fail(driver: Any, tmp_path: Path) -> None:  # no
             "document.body.insertAdjacentHTML('beforeend', '<div style=\"width:1500px\">w</div>')")
         found = _overflow(driver)
         assert found["page"] > WIDTH and found["wide"], found
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_search_report_names_the_split_and_claims_only_verdicts(
+        driver: Any, tmp_path: Path, shots: Path) -> None:  # noqa: F811
+    write_search_report(tmp_path, search_data())
+    _viewport(driver, WIDTH, HEIGHT)
+    try:
+        assert _load(driver, tmp_path / "report.html") == []
+        found = _overflow(driver)
+        assert found["page"] <= WIDTH and found["wide"] == [], found
+        heads = driver.execute_script(
+            "return [...document.querySelectorAll('#trials th')].map(th => th.textContent)")
+        assert "valid AUC" in heads and "KiB" in heads and "speed vs baseline" in heads
+        assert "KB" not in heads and "x faster" not in heads
+        speed = dict(driver.execute_script(
+            "return [...document.querySelectorAll('#trials tbody.trials tr')]"
+            ".map(r => [r.dataset.trial, r.querySelector('td.c-speed').textContent])"))
+        assert speed["0"] == "within noise" and speed["3"] == "1.8x faster"
+        assert speed["11"] == "1.08x slower" and speed["2"] == "–"  # pruned: never timed
+        axis = driver.execute_script(
+            "return [...document.querySelectorAll('#chart-size text.label')]"
+            ".map(t => t.textContent)")
+        assert "artifact size (KiB, log scale)" in axis and "valid AUC drop (lower is better)" \
+            in axis
+        driver.save_screenshot(str(shots / "search-1280-top.png"))
     finally:
         driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})

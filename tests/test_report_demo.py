@@ -30,8 +30,10 @@ REASON = "quantize overhead at batch 1"
 
 
 def _verdict(ratio: float, band: float) -> dict[str, Any]:
-    verdict = "within noise" if abs(ratio - 1) <= band else "faster" if ratio > 1 else "slower"
-    return {"ratio": ratio, "verdict": verdict}
+    """As eval/cost.py judges: ratios within [1 / (1 + band), 1 + band] are noise."""
+    verdict = "faster" if ratio > 1 + band else "slower" if ratio < 1 / (1 + band) \
+        else "within noise"
+    return {"ratio": ratio, "verdict": verdict, "band": band}
 
 
 def demo_metrics() -> dict[str, Any]:
@@ -72,7 +74,7 @@ def demo_metrics() -> dict[str, Any]:
                     if vs_prev["verdict"] == "slower":
                         stage["regressions"].append({
                             "what": "latency", "runtime": rt, "batch": bs,
-                            "change": ms / before - 1,
+                            "change": vs_prev["ratio"],
                             "reason": REASON if "quantize" in name and bs == "1" else None})
         stages.append(stage)
     return {"title": "slimkit demo: the default plan on the synthetic CTR task",
@@ -131,14 +133,14 @@ def test_regressions_are_marked_with_their_reason() -> None:
     metrics = demo_metrics()
     lines = regression_lines(metrics)
     assert ("quantize.embedding",
-            f"torch batch 1 14% slower than the previous stage ({REASON})") in lines
+            f"torch batch 1 1.1x slower than the previous stage ({REASON})") in lines
     table = speed_table(metrics)
     assert table is not None
     row = next(r for r in table.cells if r[0] == "quantize.embedding")
     assert row[1] == "0.164 ms\n⚠ within noise"  # vs the baseline: noise; vs the previous: worse
     grown = copy.deepcopy(metrics)
     grown["stages"][-1]["regressions"].append(
-        {"what": "bytes", "runtime": None, "batch": None, "change": 0.084,
+        {"what": "bytes", "runtime": None, "batch": None, "change": 1.084,
          "reason": "INT8 rows larger than the fp32 ones for narrow tables"})
     sizes = [r[4] for r in stages_table(grown).cells]
     assert sizes[-1] == "97.6 KiB\n⚠ larger" and "⚠" not in "".join(sizes[:-1])

@@ -21,12 +21,21 @@ from slimkit.report.search_html import render_search_html, search_summary, write
 NASTY = '<script>alert("x")</script> & \'q\' <b>bold</b>'
 
 
+BASE_MS, BAND = 2.128, 0.08
+
+
 def _trial(n: int, state: str, steps: str, drop: float | None, size: int | None,
            ms: float | None, note: str = "") -> dict[str, Any]:
     done = state == "COMPLETE"
+    # Timed against the baseline and its noise probe (search/trial.py), judged as eval/cost.py
+    # does: ratios within [1 / (1 + band), 1 + band] are noise.
+    ratio = None if ms is None or not done else BASE_MS / ms
+    verdict = None if ratio is None else "faster" if ratio > 1 + BAND \
+        else "slower" if ratio < 1 / (1 + BAND) else "within noise"
     return {"number": n, "state": state, "plan": {"version": 1, "steps": []} if steps else None,
             "steps": steps, "metrics": None if drop is None else {"auc": 0.7205 - drop},
-            "bytes": size, "latency_ms": ms, "drop": drop,
+            "bytes": size, "latency_ms": ms, "latency_ratio": ratio, "latency_verdict": verdict,
+            "latency_band": None if ratio is None else BAND, "drop": drop,
             "feasible": drop is not None and drop <= 0.002, "pareto": False, "best": False,
             "rank": None, "artifact": f"trials/{n:04d}" if done else None,
             "seconds": 10.0 + n, "worker": "host:1", "note": note}
@@ -65,8 +74,8 @@ def search_data() -> dict[str, Any]:
         "primary_metric": "auc", "higher_is_better": True, "max_drop": 0.002,
         "objective": "size", "latency_batch": 512, "storage": "sqlite:////x/study.db",
         "study_name": "slimkit",
-        "baseline": {"metrics": {"auc": 0.7205}, "bytes": 1_574_300, "latency_ms": 2.128,
-                     "artifact": "baseline"},
+        "baseline": {"metrics": {"auc": 0.7205}, "bytes": 1_574_300, "latency_ms": BASE_MS,
+                     "latency_band": BAND, "artifact": "baseline"}, "threads": 2,
         "trials": t, "best": 3, "pareto": [x["number"] for x in t if x["pareto"]],
         "sensitivity": [
             {"method": "quantize.embedding", "setting": "bits=2", "layer": "embeddings.user_id",
@@ -140,10 +149,22 @@ def test_summary_of_the_best_plan() -> None:
     text = search_summary(search_data())
     assert text.startswith("Best plan, trial 3 (prune.magnitude(sparsity=0.8) > ")
     assert "15.1x smaller than the baseline" in text  # 1574300 / 104000
-    assert "1.79x faster at batch 512" in text  # 2.128 / 1.19
-    assert "auc drop 0.0015 (budget 0.002)" in text
+    assert "1.8x faster than the baseline at batch 512" in text  # 2.128 / 1.19, its verdict
+    assert "valid AUC drop 0.0015 (budget 0.002)" in text  # the split the search scores on
     # front by size: 5 (90 KB), 3 (104 KB), 7, 6, 1, 0
     assert "rank 1 on the front (position 2 of 6 front points by size)" in text
+
+
+def test_summary_claims_only_what_the_noise_probe_supports() -> None:
+    data = search_data()
+    best = data["trials"][3]
+    best.update(latency_verdict="within noise", latency_ratio=1.9)
+    text = search_summary(data)
+    assert "as fast as the baseline at batch 512 (within noise)" in text and "1.9" not in text
+    for trial in data["trials"]:  # a search.json from before the probe: no claim at all
+        trial.pop("latency_verdict")
+    assert "faster" not in search_summary(data) and "noise" not in search_summary(data)
+    assert "no speed-up is claimed" in render_search_html(data)
 
 
 @pytest.mark.parametrize(("case", "expected"), [

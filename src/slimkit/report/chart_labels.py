@@ -109,20 +109,25 @@ def _obstacles(fig: Any, ax: Any, renderer: Any,
     return found
 
 
-def _gap(box: Box, point: tuple[float, float]) -> float:
-    dx = max(box[0] - point[0], 0.0, point[0] - box[2])
-    dy = max(box[1] - point[1], 0.0, point[1] - box[3])
-    return math.hypot(dx, dy)
-
-
 def _misleading(ax: Any, anchor: Anchor, anchors: Sequence[Anchor], box: Box) -> int:
-    """1 when a scatter label sits nearer another point than its own: it would name that one."""
+    """1 when a scatter label's centre is nearer another point than its own: a reader would
+    take it for that point's name."""
     if not anchor.marker:
         return 0
-    own = _gap(box, tuple(ax.transData.transform((anchor.x, anchor.y))))
-    others = [_gap(box, tuple(ax.transData.transform((a.x, a.y)))) for a in anchors
-              if a is not anchor and a.marker and (a.x, a.y) != (anchor.x, anchor.y)]
-    return int(bool(others) and min(others) < own + 2.0)
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+
+    def dist(a: Anchor) -> float:
+        px, py = ax.transData.transform((a.x, a.y))
+        return math.hypot(px - cx, py - cy)
+
+    def apart(a: Anchor) -> bool:  # points drawn on top of each other cannot be told apart
+        ax_, ay_ = ax.transData.transform((a.x, a.y))
+        bx_, by_ = ax.transData.transform((anchor.x, anchor.y))
+        return math.hypot(ax_ - bx_, ay_ - by_) > 6.0
+
+    own = dist(anchor) * 1.15  # clearly nearest, not by a hair
+    return int(any(dist(a) < own for a in anchors
+                   if a is not anchor and a.marker and apart(a)))
 
 
 def place(ax: Any, anchors: Sequence[Anchor], offsets: Sequence[Offset], *,
@@ -149,7 +154,9 @@ def place(ax: Any, anchors: Sequence[Anchor], offsets: Sequence[Offset], *,
                           and box[1] >= frame[1] - SLACK and box[3] <= frame[3] + SLACK)
                 hits = sum(1 for owner, other in blocked
                            if owner is not anchor.own and overlaps(box, other))
-                cost = hits + (0 if inside else 100) + _misleading(ax, anchor, anchors, box)
+                # Outside the axes is worst, then covering another text, then naming the
+                # wrong point.
+                cost = 10 * hits + (0 if inside else 100) + _misleading(ax, anchor, anchors, box)
                 if best is None or cost < best[0]:
                     if best is not None:
                         best[1].remove()
@@ -198,12 +205,13 @@ def settle(fig: Any, jobs: Sequence[Job], rounds: int = 3) -> None:
 
 
 def ring(radii: Sequence[float] = (5, 12, 22, 34, 50, 70, 95)) -> list[Offset]:
-    """Offsets around a point: right, left, above, below and the diagonals, nearest first."""
+    """Offsets around a point, nearest first: centred above (a long name then sits over its
+    own point), the right diagonals, below, the left diagonals, then level on either side."""
     out: list[Offset] = []
     for r in radii:
-        out += [(r, r * 0.6, "left", "bottom"), (r, -r * 0.6, "left", "top"),
+        out += [(0, r, "center", "bottom"), (r, r * 0.6, "left", "bottom"),
+                (r, -r * 0.6, "left", "top"), (0, -r, "center", "top"),
                 (-r, r * 0.6, "right", "bottom"), (-r, -r * 0.6, "right", "top"),
-                (0, r, "center", "bottom"), (0, -r, "center", "top"),
                 (r, 0, "left", "center"), (-r, 0, "right", "center")]
     return out
 

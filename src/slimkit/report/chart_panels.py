@@ -34,9 +34,10 @@ def _latency_panel(ax: Any, metrics: Mapping[str, Any], rows: list[dict[str, Any
                           for r in rows])
     ref = next((m for r, m in zip(rows, medians, strict=True) if r["is_baseline"]), None)
     band = noise_band(metrics, runtime, batch)
-    if ref is not None and band is not None and 0 < band < 1:
-        # Ratios ref / m within 1 ± band are noise: m within ref / (1 ± band).
-        ax.axvspan(ref / (1 + band), ref / (1 - band), color="#9aa5b1", alpha=0.3, lw=0,
+    if ref is not None and band is not None and band > 0:
+        # Ratios ref / m within [1 / (1 + band), 1 + band] are noise (eval/cost.py's verdict):
+        # medians m within [ref / (1 + band), ref * (1 + band)].
+        ax.axvspan(ref / (1 + band), ref * (1 + band), color="#9aa5b1", alpha=0.3, lw=0,
                    label="noise band of the run's probe")
     if ref is not None:
         ax.axvline(ref, color="#1f2933", linewidth=1, linestyle="--", label="baseline median")

@@ -29,7 +29,7 @@ from .chart_labels import BAR, Anchor, Box, settle, stacked, text_boxes
 from .chart_panels import draw_latency, draw_quality_size
 from .table import (
     format_delta,
-    format_metric,
+    format_quality,
     format_ratio,
     format_sig,
     latency_batches,
@@ -84,7 +84,7 @@ def draw_quality(metrics: Mapping[str, Any]) -> Any:
                                                                           strict=True)],
                      colors, texts)
     ax.axhline(0.0, color="#1f2933", linewidth=1.2,
-               label=f"zero = baseline {base['name']}: {label} {format_metric(base['primary'])}")
+               label=f"zero = baseline {base['name']}: {label} {format_quality(base['primary'])}")
     ax.set_ylim(*quality_span(rows, [d for d in deltas if d is not None]))
     _stage_ticks(ax, rows)
     better = "higher" if metrics.get("higher_is_better", True) else "lower"
@@ -171,9 +171,10 @@ CAPTIONS = {
     "memory": "Run-time memory per stage: resident after one batch / peak, MiB above the "
               "baseline of a fresh process that loads the artifact; the narrow dark bar is "
               "the model's own share (tensors, exact; fbgemm's packed weights, estimated)",
-    "latency": "Median latency per stage from zero, torch and ONNX Runtime side by side; the "
-               "grey band is the run's noise probe around the baseline (a bar ending inside "
-               "it is within noise), the dashed line the baseline's median",
+    "latency": "Median latency per stage from zero, torch and ONNX Runtime side by side. The "
+               "grey band is the run's noise probe around the baseline's median (dashed); each "
+               "label's verdict is the run's own, which widens the band for calls faster than "
+               "the probe, so a bar just outside the band may still read \"within noise\"",
     "quality_vs_size": "Change in quality from the baseline against artifact size",
 }
 

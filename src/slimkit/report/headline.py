@@ -13,7 +13,7 @@ from .stage_tables import regression_lines
 from .table import (
     format_bytes,
     format_delta,
-    format_metric,
+    format_quality,
     format_ratio,
     format_sig,
     latency_batches,
@@ -77,7 +77,7 @@ def headline(metrics: Mapping[str, Any]) -> list[Item]:
     if final["quality_delta"] is not None:
         items.append(Item(
             f"Quality, {quality_label(metrics)}",
-            f"{format_metric(base['primary'])} → {format_metric(final['primary'])} "
+            f"{format_quality(base['primary'])} → {format_quality(final['primary'])} "
             f"({format_delta(final['quality_delta'], base['primary'])})",
             f"{better} is better; one measurement, so no noise band", tone))
     before, after = base["runtime_mb"], final["runtime_mb"]

@@ -33,7 +33,7 @@ th { background: #f0f2f5; text-align: left; font-weight: 600; vertical-align: bo
      white-space: normal; min-width: 60px; }
 th.group { text-align: center; border-bottom: 2px solid #c5ccd4; }
 th.num, td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.txt { white-space: normal; overflow-wrap: anywhere; max-width: 320px; }
+table.report td.txt { white-space: normal; overflow-wrap: anywhere; max-width: 320px; }
 tr.baseline td { background: #f7f8fa; }
 td .sub { display: block; font-size: 12px; color: #616e7c; font-weight: 400; }
 td.good, td.good .sub { color: #1e7b34; font-weight: 600; }
@@ -101,7 +101,7 @@ def table_html(table: Table, table_id: str = "") -> str:
                       for j, (text, tone) in enumerate(zip(cells, tones, strict=True)))
         body.append(f"<tr{row_class}>{tds}</tr>")
     ident = f' id="{table_id}"' if table_id else ""
-    return (f'<div class="scroll"><table{ident}><thead>{head}</thead>'
+    return (f'<div class="scroll"><table class="report"{ident}><thead>{head}</thead>'
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
@@ -142,7 +142,7 @@ def _details_html(metrics: Mapping[str, Any]) -> list[str]:
         + "; ".join(f"{escape(k)}: {escape(v)}" for k, v in pairs) + "</td></tr>"
         for name, pairs in rows)
     return ['<details id="stage-details"><summary>Stage details</summary>'
-            f"<table><thead><tr><th>Stage</th><th>Reported</th></tr></thead>"
+            '<table class="report"><thead><tr><th>Stage</th><th>Reported</th></tr></thead>'
             f"<tbody>{items}</tbody></table></details>"]
 
 

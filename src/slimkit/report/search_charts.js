@@ -38,7 +38,7 @@ function scatter(boxId, opts) {
   sv("text", {class: "label", x: (M.l + right) / 2, y: H - 10, "text-anchor": "middle"},
     grid, opts.label);
   sv("text", {class: "label", transform: "rotate(-90)", x: -(M.t + bottom) / 2, y: 16,
-    "text-anchor": "middle"}, grid, metric + " drop (lower is better)");
+    "text-anchor": "middle"}, grid, quality + " drop (lower is better)");
   if (budget !== null && Y(budget) >= M.t && Y(budget) <= bottom) {
     sv("line", {class: "budget", x1: M.l, x2: right, y1: Y(budget), y2: Y(budget)}, plot);
     sv("text", {class: "budget-text", x: right - 4, y: Y(budget) - 5, "text-anchor": "end"},
@@ -79,7 +79,8 @@ function scatter(boxId, opts) {
   if (bx !== null) {
     const x = X(bx), y = Y(0);
     const b = sv("path", {class: "base", d: `M${x} ${y - 7} l7 7 l-7 7 l-7 -7 z`}, plot);
-    const lines = ["baseline", sig(kb(base), 3) + " KB · " + sig(num(base.latency_ms), 3) + " ms"];
+    const lines = ["baseline", sig(kib(base), 3) + " KiB · " + sig(num(base.latency_ms), 3) +
+      " ms"];
     b.addEventListener("mousemove", (ev) => showTip(ev, lines));
     b.addEventListener("mouseleave", hideTip);
   }
@@ -116,8 +117,8 @@ function sensBars(box, rows) {
     sv("text", {x: X(v), y: H - B + 16, "text-anchor": "middle"}, axis, tickText(v));
   });
   sv("text", {class: "label", x: (L + W - R) / 2, y: H - 8, "text-anchor": "middle"}, axis,
-    metric + " drop when only this layer is compressed");
-  const kbOf = (v) => sig(num(v) === null ? null : v / 1000, 3) + " KB";
+    quality + " drop when only this layer is compressed");
+  const kibOf = (v) => sig(num(v) === null ? null : v / 1024, 3) + " KiB";
   rows.forEach((r, i) => {
     const y = T + i * RH, x0 = X(0), x1 = X(r.drop), cy = y + RH / 2 + 4;
     const full = str(r.layer) + " · " + str(r.method) + " " + str(r.setting);
@@ -128,7 +129,7 @@ function sensBars(box, rows) {
       height: RH - 8}, svg);
     sv("text", {class: "bar-value", x: Math.max(x0, x1) + 4, y: cy}, svg, fmtMetric(r.drop));
     const lines = [full, "drop " + fmtMetric(r.drop) + (r.kept === false ? " · excluded" :
-      " · kept"), kbOf(r.bytes_before) + " → " + kbOf(r.bytes_after)];
+      " · kept"), kibOf(r.bytes_before) + " → " + kibOf(r.bytes_after)];
     bar.addEventListener("mousemove", (ev) => showTip(ev, lines));
     bar.addEventListener("mouseleave", hideTip);
   });

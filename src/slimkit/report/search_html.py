@@ -15,7 +15,9 @@ from typing import Any
 
 from ..rundir import write_atomic
 from .html import CSS
-from .table import _num, _ratio, format_metric, format_ratio
+from .speed import claim_text
+from .table import ACRONYMS, _num, _ratio, format_metric, format_ratio
+from .units import UNIT_NOTE
 
 # The page may not fetch anything: a report copied off a cluster must render the same offline.
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
@@ -105,12 +107,13 @@ def search_summary(data: Mapping[str, Any]) -> str:
     smaller = _ratio(_num(base.get("bytes")), _num(best.get("bytes")))
     if smaller is not None:
         parts.append(f"{format_ratio(smaller)} smaller than the baseline")
-    faster = _ratio(_num(base.get("latency_ms")), _num(best.get("latency_ms")))
-    if faster is not None:
+    speed = _speed(best)
+    if speed:
         batch = _num(data.get("latency_batch"))
         at = f" at batch {batch:g}" if batch is not None else ""
-        parts.append(f"{faster:.2f}x {'faster' if faster >= 1 else 'as fast'}{at}")
-    metric = _text(data.get("primary_metric")) or "quality"
+        parts.append(f"{speed} than the baseline{at}" if speed != "within noise"
+                     else f"as fast as the baseline{at} (within noise)")
+    metric = quality_label(data)
     limit = "no budget" if budget is None else f"budget {format_metric(budget)}"
     parts.append(f"{metric} drop {format_metric(_num(best.get('drop')))} ({limit})")
     rank = _num(best.get("rank"))
@@ -120,13 +123,29 @@ def search_summary(data: Mapping[str, Any]) -> str:
     return f"Best plan, trial {_text(best.get('number'))} ({steps}): " + ", ".join(parts) + "."
 
 
+def quality_label(data: Mapping[str, Any]) -> str:
+    """"valid AUC": the search scores trials on the validation split (search/trial.py), so its
+    numbers never read as the run report's test numbers."""
+    metric = _text(data.get("primary_metric")) or "quality"
+    metric = metric.upper() if metric.lower() in ACRONYMS else metric
+    return f"{_text(data.get('split')) or 'valid'} {metric}"
+
+
+def _speed(trial: Mapping[str, Any]) -> str:
+    """"1.8x faster", "1.3x slower", "within noise" from the trial's recorded verdict; "" when
+    the trial has none (a search.json from before the noise probe: no claim then)."""
+    verdict = trial.get("latency_verdict")
+    if verdict not in ("faster", "slower", "within noise"):
+        return ""
+    return claim_text({"verdict": verdict, "ratio": _num(trial.get("latency_ratio"))})
+
+
 def _meta(data: Mapping[str, Any]) -> str:
     parts = []
     if data.get("task"):
         parts.append(f"task {_text(data['task'])}")
-    metric = _text(data.get("primary_metric")) or "quality"
     better = "higher" if data.get("higher_is_better", True) else "lower"
-    parts.append(f"primary metric {metric} ({better} is better)")
+    parts.append(f"quality: {quality_label(data)} ({better} is better)")
     budget = _num(data.get("max_drop"))
     if budget is not None:
         parts.append(f"budget: drop ≤ {format_metric(budget)}")
@@ -134,7 +153,18 @@ def _meta(data: Mapping[str, Any]) -> str:
         parts.append(f"objective: smallest {_text(data['objective'])} within the budget")
     if data.get("study_name"):
         parts.append(f"study {_text(data['study_name'])}")
+    if isinstance(data.get("threads"), int):
+        parts.append(f"latency on {data['threads']} threads, timed against the baseline and "
+                     "its noise probe")
     return " · ".join(parts)
+
+
+def _note(data: Mapping[str, Any]) -> str:
+    speed = ("A speed-up is shown only where it exceeds the noise probe timed beside each "
+             "trial; otherwise \"within noise\"." if any(_speed(t) for t in _trials(data))
+             else "These trials carry no noise verdict, so no speed-up is claimed; latencies "
+                  "are raw medians.")
+    return f"{UNIT_NOTE} {speed}"
 
 
 def _finite(obj: Any) -> Any:
@@ -196,6 +226,7 @@ def render_search_html(data: Mapping[str, Any]) -> str:
         f'<p class="meta">{escape(_meta(data))}</p>',
         f'<p class="meta" id="counts">{escape(state_counts(data))}</p>',
         f'<p class="summary" id="summary">{escape(search_summary(data))}</p>',
+        f'<p class="note" id="note">{escape(_note(data))}</p>',
         "<noscript><p>The charts and the trial table need JavaScript.</p></noscript>",
         "<h2>Quality against size and latency</h2>",
         LEGEND,

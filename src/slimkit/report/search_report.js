@@ -12,6 +12,10 @@ const bestN = num(D.best);
 const front = new Set((Array.isArray(D.pareto) ? D.pareto : []).filter((n) => num(n) !== null));
 const tip = document.getElementById("tip");
 const batch = num(D.latency_batch);
+// Trials are scored on the validation split (search/trial.py): every quality number says so.
+const ACRONYMS = ["auc", "mse", "rmse", "mae", "f1", "ndcg", "map", "mrr", "bleu", "wer"];
+const quality = (typeof D.split === "string" && D.split ? D.split : "valid") + " " +
+  (ACRONYMS.indexOf(metric.toLowerCase()) >= 0 ? metric.toUpperCase() : metric);
 
 function isObj(v) { return v !== null && typeof v === "object" && !Array.isArray(v); }
 function num(v) { return typeof v === "number" && isFinite(v) ? v : null; }
@@ -43,7 +47,19 @@ function fmtMetric(v) {
   return t;
 }
 function fmtX(r) { return r === null ? "n/a" : (r >= 100 ? r.toFixed(0) : r.toFixed(1)) + "x"; }
-function kb(t) { const b = num(t.bytes); return b === null ? null : b / 1000; }
+// Binary units, as everywhere in slimkit (report/units.py): 1 KiB = 1024 bytes.
+function kib(t) { const b = num(t.bytes); return b === null ? null : b / 1024; }
+// speed.py's claim_text: a ratio only with a "faster" or "slower" verdict from the trial's noise
+// probe; "within noise" never shows one; no verdict (an older search.json), no claim at all.
+function fmtTimes(r) {
+  return r >= 100 ? r.toFixed(0) + "x" : (r < 1.095 ? r.toFixed(2) : r.toFixed(1)) + "x";
+}
+function speedText(t) {
+  const verdict = t.latency_verdict, r = num(t.latency_ratio);
+  if (verdict === "within noise") return "within noise";
+  if (r === null || r <= 0 || (verdict !== "faster" && verdict !== "slower")) return "";
+  return verdict === "faster" ? fmtTimes(r) + " faster" : fmtTimes(1 / r) + " slower";
+}
 
 function el(tag, attrs, text, parent) {
   const e = document.createElement(tag);
@@ -111,8 +127,8 @@ function showTip(ev, lines) {
 function hideTip() { tip.hidden = true; }
 function trialLines(t) {
   const lines = ["trial " + str(t.number) + " · " + str(t.state), str(t.steps) || "(no steps)",
-    "drop " + fmtMetric(num(t.drop)) + " · " + sig(kb(t), 3) + " KB · " +
-    sig(num(t.latency_ms), 3) + " ms"];
+    "drop " + fmtMetric(num(t.drop)) + " · " + sig(kib(t), 3) + " KiB · " +
+    sig(num(t.latency_ms), 3) + " ms" + (speedText(t) ? " · " + speedText(t) : "")];
   if (str(t.note)) lines.push(str(t.note));
   return lines;
 }
@@ -126,7 +142,7 @@ function select(n, scroll) {
 }
 
 function main() {
-  scatter("chart-size", {x: kb, log: true, label: "artifact size (KB, log scale)",
+  scatter("chart-size", {x: kib, log: true, label: "artifact size (KiB, log scale)",
     title: "quality drop against artifact size", what: "an artifact size"});
   scatter("chart-latency", {x: function (t) { return num(t.latency_ms); }, log: false,
     label: "latency (ms" + (batch !== null ? " at batch " + batch : "") + ", torch CPU)",

@@ -1,19 +1,22 @@
 /* Search report trial table: one row per trial (the baseline above them in its own tbody),
    columns sortable by clicking a header with nulls last both ways, and two filters. */
 const three = (v) => sig(v, 3);
+const VERDICT_TONE = {"faster": "good", "slower": "bad", "within noise": "noise"};
 const yesNo = (v) => (v ? "yes" : "no");
 const COLS = [
   {key: "number", label: "#", v: (t) => num(t.number), f: String},
   {key: "state", label: "state", text: true, v: (t) => str(t.state)},
   {key: "steps", label: "steps", text: true, v: (t) => str(t.steps)},
-  {key: "metric", label: metric, v: (t) => num(isObj(t.metrics) ? t.metrics[metric] : null),
-    f: fmtMetric},
+  {key: "metric", label: quality, v: (t) => num(isObj(t.metrics) ? t.metrics[metric] : null),
+    f: (v) => sig(v, 4)},  // a column of qualities lines up (0.7200 above 0.7194)
   {key: "drop", label: "drop", v: (t) => num(t.drop), f: fmtMetric},
-  {key: "kb", label: "KB", v: kb, f: three},
+  {key: "kib", label: "KiB", v: kib, f: three},
   {key: "smaller", label: "x smaller", v: (t) => ratio(base.bytes, t.bytes), f: fmtX},
   {key: "ms", label: "ms" + (batch !== null ? " @" + batch : ""), v: (t) => num(t.latency_ms),
     f: three},
-  {key: "faster", label: "x faster", v: (t) => ratio(base.latency_ms, t.latency_ms), f: fmtX},
+  // Sorts by the paired ratio; shows only what the trial's noise verdict supports.
+  {key: "speed", label: "speed vs baseline", show: speedText,
+    v: (t) => (speedText(t) ? num(t.latency_ratio) : null)},
   {key: "feasible", label: "feasible",
     v: (t) => (typeof t.feasible === "boolean" ? +t.feasible : null), f: yesNo},
   {key: "pareto", label: "Pareto", v: (t) => (isPareto(t) ? 1 : 0), f: (v) => (v ? "yes" : "")},
@@ -24,9 +27,12 @@ const COLS = [
 ];
 const sortState = {key: "number", dir: 1};
 
-function cell(col, v, tr) {
+function cell(col, v, tr, t) {
   const td = el("td", {class: (col.text ? "txt" : "num") + " c-" + col.key}, null, tr);
-  if (col.key === "artifact" && v && !/^([a-z][a-z0-9+.-]*:|\/\/)/i.test(v)) {
+  if (col.show && t) {
+    td.textContent = col.show(t) || "–";
+    if (t.latency_verdict) td.classList.add(VERDICT_TONE[t.latency_verdict] || "");
+  } else if (col.key === "artifact" && v && !/^([a-z][a-z0-9+.-]*:|\/\/)/i.test(v)) {
     el("a", {href: v}, v, td); // relative paths only: a "javascript:" value stays plain text
   } else if (v === null || v === "") {
     td.textContent = col.text ? "" : "–";
@@ -47,16 +53,16 @@ function table() {
     th.addEventListener("click", () => sortBy(c.key));
   });
   const bt = el("tr", {class: "baseline"}, null, el("tbody", {class: "base"}, null, tbl));
-  const baseVals = {state: "baseline", drop: 0, kb: kb(base), ms: num(base.latency_ms),
+  const baseVals = {state: "baseline", drop: 0, kib: kib(base), ms: num(base.latency_ms),
     metric: num(isObj(base.metrics) ? base.metrics[metric] : null), artifact: str(base.artifact),
-    smaller: kb(base) === null ? null : 1, faster: num(base.latency_ms) === null ? null : 1};
+    smaller: kib(base) === null ? null : 1};
   COLS.forEach((c) => cell(c, c.key in baseVals ? baseVals[c.key] : null, bt));
   const body = el("tbody", {class: "trials"}, null, tbl);
   trials.forEach((t, i) => {
     const row = el("tr", {"data-trial": str(t.number), "data-index": i,
       class: kind(t) + (isBest(t) ? " best-row" : "") + (t.state === "FAIL" ? " failed" : "")},
       null, body);
-    COLS.forEach((c) => cell(c, c.v(t), row));
+    COLS.forEach((c) => cell(c, c.v(t), row, t));
     row.addEventListener("click", () => select(str(t.number), false));
   });
   if (!trials.length) {

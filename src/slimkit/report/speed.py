@@ -75,21 +75,22 @@ def has_verdicts(metrics: Mapping[str, Any]) -> bool:
 
 
 def regression_text(item: Mapping[str, Any]) -> str:
-    """"artifact 8.4% larger than the previous stage (reason)", "torch batch 1 2.1x slower..."
+    """"artifact 8.4% larger than the previous stage (reason)", "torch batch 1 1.14x slower
+    than the previous stage (reason)".
 
-    `change` is read as relative (0.084 = 8.4% more bytes or milliseconds than the previous
-    stage), as pipeline.py records it.
+    `change` is what eval/regressions.py records: this stage's bytes over the previous stage's
+    for "bytes" (1.084: 8.4% larger), the previous stage's median over this one's for "latency"
+    (a speed ratio, 0.877: 1.14x slower).
     """
     change = _num(item.get("change"))
     if item.get("what") == "bytes":
-        what = "artifact"
-        amount = "" if change is None else f" {format_sig(abs(change) * 100, 2)}%"
-        text = f"{what}{amount} larger than the previous stage"
+        amount = "" if change is None else f" {format_sig((change - 1) * 100, 2)}%"
+        text = f"artifact{amount} larger than the previous stage"
     else:
         runtime = dict(RUNTIMES).get(str(item.get("runtime")), str(item.get("runtime") or ""))
         batch = item.get("batch")
         where = " ".join(p for p in (runtime, f"batch {batch}" if batch is not None else "") if p)
-        amount = "" if change is None else f" {format_sig(abs(change) * 100, 2)}%"
+        amount = "" if change is None or change <= 0 else f" {format_times(1 / change)}"
         text = f"{where or 'latency'}{amount} slower than the previous stage"
     reason = item.get("reason")
     return f"{text} ({reason})" if reason else text

@@ -17,8 +17,8 @@ from .table import (
     format_delta,
     format_duration,
     format_memory,
-    format_metric,
     format_ms,
+    format_quality,
     format_ratio,
     format_sig,
     latency_batches,
@@ -75,7 +75,7 @@ def stages_table(metrics: Mapping[str, Any]) -> Table:
         cells.append([
             r["name"] + ("\nbaseline" if r["is_baseline"] else ""),
             ", ".join(r["steps"]) or "-",
-            format_metric(r["primary"]),
+            format_quality(r["primary"]),
             "-" if r["is_baseline"] else format_delta(r["quality_delta"], base_quality),
             format_bytes(r["bytes"]) + (f"\n{MARK} larger" if grew else ""),
             format_ratio(r["size_ratio"]),
@@ -135,7 +135,7 @@ def extra_tables(metrics: Mapping[str, Any]) -> list[tuple[str, Table]]:
         mem = r["runtime_mb"]
         loaded = NA if mem["loaded"] is None or mem["load_peak"] is None \
             else f"{format_sig(mem['loaded'])} / {format_sig(mem['load_peak'])} MiB"
-        cells.append([r["name"], *(format_metric(r["metrics"].get(k)) for k in others),
+        cells.append([r["name"], *(format_quality(r["metrics"].get(k)) for k in others),
                       format_count(r["params"]), format_count(r["nonzeros"]),
                       format_memory(mem), loaded])
     blank = [[""] * len(headers) for _ in rows]

@@ -59,12 +59,19 @@ def format_ratio(r: float | None) -> str:
 
 
 def format_metric(v: float | None, *, signed: bool = False) -> str:
-    """Quality values keep 4 significant digits (AUC deltas of 0.001 matter), trailing zeros
-    included so a column lines up: 0.7810, 0.7764, -0.004600, 23.46."""
+    """Budgets and drops: 4 significant digits minus trailing zeros (0.002, -0.0046, 23.46)."""
     if v is None:
         return NA
     text = format_sig(v, 4)
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
     return f"+{text}" if signed and v > 0 else text
+
+
+def format_quality(v: float | None) -> str:
+    """Quality values in a column: 4 significant digits, trailing zeros kept so the column
+    lines up (0.7810 above 0.7764; AUC changes of 0.001 matter)."""
+    return NA if v is None else format_sig(v, 4)
 
 
 def format_delta(delta: float | None, reference: float | None) -> str:
