@@ -14,6 +14,8 @@ from .. import Context, Plan, SlimkitError, load, make_task, run_plan
 from ..core import check_plan
 from ..core.refs import import_ref
 from ..export.artifact import read_manifest
+from ..report.speed import claim_of, claim_text, latency_of, regression_text, regressions_of
+from ..report.units import UNIT_NOTE, format_bytes
 from ..rundir import check_out, open_run_dir, write_errors
 from ..tasks.defaults import default_plan, task_model_for
 from ..tasks.registry import task_from_spec
@@ -23,53 +25,70 @@ from .progress import console, emit_json, results, rich_progress
 
 def _stage_line(stage: dict[str, Any]) -> None:
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in stage["metrics"].items())
-    console.print(f"[bold]{stage['name']:<24}[/] {metrics}  {stage['bytes'] / 1024:8.1f} KB")
+    console.print(f"[bold]{stage['name']:<24}[/] {metrics}  {format_bytes(stage['bytes']):>10}")
 
 
 def _summary_table(metrics: dict[str, Any]) -> Table:
+    """One row a stage: quality on test, size, latency per runtime at the smallest and largest
+    batch with the noise probe's verdict against the baseline, memory, and a mark where the stage
+    regressed (the reasons follow the table)."""
     stages = metrics["stages"]
     base = stages[0]
     primary = metrics["primary_metric"]
-    table = Table(title=metrics["title"])
-    ort_base = _ort_ms(base, "512")
-    for col in ("stage", primary, f"Δ{primary}", "KB", "x smaller", "ms @1", "ms @512",
-                "x faster @512", "ORT ms @1", "ORT ms @512", "ORT x faster @512",
-                "run MB model / process"):
-        table.add_column(col, justify="left" if col == "stage" else "right")
+    batches = sorted(base["latency_ms"], key=int)
+    small, large = batches[0], batches[-1]
+    table = Table(title=metrics["title"], caption=UNIT_NOTE + " Speed: the noise probe's "
+                  f"verdict at batch {large} against the first stage.")
+    columns = ["stage", f"test {primary}", "Δ", "size", "x smaller"]
+    for runtime in ("torch", "ORT"):
+        columns += [f"{runtime} ms @{small} / @{large}", f"{runtime} speed"]
+    columns += ["MiB model / process", "!"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("stage", "!") else "right",
+                         no_wrap=col == "stage")
     for s in stages:
-        lat1 = s["latency_ms"]["1"]["median"]
-        lat512 = s["latency_ms"]["512"]["median"]
         memory = s.get("runtime_mb") or {}
         own, resident = memory.get("model"), memory.get("resident")
-        ort1, ort512 = _ort_ms(s, "1"), _ort_ms(s, "512")
-        table.add_row(
-            s["name"], f"{s['metrics'][primary]:.4f}",
-            f"{s['metrics'][primary] - base['metrics'][primary]:+.4f}",
-            f"{s['bytes'] / 1024:.1f}", f"{base['bytes'] / s['bytes']:.1f}", f"{lat1:.3f}",
-            f"{lat512:.3f}", f"{base['latency_ms']['512']['median'] / lat512:.2f}",
-            f"{ort1:.3f}" if ort1 else "n/a", f"{ort512:.3f}" if ort512 else "n/a",
-            f"{ort_base / ort512:.2f}" if ort_base and ort512 else "n/a",
-            f"{own:.2f} / {resident:.1f}" if own is not None and resident is not None
-            else "n/a")
+        cells = [s["name"], f"{s['metrics'][primary]:.4f}",
+                 f"{s['metrics'][primary] - base['metrics'][primary]:+.4f}",
+                 format_bytes(s["bytes"]), f"{base['bytes'] / s['bytes']:.1f}"]
+        for runtime in ("torch", "onnxruntime"):
+            lat = latency_of(s, runtime)
+            cells += [f"{_ms(lat.get(small))} / {_ms(lat.get(large))}",
+                      "" if s is base else claim_text(claim_of(s, runtime, large)) or "n/a"]
+        cells += [f"{own:.2f} / {resident:.1f}" if own is not None and resident is not None
+                  else "n/a", "!" if regressions_of(s) else ""]
+        table.add_row(*cells)
     return table
 
 
-def _ort_ms(stage: dict[str, Any], batch: str) -> float | None:
-    """Median ONNX Runtime latency of a stage, when it was exported and timed."""
-    lat = stage.get("onnxruntime", {}).get("latency_ms", {}).get(batch)
-    return lat["median"] if lat else None
+def _ms(latency: dict[str, float | None] | None) -> str:
+    median = (latency or {}).get("median")
+    return f"{median:.3f}" if median is not None else "n/a"
+
+
+def _headline(metrics: dict[str, Any]) -> str:
+    base, final = metrics["stages"][0], metrics["stages"][-1]
+    primary = metrics["primary_metric"]
+    large = max(base["latency_ms"], key=int)
+    speed = []
+    for runtime, label in (("torch", "torch"), ("onnxruntime", "ONNX Runtime")):
+        claim = claim_text(claim_of(final, runtime, large))
+        if claim:
+            speed.append(f"{label} {claim} at batch {large}")
+    delta = final["metrics"][primary] - base["metrics"][primary]
+    return (f"final vs {base['name']}: {base['bytes'] / final['bytes']:.1f}x smaller artifact, "
+            + (", ".join(speed) or "no speed claim (no noise probe)")
+            + f", test {primary} {delta:+.4f}; reloaded artifact reproduces its metrics: "
+            f"{all(metrics['reload_check'].values())}")
 
 
 def _finish(metrics: dict[str, Any], out: Path, as_json: bool = False) -> int:
     results.print(_summary_table(metrics))
-    base, final = metrics["stages"][0], metrics["stages"][-1]
-    primary = metrics["primary_metric"]
-    smaller = base["bytes"] / final["bytes"]
-    faster = base["latency_ms"]["512"]["median"] / final["latency_ms"]["512"]["median"]
-    delta = final["metrics"][primary] - base["metrics"][primary]
-    results.print(f"final vs {base['name']}: {smaller:.1f}x smaller artifact, {faster:.2f}x "
-                  f"faster at batch 512, {primary} {delta:+.4f}; reloaded artifact reproduces "
-                  f"its metrics: {all(metrics['reload_check'].values())}")
+    for stage in metrics["stages"]:
+        for item in regressions_of(stage):
+            results.print(f"! {stage['name']}: {regression_text(item)}")
+    results.print(_headline(metrics))
     results.print(f"run directory: {out}  (report.html, report.md, metrics.json, "
                   f"{metrics['final_artifact']}/)")
     if as_json:
