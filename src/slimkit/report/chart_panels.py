@@ -38,6 +38,7 @@ def _latency_panel(ax: Any, metrics: Mapping[str, Any], rows: list[dict[str, Any
         # Ratios ref / m within [1 / (1 + band), 1 + band] are noise (eval/cost.py's verdict):
         # medians m within [ref / (1 + band), ref * (1 + band)].
         ax.axvspan(ref / (1 + band), ref * (1 + band), color="#9aa5b1", alpha=0.3, lw=0,
+                   zorder=0.6,  # above the grid, below the bars
                    label="noise band of the run's probe")
     if ref is not None:
         ax.axvline(ref, color="#1f2933", linewidth=1, linestyle="--", label="baseline median")

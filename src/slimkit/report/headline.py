@@ -53,6 +53,10 @@ def _speed(metrics: Mapping[str, Any], base: Mapping[str, Any], final: Mapping[s
     return Item(f"Speed, {label}", "\n".join(lines), f"median {times}", tone)
 
 
+def _cut(text: str, limit: int = 110) -> str:
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
+
+
 def headline(metrics: Mapping[str, Any]) -> list[Item]:
     """The items in reading order; only the baseline when no other stage was measured."""
     rows = stage_rows(metrics)
@@ -90,9 +94,11 @@ def headline(metrics: Mapping[str, Any]) -> list[Item]:
                           f"{format_sig(after['model'])} MiB", process))
     flagged = regression_lines(metrics)
     if flagged or any("regressions" in s for s in metrics.get("stages") or []):
+        # The first two, each cut short: the Regressions section below has them in full.
+        shown = "; ".join(_cut(f"{name}: {text}") for name, text in flagged[:2])
         items.append(Item("Regressions", f"{len(flagged)} flagged" if flagged else "none",
-                          "; ".join(f"{name}: {text}" for name, text in flagged[:2])
-                          + (" …" if len(flagged) > 2 else ""), "bad" if flagged else "good"))
+                          shown + (" …" if len(flagged) > 2 else ""),
+                          "bad" if flagged else "good"))
     return items
 
 
