@@ -55,8 +55,8 @@ def test_paired_ratio_band_and_verdict_on_synthetic_rounds() -> None:
     assert verdict(1.04, 0.05) == verdict(1 / 1.04, 0.05) == "within noise"
     assert verdict(1.06, 0.05) == "faster" and verdict(1 / 1.06, 0.05) == "slower"
     assert verdict(1.0, 0.0) == "within noise"
-    # Calls 4x shorter than the probe's: fixed-size jitter weighs 4x, the log-band widens 4x.
-    assert pair_band(0.05, 8.0, 2.0) == pytest.approx(1.05 ** 4 - 1)
+    # Calls 4x shorter than the probe's: jitter of a fixed size weighs 4x as much.
+    assert pair_band(0.05, 8.0, 2.0) == pytest.approx(0.2)
     assert pair_band(0.05, 8.0, 16.0) == pytest.approx(0.05)
 
 

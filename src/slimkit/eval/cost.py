@@ -138,10 +138,11 @@ def noise_band(baseline: Sequence[float], probe: Sequence[float], spare: int = S
 
 def pair_band(band: float, probe_ms: float, fastest_ms: float) -> float:
     """The probe's band for a comparison whose faster side takes `fastest_ms`. The probe ran at
-    the baseline's `probe_ms`; jitter of fixed size (a preempted thread, a timer tick) weighs
-    more on a shorter call, and one probe cannot tell that jitter from noise that scales with
-    the call, so the band is widened as if all of it were fixed: by probe_ms / fastest_ms."""
-    return math.exp(math.log1p(band) * max(1.0, probe_ms / fastest_ms)) - 1
+    the baseline's `probe_ms`; jitter of fixed size J (a preempted thread, a timer tick) makes
+    a ratio of 1 + J / ms, more on a shorter call, and one probe cannot tell that jitter from
+    noise that scales with the call, so the band is widened as if all of it were fixed:
+    b = J / probe_ms becomes J / fastest_ms = b * probe_ms / fastest_ms."""
+    return band * max(1.0, probe_ms / fastest_ms)
 
 
 def verdict(ratio: float, band: float) -> str:
@@ -195,9 +196,11 @@ def latency_interleaved(models: Mapping[str, Any], inputs: Mapping[int, Inputs],
                         seed: int = 0, progress: Callable[..., Iterable] | None = None) -> Timing:
     """Time `models` (torch modules or OrtSessions) at each batch size of `inputs`.
 
-    Every round times each model `repeats` times per batch size, in an order shuffled anew
-    each round (seeded: runs repeat their order); a round's median per model (of 5 calls: two
-    preempted calls do not move it) is the unit the ratios pair (Timing.compare).
+    A round makes `repeats` passes per batch size, each calling every model once in an order
+    shuffled anew (seeded: runs repeat their order). Load that starts or stops mid-round so
+    lands on every model's calls alike, where a block of one model's calls in a row would take
+    it all; a round's median per model (of 5 calls: two slowed ones do not move it) is the unit
+    the ratios pair (Timing.compare).
 
     `probes` (default: the first model, the baseline) each get a deep copy timed as one more
     model: its own weights in their own memory, like any model compared with it (the same
@@ -243,11 +246,14 @@ def _run(runners: Mapping[str, Any], inputs: Mapping[int, Inputs], rounds: int, 
         rounds_iter = progress(rounds_iter, total=rounds, desc="latency")
     for _ in rounds_iter:
         for batch, x in inputs.items():
-            shuffle(order)
-            for name in order:
-                times = [_time_once(runners[name], x) for _ in range(repeats)]
-                calls[name][batch].extend(times)
-                medians[name][batch].append(statistics.median(times))
+            times: dict[str, list[float]] = {name: [] for name in runners}
+            for _ in range(repeats):
+                shuffle(order)
+                for name in order:
+                    times[name].append(_time_once(runners[name], x))
+            for name, t in times.items():
+                calls[name][batch].extend(t)
+                medians[name][batch].append(statistics.median(t))
     return calls, medians
 
 
