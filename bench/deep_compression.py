@@ -18,6 +18,8 @@ import logging
 import time
 from pathlib import Path
 
+from verdicts import regressions_lines, stage_speed_cell
+
 import slimkit
 from slimkit.export import MANIFEST
 from slimkit.methods.quantize.cluster import Cluster
@@ -63,7 +65,7 @@ def stage_table(metrics: dict, out: Path) -> str:
     stages = metrics["stages"]
     base = stages[0]
     head = ("stage", "test acc %", "Δ acc", "KB", "x smaller", "run-time MiB (resident / peak)",
-            "bits/param", "ms@512",
+            "bits/param", "ms@512", "x faster@512",
             "coded bits/weight",
             "entropy bits/weight", "Huffman gap %")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -79,7 +81,8 @@ def stage_table(metrics: dict, out: Path) -> str:
             s["name"], f"{acc:.2f}", f"{acc - base['metrics']['accuracy']:+.2f}",
             f"{s['bytes'] / 1024:.1f}", f"{base['bytes'] / s['bytes']:.1f}", runtime_mb(s),
             f"{8 * s['bytes'] / base['params']:.2f}",
-            f"{s['latency_ms']['512']['median']:.2f}", *coded]) + " |")
+            f"{s['latency_ms']['512']['median']:.2f}", stage_speed_cell(s, 512),
+            *coded]) + " |")
     return "\n".join(lines)
 
 
@@ -126,6 +129,7 @@ def main() -> None:
     final = json.loads((out / stages[-1]["artifact"] / MANIFEST).read_text())
     print(f"\n## Deep Compression on Fashion-MNIST (seed {args.seed})\n")
     print(stage_table(metrics, out))
+    print("\n".join(["", *regressions_lines(metrics)]))
     print("\n### Coded tensors of the final artifact\n")
     print(layer_table(final))
     cluster = stages[-1]["info"]

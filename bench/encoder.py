@@ -4,10 +4,12 @@ channel), and slimkit's plan (layers 6 -> 3, vocabulary pruned to the domain, en
 distillation from the fp32 model, deployed as ONNX with per-channel INT8).
 
 Columns: MB on disk, latency at batch 1 and 32 (sequences padded to 128; median and p90, one
-interleaved run), sentences per second, Lee Spearman / Pearson / nDCG@10, clothing-probe AUC,
-cosine and top-10 neighbour overlap with fp32 over the review corpus, retention against fp32.
+interleaved run beside noise probes of torch fp32 and ORT fp32), sentences per second, speed
+against ORT INT8 with its verdict (faster / slower / within noise), Lee Spearman / Pearson /
+nDCG@10, clothing-probe AUC, cosine and top-10 neighbour overlap with fp32 over the review
+corpus, retention against fp32.
 
-    .venv/bin/python bench/encoder.py [--plan recipes/minilm.yaml] [--student DIR] [--rounds 5]
+    .venv/bin/python bench/encoder.py [--plan recipes/minilm.yaml] [--student DIR] [--rounds 15]
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import time
 from pathlib import Path
 
 import torch
+from verdicts import noise_line, speed_cell
 
 import slimkit
-from slimkit.eval.cost import latency_interleaved
+from slimkit.eval.cost import DEFAULT_ROUNDS, latency_interleaved
 from slimkit.export import artifact_bytes
 from slimkit.export.encoder import save_sentence_transformers
 from slimkit.export.encoder_onnx import (
@@ -32,6 +35,7 @@ from slimkit.export.encoder_onnx import (
     ort_dynamic_int8_baseline,
     torch_dynamic_int8,
 )
+from slimkit.export.runtime import available_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("lee_spearman", "lee_pearson", "lee_ndcg10", "probe_auc")
@@ -61,8 +65,8 @@ def main() -> None:
     parser.add_argument("--plan", default=str(ROOT / "recipes" / "minilm.yaml"))
     parser.add_argument("--student", help="a saved student artifact (skips compression)")
     parser.add_argument("--out", default="runs/bench-encoder")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=available_cores())
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -97,13 +101,16 @@ def main() -> None:
     }
     inputs = {b: task.example_inputs(b) for b in (1, 32)}
     lat = latency_interleaved({k: v[0] for k, v in variants.items()}, inputs,
-                              rounds=args.rounds, repeats=3)
+                              rounds=args.rounds, repeats=3, probes=["torch fp32", "ORT fp32"],
+                              threads=args.threads)
     task.set_reference(teacher)
     quality = {name: task.evaluate(m) for name, (m, _) in variants.items()}
     st_check = _sentence_transformers_check(slim_st, student, task)
     _table(variants, lat, quality)
     print(f"\nsentence-transformers loads {slim_st}: {st_check}")
-    (out / "bench.json").write_text(json.dumps({"info": info, "latency": lat,
+    print(noise_line(lat))
+    (out / "bench.json").write_text(json.dumps({"info": info, "latency": lat.summary,
+                                                "noise": lat.noise, "threads": lat.threads,
                                                 "quality": quality,
                                                 "mb": {k: v[1] for k, v in variants.items()},
                                                 "sentence_transformers": st_check}, indent=1))
@@ -116,7 +123,7 @@ def _mb(path: Path) -> float:
 def _table(variants, lat, quality) -> None:
     base_q = quality["torch fp32"]
     base_mb = variants["torch fp32"][1]
-    ort_int8 = lat["ORT quantize_dynamic (per channel)"]
+    ort_int8 = "ORT quantize_dynamic (per channel)"
     cols = ["variant", "MB", "x smaller", "ms@1 med/p90", "ms@32 med/p90", "sent/s@32",
             "x vs ORT INT8 @1/@32", *METRICS, "cosine", "top10", "retention Lee Sp. / AUC"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
@@ -125,8 +132,7 @@ def _table(variants, lat, quality) -> None:
         row = [name, f"{mb:.1f}", f"{base_mb / mb:.1f}",
                f"{l1['median']:.1f} / {l1['p90']:.1f}", f"{l32['median']:.0f} / {l32['p90']:.0f}",
                f"{32e3 / l32['median']:.0f}",
-               f"{ort_int8['1']['median'] / l1['median']:.2f} / "
-               f"{ort_int8['32']['median'] / l32['median']:.2f}",
+               " / ".join(speed_cell(lat, name, ort_int8, b, "ORT fp32") for b in (1, 32)),
                *[f"{q[m]:.4f}" for m in METRICS],
                f"{q.get('cosine', float('nan')):.4f}",
                f"{q.get('top10_overlap', float('nan')):.3f}",

@@ -1,12 +1,14 @@
 """Benchmark: INT8 variants of the MovieLens DeepFM teacher side by side, torch and ONNX Runtime,
-on the same inputs in one process (latency interleaved): bytes on disk, ms at batch 1 and 512,
-test AUC. A second table times the deep tower alone (where the int8 GEMMs run).
+on the same inputs in one process (latency interleaved beside a noise probe of each runtime's
+fp32 model): bytes on disk, ms at batch 1 and 512, each speed-up with its verdict (faster /
+slower / within noise), test AUC. A second table times the deep tower alone (where the int8
+GEMMs run).
 
-    .venv/bin/python bench/quant.py [--threads 2] [--rounds 7] [--observers minmax mse ...]
+    .venv/bin/python bench/quant.py [--threads N] [--rounds 15] [--observers minmax mse ...]
 
-`--threads` sets torch's intra-op threads and ORT's alike. On a shared, overloaded machine use
-`--threads 1`: torch's thread pool then stops waiting on descheduled workers (medians of tens of
-ms at batch 1 with 2 threads under a load average of 8).
+`--threads` (default: the available cores) sets torch's intra-op threads and ORT's alike. On a
+shared, overloaded machine use `--threads 1`: torch's thread pool then stops waiting on
+descheduled workers (medians of tens of ms at batch 1 with 2 threads under a load average of 8).
 """
 
 from __future__ import annotations
@@ -23,18 +25,20 @@ import onnx
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
+from verdicts import noise_line, speed_cell
 
 import slimkit
-from slimkit.eval.cost import latency_interleaved
+from slimkit.eval.cost import DEFAULT_ROUNDS, Timing, latency_interleaved
 from slimkit.export import artifact_bytes
 from slimkit.export.onnx import check_parity, export_onnx
-from slimkit.export.runtime import OrtSession
+from slimkit.export.runtime import OrtSession, available_cores
 from slimkit.methods.quantize.static_int8 import StaticInt8
 from slimkit.tasks.ctr import train_teacher
 from slimkit.tasks.ctr.models import field_vectors
 from slimkit.tasks.registry import make_task
 
 BATCHES = (1, 512)
+PROBES = ["torch fp32", "ort fp32"]  # each runtime's reference, timed again as a noise probe
 
 
 def torch_bytes(model: nn.Module, tmp: Path) -> int:
@@ -69,7 +73,6 @@ def build(task, teacher: nn.Module, tmp: Path, observers: list[str],
         rows[f"ort {name}"]["source"] = model
 
     add("torch fp32", "torch", teacher, artifact_bytes(slimkit.save(teacher, tmp / "fp32")))
-    add("torch fp32 (noise check)", "torch", copy.deepcopy(teacher), rows["torch fp32"]["bytes"])
     tq = torch.ao.quantization.quantize_dynamic(
         copy.deepcopy(teacher), {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig},
         dtype=torch.qint8)
@@ -98,9 +101,9 @@ def build(task, teacher: nn.Module, tmp: Path, observers: list[str],
     return rows
 
 
-def table(rows: dict[str, dict], lat: dict, aucs: dict[str, float]) -> str:
+def table(rows: dict[str, dict], lat: Timing, aucs: dict[str, float]) -> str:
     cols = ("variant", "runtime", "KB", "AUC", "ΔAUC", "ms@1 med/p90", "ms@512 med/p90",
-            "x faster@512 vs fp32 same runtime")
+            "x faster@1 vs fp32 same runtime", "x faster@512 vs fp32 same runtime")
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     base_auc = aucs["torch fp32"]
     for name, row in rows.items():
@@ -110,7 +113,7 @@ def table(rows: dict[str, dict], lat: dict, aucs: dict[str, float]) -> str:
             name, row["runtime"], f"{row['bytes'] / 1024:.1f}", f"{aucs[name]:.4f}",
             f"{aucs[name] - base_auc:+.4f}", f"{l1['median']:.3f} / {l1['p90']:.3f}",
             f"{l512['median']:.3f} / {l512['p90']:.3f}",
-            f"{lat[ref]['512']['median'] / l512['median']:.2f}"]) + " |")
+            speed_cell(lat, name, ref, 1, ref), speed_cell(lat, name, ref, 512, ref)]) + " |")
     return "\n".join(out)
 
 
@@ -138,23 +141,22 @@ def tower_table(task, rows: dict[str, dict], tmp: Path, rounds: int, threads: in
                          nn.Sequential(static_ort.tower, static_ort.head))]:
         path = export_onnx(tower, (feats[:8],), tmp / f"tower-{name}.onnx")
         sessions[name] = OrtSession(path, threads=threads)
-    lat = latency_interleaved(sessions, inputs, rounds=rounds)
+    lat = latency_interleaved(sessions, inputs, rounds=rounds, probes=PROBES, threads=threads)
     cols = ("tower variant", "ms@1 med", "ms@512 med", "x faster@1", "x faster@512")
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name in sessions:
         ref = "ort fp32" if name.startswith("ort") else "torch fp32"
         out.append("| " + " | ".join([
             name, f"{lat[name]['1']['median']:.3f}", f"{lat[name]['512']['median']:.3f}",
-            f"{lat[ref]['1']['median'] / lat[name]['1']['median']:.2f}",
-            f"{lat[ref]['512']['median'] / lat[name]['512']['median']:.2f}"]) + " |")
-    return "\n".join(out)
+            speed_cell(lat, name, ref, 1, ref), speed_cell(lat, name, ref, 512, ref)]) + " |")
+    return "\n".join([*out, "", noise_line(lat)])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=available_cores())
     parser.add_argument("--observers", nargs="+", default=["minmax", "percentile", "mse", "kl"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -170,11 +172,10 @@ def main() -> None:
         aucs = {name: task.evaluate(row["model"])["auc"] for name, row in rows.items()}
         inputs = {b: task.example_inputs(b) for b in BATCHES}
         lat = latency_interleaved({n: r["model"] for n, r in rows.items()}, inputs,
-                                  rounds=args.rounds)
-        print(f"\n## DeepFM on MovieLens-100k: INT8 variants (torch threads "
-              f"{torch.get_num_threads()}, ORT intra-op {args.threads}, {os.cpu_count()} CPUs, "
-              f"load average {os.getloadavg()[0]:.1f})\n")
+                                  rounds=args.rounds, probes=PROBES, threads=args.threads)
+        print(f"\n## DeepFM on MovieLens-100k: INT8 variants ({os.cpu_count()} CPUs)\n")
         print(table(rows, lat, aucs))
+        print(f"\n{noise_line(lat)}")
         print("\n## Deep tower + head only (batch 1 / 512 tower inputs)\n")
         print(tower_table(task, rows, tmp, args.rounds, args.threads))
 

@@ -1,7 +1,8 @@
 """Benchmark: static INT8 (W8A8) on the Fashion-MNIST CNN, torch fbgemm and ONNX Runtime QDQ side
-by side with fp32 in the same runtime; latency interleaved in one process, accuracy on test.
+by side with fp32 in the same runtime; latency interleaved in one process beside a noise probe of
+each runtime's fp32 model (each speed-up with its verdict), accuracy on test.
 
-    .venv/bin/python bench/quant_cnn.py [--threads 2] [--teacher-epochs 6]
+    .venv/bin/python bench/quant_cnn.py [--threads N] [--teacher-epochs 6]
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import tempfile
 from pathlib import Path
 
 import torch
+from verdicts import noise_line, speed_cell
 
 import slimkit
-from slimkit.eval.cost import latency_interleaved
+from slimkit.eval.cost import DEFAULT_ROUNDS, latency_interleaved
 from slimkit.export import artifact_bytes
 from slimkit.export.onnx import check_parity, export_onnx
-from slimkit.export.runtime import OrtSession
+from slimkit.export.runtime import OrtSession, available_cores
 from slimkit.tasks.vision.task import CNN_RECIPE, train_teacher
 
 BATCHES = (1, 256)
@@ -27,9 +29,9 @@ BATCHES = (1, 256)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=available_cores())
     parser.add_argument("--teacher-epochs", type=int, default=6)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -55,7 +57,8 @@ def main() -> None:
                         parity.max_abs_diff)
         variants[f"ort {name}"] = ("onnxruntime", OrtSession(path, threads=args.threads), model)
     inputs = {b: task.example_inputs(b) for b in BATCHES}
-    lat = latency_interleaved({k: v[1] for k, v in variants.items()}, inputs, rounds=args.rounds)
+    lat = latency_interleaved({k: v[1] for k, v in variants.items()}, inputs, rounds=args.rounds,
+                              probes=["torch fp32", "ort fp32"], threads=args.threads)
     base_acc = task.evaluate(teacher)["accuracy"]
     cols = ("variant", "KB", "accuracy %", "Δ points", "ms@1 med/p90", "ms@256 med/p90",
             "x faster@1 (same runtime)", "x faster@256 (same runtime)")
@@ -68,8 +71,8 @@ def main() -> None:
         print("| " + " | ".join([
             name, f"{sizes[key] / 1024:.1f}", f"{acc:.2f}", f"{acc - base_acc:+.2f}",
             f"{l1['median']:.3f} / {l1['p90']:.3f}", f"{l256['median']:.3f} / {l256['p90']:.3f}",
-            f"{lat[ref]['1']['median'] / l1['median']:.2f}",
-            f"{lat[ref]['256']['median'] / l256['median']:.2f}"]) + " |")
+            speed_cell(lat, name, ref, 1, ref), speed_cell(lat, name, ref, 256, ref)]) + " |")
+    print(f"\n{noise_line(lat)}")
 
 
 if __name__ == "__main__":

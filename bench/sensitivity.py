@@ -1,7 +1,8 @@
 """Benchmark: per-layer sensitivity of the MovieLens-100k DeepFM teacher to INT8, ternary and binary
 Linear weights and to INT4/INT2 embedding tables, then quantize.mixed and
 quantize.embedding_budget at two budgets each (artifact bytes, test AUC, delta vs the teacher).
-Latency at batch 512 is measured interleaved in one process, the teacher twice as a noise check.
+Latency at batch 512 is measured interleaved in one process beside a noise probe of the teacher;
+each speed-up is printed with its verdict (faster / slower / within noise).
 
     .venv/bin/python bench/sensitivity.py [--out runs/bench-sensitivity] [--seed 0] [--teacher DIR]
 """
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from verdicts import noise_line, speed_cell
 
 import slimkit
 from slimkit.eval import latency_interleaved
@@ -130,9 +132,7 @@ def main() -> None:
             auc = task.evaluate(model)["auc"]
             models[name] = model
             rows.append((name, size, auc, seconds, info))
-    models["teacher (fp32) again"] = copy.deepcopy(teacher)
-    lat = latency_interleaved(models, {512: task.example_inputs(512)})
-    base_ms = lat["teacher (fp32)"]["512"]["median"]
+    lat = latency_interleaved(models, {512: task.example_inputs(512)})  # probe: the teacher
 
     cols = ["variant", "KB", "x smaller", "test AUC", "Δ AUC", "ms@512", "x faster", "seconds"]
     print("### Compressed models (artifact bytes, test split)\n")
@@ -140,10 +140,10 @@ def main() -> None:
     base_size = rows[0][1]
     for name, size, auc, seconds, _ in rows:
         ms = lat[name]["512"]["median"]
+        faster = speed_cell(lat, name, "teacher (fp32)", 512, "teacher (fp32)")
         print(f"| {name} | {size / 1024:.1f} | {base_size / size:.2f} | {auc:.4f} | "
-              f"{auc - base_auc:+.4f} | {ms:.3f} | {base_ms / ms:.2f} | {seconds:.1f} |")
-    again = lat["teacher (fp32) again"]["512"]["median"]
-    print(f"\nnoise check: teacher duplicate ms@512 {again:.3f} ({base_ms / again:.2f}x)\n")
+              f"{auc - base_auc:+.4f} | {ms:.3f} | {faster} | {seconds:.1f} |")
+    print(f"\n{noise_line(lat)}\n")
     for name, _, _, _, infos in rows:
         for info in infos:
             line = describe(name, info)

@@ -2,9 +2,10 @@
 random configs), the Fashion-MNIST CNN, and the real all-MiniLM-L6-v2.
 
 For each model: parameters before/after, artifact bytes, reload exactness, ONNX export parity, and
-latency in torch and ONNX Runtime, fp32 before vs after, interleaved in one process (medians).
+latency in torch and ONNX Runtime, fp32 before vs after, interleaved in one process beside a noise
+probe of each runtime's "before" (medians; each speed-up with its verdict).
 
-    .venv/bin/python bench/structured.py [--threads 2] [--rounds 5] [--skip-minilm]
+    .venv/bin/python bench/structured.py [--threads N] [--rounds 15] [--skip-minilm]
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import tempfile
 from pathlib import Path
 
 import torch
+from verdicts import noise_line, speed_cell
 
 import slimkit
-from slimkit.eval.cost import latency_interleaved
+from slimkit.eval.cost import DEFAULT_ROUNDS, latency_interleaved
 from slimkit.export import artifact_bytes
 from slimkit.export.onnx import check_parity, export_onnx
-from slimkit.export.runtime import OrtSession
+from slimkit.export.runtime import OrtSession, available_cores
 from slimkit.models import MainOutput, example_inputs, first_tensor, tiny_model
 from slimkit.tasks.inputs import InputsTask
 from slimkit.tasks.vision.models import SmallCNN
@@ -80,8 +82,8 @@ def _reviews(n: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=available_cores())
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
     parser.add_argument("--skip-minilm", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -113,7 +115,8 @@ def main() -> None:
             parity.append(p.cosine)
             runners[f"torch {label}"] = wrapped
             runners[f"ort {label}"] = OrtSession(onnx_path, threads=args.threads)
-        lat = latency_interleaved(runners, inputs, rounds=args.rounds, repeats=3)
+        lat = latency_interleaved(runners, inputs, rounds=args.rounds, repeats=3,
+                                  probes=["torch before", "ort before"], threads=args.threads)
         for b in batches:
             def ms(key: str, b: int = b, lat: dict = lat) -> float:
                 return lat[key][str(b)]["median"]
@@ -122,10 +125,10 @@ def main() -> None:
                 f"{artifact_bytes(path) / 1e6:.1f}", "identical" if same else "DIFFERS",
                 f"{min(parity):.5f}", str(b),
                 f"{ms('torch before'):.2f} → {ms('torch after'):.2f}",
-                f"{ms('torch before') / ms('torch after'):.2f}",
+                speed_cell(lat, "torch after", "torch before", b, "torch before"),
                 f"{ms('ort before'):.2f} → {ms('ort after'):.2f}",
-                f"{ms('ort before') / ms('ort after'):.2f}", quality])
-        print(f"done {name}", flush=True)
+                speed_cell(lat, "ort after", "ort before", b, "ort before"), quality])
+        print(f"done {name}: {noise_line(lat)}", flush=True)
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for row in rows:
         print("| " + " | ".join(row) + " |")

@@ -1,6 +1,7 @@
 """Benchmark: weight-only INT4/INT3 quantization (RTN vs GPTQ vs AWQ) of the real all-MiniLM-L6-v2
 sentence encoder, scored by cosine to the fp32 embeddings on product reviews; or (--kernels) torch's
-CPU low-bit kernels against de-quantize-then-matmul, timed interleaved in one process.
+CPU low-bit kernels against de-quantize-then-matmul, timed interleaved in one process beside a
+noise probe of the dense call (each speed-up with its verdict).
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/weight_only.py [--eval 1000] [--calib 128] [--threads 2]
     .venv/bin/python bench/weight_only.py --kernels
@@ -17,17 +18,19 @@ import copy
 import importlib.util
 import logging
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
+from verdicts import speed_cell
 
 import slimkit
+from slimkit.eval.cost import latency_interleaved
 from slimkit.eval.runtime_memory import runtime_memory
 from slimkit.export import artifact_bytes
+from slimkit.export.runtime import available_cores
 from slimkit.methods.quantize.weight_only import AWQOptions, WeightOnly
 from slimkit.nn.lowbit_linear import WeightOnlyLinear
 
@@ -141,16 +144,26 @@ def print_row(row, fp32_bytes, *, header: bool, first) -> None:
           f"{fp32_bytes / nbytes:.1f} | {seconds:.1f} | {disk / 2**20:.2f} | {mem} |", flush=True)
 
 
-def _seconds(fn, args: tuple) -> float:
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
+class Call:
+    """One kernel call timed like a model: latency_interleaved calls it with no inputs (a deep
+    copy, the noise probe, holds copies of the tensors)."""
+
+    def __init__(self, fn, args: tuple) -> None:
+        self.fn, self.args = fn, args
+
+    def eval(self) -> Call:
+        return self
+
+    def __call__(self) -> torch.Tensor:
+        return self.fn(*self.args)
 
 
-def kernel_table(repeat: int = 30) -> None:
-    """torch's CPU low-bit GEMMs against F.linear on the cached fp32 weight (MiniLM shapes)."""
-    print("\n| N x K | M | dense fp32 ms | dense again ms | int4pack fp32 ms | int4pack bf16 ms "
-          "| int8pack fp32 ms | int8pack bf16 ms | int4 fp32 max abs err |\n" + "|---" * 9 + "|")
+def kernel_table(threads: int) -> None:
+    """torch's CPU low-bit GEMMs against F.linear on the cached fp32 weight (MiniLM shapes),
+    interleaved beside a noise probe of the dense call; each cell: median ms (x vs dense)."""
+    names = ("int4pack fp32", "int4pack bf16", "int8pack fp32", "int8pack bf16")
+    print("\n| N x K | M | dense fp32 ms (probe band) | " + " | ".join(f"{n} ms" for n in names)
+          + " | int4 fp32 max abs err |\n" + "|---" * 7 + "|")
     int4, int8 = torch._weight_int4pack_mm_for_cpu, torch._weight_int8pack_mm
     for n, k in [(384, 384), (1536, 384), (384, 1536)]:
         group = 128
@@ -167,18 +180,19 @@ def kernel_table(repeat: int = 30) -> None:
         for m in (1, 16, 256):
             x = torch.randn(m, k)
             xb = x.bfloat16()
-            calls = [(F.linear, (x, dense)), (F.linear, (x, dense)),
-                     (int4, (x, packed, group, sz)), (int4, (xb, packed, group, sz.bfloat16())),
-                     (int8, (x, q8, s8)), (int8, (xb, q8, s8.bfloat16()))]
-            for fn, call_args in calls:
-                fn(*call_args)
-            times: list[list[float]] = [[] for _ in calls]
-            for _ in range(repeat):  # interleaved so machine load hits every variant alike
-                for i, (fn, call_args) in enumerate(calls):
-                    times[i].append(_seconds(fn, call_args) * 1e3)
+            calls = {"dense fp32": Call(F.linear, (x, dense)),
+                     names[0]: Call(int4, (x, packed, group, sz)),
+                     names[1]: Call(int4, (xb, packed, group, sz.bfloat16())),
+                     names[2]: Call(int8, (x, q8, s8)),
+                     names[3]: Call(int8, (xb, q8, s8.bfloat16()))}
+            timed = latency_interleaved(calls, {m: ()}, warmup=1, threads=threads)
             err = float((int4(x, packed, group, sz) - F.linear(x, dense)).abs().max())
-            cells = " | ".join(f"{statistics.median(t):.3f}" for t in times)
-            print(f"| {n} x {k} | {m} | {cells} | {err:.1e} |", flush=True)
+            cells = " | ".join(f"{timed[c][str(m)]['median']:.3f} ("
+                               f"{speed_cell(timed, c, 'dense fp32', m, 'dense fp32')})"
+                               for c in names)
+            dense_ms = timed["dense fp32"][str(m)]["median"]
+            print(f"| {n} x {k} | {m} | {dense_ms:.3f} (±{timed.noise['dense fp32'][str(m)]:.0%})"
+                  f" | {cells} | {err:.1e} |", flush=True)
 
 
 def main() -> None:
@@ -193,13 +207,13 @@ def main() -> None:
                         "inputs in one pass of the float model")
     parser.add_argument("--kernels", action="store_true", help="instead, time torch's int4/int8 "
                         "CPU kernels against the dense path")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=available_cores())
     args = parser.parse_args()
     args.configs = [tuple(int(v) for v in c.split(":")) for c in args.configs]
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     if args.kernels:
-        kernel_table()
+        kernel_table(args.threads)
     else:
         quality_table(args)
 
