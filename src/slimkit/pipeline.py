@@ -218,8 +218,8 @@ def finish(out: Path, task: Task, plan: Plan, stages: list[dict[str, Any]], *, t
     - stage["speed"] = {"torch": {batch: {"vs_baseline": cmp, "vs_previous": cmp}},
       "onnxruntime": {...the same, when timed}} with cmp = {"ratio": float, "verdict":
       "faster" | "slower" | "within noise", "band": float}: ratio = reference / this stage,
-      the median over rounds of the per-round ratio of medians (>1: this stage is faster);
-      band = the probe's band widened for calls shorter than the baseline's
+      the median over rounds of the ratio of each round's fastest calls (>1: this stage is
+      faster); band = the probe's band widened for calls shorter than the baseline's
       (eval.cost.pair_band); the baseline is 1.0 "within noise" against itself, and
       vs_previous is None when the previous stage was not timed in that runtime;
     - stage["regressions"] = [{"what": "bytes" | "latency", "runtime": "torch" |

@@ -109,9 +109,10 @@ DEFAULT_ROUNDS = rounds_for(FALSE_VERDICT, SPARE)  # 15
 
 
 def paired_ratio(reference: Sequence[float], model: Sequence[float]) -> float:
-    """Median over rounds of reference / model, each a round's median ms (>1: model faster).
-    The ratio is taken within a round, where both saw the same machine, so load that comes and
-    goes between rounds cancels; the median ignores rounds a burst hit harder on one side."""
+    """Median over rounds of reference / model, each a round's fastest call in ms (>1: model
+    faster). The ratio is taken within a round, where both saw the same machine, so load that
+    comes and goes between rounds cancels; the median ignores rounds a burst hit harder on one
+    side."""
     return math.exp(statistics.median(
         math.log(r / m) for r, m in zip(reference, model, strict=True)))
 
@@ -158,8 +159,8 @@ def verdict(ratio: float, band: float) -> str:
 class Timing:
     """What `latency_interleaved` measured. `summary[name][batch]`: median and p90 ms over all
     calls, `spread` (half the width of the middle 80% of calls over the median) and rows/s;
-    `rounds[name][batch]`: each round's median ms; `noise[name][batch]`: the band of a probed
-    model's probe (`noise_band`); `threads`: torch's and ONNX Runtime's intra-op threads.
+    `rounds[name][batch]`: each round's fastest call, ms; `noise[name][batch]`: the band of a
+    probed model's probe (`noise_band`); `threads`: torch's and ONNX Runtime's threads.
     Probes appear in summary and rounds as PROBE + name. `timing[name]` is summary[name]."""
 
     summary: dict[str, dict[str, dict[str, float]]]
@@ -197,10 +198,13 @@ def latency_interleaved(models: Mapping[str, Any], inputs: Mapping[int, Inputs],
     """Time `models` (torch modules or OrtSessions) at each batch size of `inputs`.
 
     A round makes `repeats` passes per batch size, each calling every model once in an order
-    shuffled anew (seeded: runs repeat their order). Load that starts or stops mid-round so
-    lands on every model's calls alike, where a block of one model's calls in a row would take
-    it all; a round's median per model (of 5 calls: two slowed ones do not move it) is the unit
-    the ratios pair (Timing.compare).
+    shuffled anew (seeded: runs repeat their order), so load that starts or stops mid-round
+    lands on every model's calls alike. A round's value for a model, the unit the ratios pair
+    (Timing.compare), is its fastest call there: load only ever adds time (a preempted thread,
+    a parallel region waiting for one), so the fastest call is the one it disturbed least, and
+    a model is misjudged only when load hit all its calls of the round (under two busy loops on
+    two cores, the median of a round's calls read 4x apart for two copies of one model where
+    the fastest read 4% apart). Medians, p90 and spread still describe all calls.
 
     `probes` (default: the first model, the baseline) each get a deep copy timed as one more
     model: its own weights in their own memory, like any model compared with it (the same
@@ -220,10 +224,10 @@ def latency_interleaved(models: Mapping[str, Any], inputs: Mapping[int, Inputs],
             log.warning("%s: ONNX Runtime session on %d threads, torch timed on %d",
                         name, model.threads, threads)
     with torch_threads(threads):
-        calls, medians = _run(runners, inputs, rounds, repeats, warmup, seed, progress)
+        calls, fastest = _run(runners, inputs, rounds, repeats, warmup, seed, progress)
     summary = {name: {str(b): _summary(t, b) for b, t in per.items()}
                for name, per in calls.items()}
-    per_round = {name: {str(b): t for b, t in per.items()} for name, per in medians.items()}
+    per_round = {name: {str(b): t for b, t in per.items()} for name, per in fastest.items()}
     noise = {name: {b: round(noise_band(per_round[name][b], per_round[PROBE + name][b]), 4)
                     for b in per_round[name]} for name in probes}
     return Timing(summary, per_round, noise, threads)
@@ -239,7 +243,7 @@ def _run(runners: Mapping[str, Any], inputs: Mapping[int, Inputs], rounds: int, 
             for _ in range(warmup):
                 model(*x)
     calls: dict[str, dict[int, list[float]]] = {n: {b: [] for b in inputs} for n in runners}
-    medians: dict[str, dict[int, list[float]]] = {n: {b: [] for b in inputs} for n in runners}
+    fastest: dict[str, dict[int, list[float]]] = {n: {b: [] for b in inputs} for n in runners}
     order, shuffle = list(runners), random.Random(seed).shuffle
     rounds_iter: Iterable[int] = range(rounds)
     if progress is not None:
@@ -253,8 +257,8 @@ def _run(runners: Mapping[str, Any], inputs: Mapping[int, Inputs], rounds: int, 
                     times[name].append(_time_once(runners[name], x))
             for name, t in times.items():
                 calls[name][batch].extend(t)
-                medians[name][batch].append(statistics.median(t))
-    return calls, medians
+                fastest[name][batch].append(min(t))
+    return calls, fastest
 
 
 def _time_once(model: Any, inputs: Inputs) -> float:

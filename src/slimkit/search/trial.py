@@ -24,8 +24,8 @@ from ..eval.quality import quality_drop
 
 __all__ = ["Hopeless", "measure", "quality_drop", "run_plan_trial", "trains"]
 # How a trial is timed, at one batch size, beside the baseline and its probe: the rounds that
-# bound a false verdict at 5% (eval.cost.noise_band), each the median of 3 calls (the fewest
-# with a middle one), after one warm-up call.
+# bound a false verdict at 5% (eval.cost.noise_band), 3 calls each (the fastest of them pairs;
+# the median of all calls is the trial's latency), after one warm-up call.
 ROUNDS, REPEATS, WARMUP = DEFAULT_ROUNDS, 3, 1
 
 # A step may lose quality that a later training step (fine-tuning, distillation) wins back, so
