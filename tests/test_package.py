@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,14 @@ def test_search_space_file_matches_embedded_default() -> None:
 
     shipped = SearchSpace.load(ROOT / "recipes" / "search-ctr.yaml")
     assert shipped == SearchSpace.from_dict(yaml.safe_load(CTR_SPACE_YAML))
+
+
+@pytest.mark.parametrize(("target", "installs_browser"), [("demo", False), ("test", True)])
+def test_make_targets_install_what_they_need(target: str, installs_browser: bool) -> None:
+    """`make demo` on a fresh machine installs no browser (only the report tests drive one)."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    dry = subprocess.run(["make", "-n", "-B", target], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert ("chromium" in dry) is installs_browser
+    assert "torch==2.13.0" in dry and (",dev," in dry) is installs_browser  # linters, pytest
