@@ -14,7 +14,14 @@ from .. import Context, SlimkitError
 from ..export import reload
 from ..rundir import check_out, open_run_dir, write_errors
 from ..tasks.defaults import search_space
-from .inputs import InputModel, add_model_args, add_task_args, task_from_args
+from .inputs import (
+    InputModel,
+    add_model_args,
+    add_task_args,
+    add_threads_arg,
+    task_from_args,
+    threads_from,
+)
 from .progress import console, emit_json, results
 
 
@@ -43,6 +50,7 @@ def add_parser(add: Any) -> Any:
                       "and report.html (default: runs/auto)")
     auto.add_argument("--seed", type=int, default=0, help="seed of the teacher, the sampler and "
                       "every trial")
+    add_threads_arg(auto)
     auto.add_argument("--latency-batch", type=int, default=512,
                       help="batch size the latency objective is timed at (default: 512)")
     auto.add_argument("--no-sensitivity", action="store_true",
@@ -114,6 +122,7 @@ def run_auto(args: argparse.Namespace) -> int:
     from ..search import auto
 
     space = _space(args, None) if args.space else None  # a bad file, before any data is read
+    threads = threads_from(args)
     if not args.max_drop >= 0:
         raise SlimkitError(f"--max-drop: expected a number >= 0, got {args.max_drop}")
     if args.trials < 1:
@@ -135,7 +144,7 @@ def run_auto(args: argparse.Namespace) -> int:
                       sampler=args.sampler, sensitivity=not args.no_sensitivity,
                       early_stop=not args.no_early_stop, keep=args.keep,
                       on_trial=lambda row, data: _trial_line(row, data["baseline"], metric),
-                      write_page=write_search_report)
+                      write_page=write_search_report, threads=threads)
         return _summary(result, task, out, metric, model, source.factory, args.json)
 
 

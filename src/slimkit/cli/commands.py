@@ -19,7 +19,7 @@ from ..report.units import UNIT_NOTE, format_bytes
 from ..rundir import check_out, open_run_dir, write_errors
 from ..tasks.defaults import default_plan, task_model_for
 from ..tasks.registry import task_from_spec
-from .inputs import InputModel, task_from_args
+from .inputs import InputModel, task_from_args, threads_from
 from .progress import console, emit_json, results, rich_progress
 
 
@@ -115,6 +115,7 @@ def run_result(metrics: dict[str, Any], out: Path) -> dict[str, Any]:
 
 
 def demo(args: argparse.Namespace) -> int:
+    threads = threads_from(args)
     task = make_task("movielens")
     plan = Plan.from_yaml(default_plan(task))
     source = InputModel(argparse.Namespace(model=None, arch=args.model, weights=None,
@@ -127,11 +128,13 @@ def demo(args: argparse.Namespace) -> int:
             else source.teacher(ctx)
         metrics = run_plan(model, task, plan, out, ctx=ctx, resume=args.resume,
                            baseline_seconds=seconds, on_stage=_stage_line,
-                           title=f"slimkit demo: {args.model} on MovieLens-100k CTR")
+                           title=f"slimkit demo: {args.model} on MovieLens-100k CTR",
+                           threads=threads)
     return _finish(metrics, out)
 
 
 def run(args: argparse.Namespace) -> int:
+    threads = threads_from(args)
     plan = Plan.load(args.plan) if args.plan else None  # checked before any data is read
     if plan is not None and not plan.steps:
         check_plan(torch.nn.Module(), plan)  # "plan: no steps", before any data is read
@@ -163,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
                            baseline_name="input" if source.path or not source.trains
                            else "teacher", baseline_seconds=seconds, on_stage=_stage_line,
                            title=f"slimkit run: {name} on {task.name}",
-                           model_factory=factory)
+                           model_factory=factory, threads=threads)
     return _finish(metrics, out, args.json)
 
 

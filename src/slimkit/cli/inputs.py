@@ -43,6 +43,18 @@ def add_task_args(parser: argparse.ArgumentParser, *, recorded: bool = False) ->
                         help="task options as a YAML mapping (--task-opt entries override it)")
 
 
+def add_threads_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, help="intra-op threads of torch and ONNX Runtime "
+                        "while timing latency, the same for both (default: the CPUs this "
+                        "process may use); recorded in metrics.json")
+
+
+def threads_from(args: argparse.Namespace) -> int | None:
+    if args.threads is not None and args.threads < 1:
+        raise SlimkitError(f"--threads: expected an integer >= 1, got {args.threads}")
+    return args.threads  # type: ignore[no-any-return]
+
+
 def add_model_args(parser: argparse.ArgumentParser, default_help: str) -> None:
     parser.add_argument("--model", metavar="DIR|FILE.pt|MODULE:FACTORY",
                         help="input model: an artifact directory, a weights-only state-dict "

@@ -12,7 +12,7 @@ from .. import __version__
 from ..core.errors import SlimkitError
 from . import commands
 from .auto import add_parser as add_auto_parser
-from .inputs import add_model_args, add_task_args
+from .inputs import add_model_args, add_task_args, add_threads_arg
 from .introspect import add_check_parser, add_methods_parser
 from .progress import configure
 
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="teacher architecture (default: deepfm)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the teacher and every step")
     demo.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    add_threads_arg(demo)
     demo.set_defaults(func=commands.demo)
 
     run = add("run", help="apply a plan (YAML/JSON) to a model, stage by stage",
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="runs/run", help="run directory (default: runs/run)")
     run.add_argument("--seed", type=int, default=0, help="seed of the teacher and every step")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    add_threads_arg(run)
     _json_option(run)
     run.set_defaults(func=commands.run)
 

@@ -37,20 +37,24 @@ class OrtSession:
     `eval`, `train`, `training` and `parameters` exist so task.evaluate and latency_interleaved
     take it where they take a model; `threads` is what the timing records and checks;
     copy.deepcopy opens a second session on the same file (a noise probe has its own arena).
+    `spin=False` puts idle worker threads to sleep at once: sessions timed side by side in one
+    process (stages, their noise probe) would otherwise spin on the cores the next call needs.
     """
 
     training = False
 
     def __init__(self, path: str | Path, *, threads: int | None = None,
-                 optimize: bool = True) -> None:
+                 optimize: bool = True, spin: bool = True) -> None:
         import onnxruntime as ort
 
         threads = available_cores() if threads is None else threads
-        self.threads, self.optimize = threads, optimize
+        self.threads, self.optimize, self.spin = threads, optimize, spin
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: optimizer notes are not the caller's concern
+        if not spin:  # idle workers sleep at once instead of spinning for the next call
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                             else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
         self.path = Path(path)
@@ -77,7 +81,8 @@ class OrtSession:
         return torch.from_numpy(self.session.run(None, feeds)[0])
 
     def __deepcopy__(self, memo: dict[int, Any]) -> OrtSession:
-        return OrtSession(self.path, threads=self.threads, optimize=self.optimize)
+        return OrtSession(self.path, threads=self.threads, optimize=self.optimize,
+                          spin=self.spin)
 
     def eval(self) -> OrtSession:
         return self

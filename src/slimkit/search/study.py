@@ -154,7 +154,8 @@ def _search(model: nn.Module, task: Any, space: SearchSpace, *, max_drop: float,
                            "each layer it targets (see the sensitivity rows); no plan can fit")
     narrowed = SearchSpace.from_dict(narrowed_steps)
     context = {"task": task.name, "primary_metric": task.primary_metric,
-               "higher_is_better": task.higher_is_better, "max_drop": float(max_drop),
+               "higher_is_better": task.higher_is_better, "split": "valid",
+               "max_drop": float(max_drop),
                "objective": objective, "latency_batch": latency_batch, "threads": threads,
                "storage": storage, "study_name": study_name, "baseline": baseline}
 
