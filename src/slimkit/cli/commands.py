@@ -130,7 +130,7 @@ def demo(args: argparse.Namespace) -> int:
                            baseline_seconds=seconds, on_stage=_stage_line,
                            title=f"slimkit demo: {args.model} on MovieLens-100k CTR",
                            threads=threads)
-    return _finish(metrics, out)
+    return _finish(metrics, out, args.json)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of the teacher and every step")
     demo.add_argument("--resume", action="store_true", help="continue an interrupted run")
     add_threads_arg(demo)
+    _json_option(demo)
     demo.set_defaults(func=commands.demo)
 
     run = add("run", help="apply a plan (YAML/JSON) to a model, stage by stage",
