@@ -68,7 +68,7 @@ def build(task, teacher: nn.Module, tmp: Path, observers: list[str],
         parity = check_parity(model, path, example, min_cosine=0.9999)
         logging.info("%s parity: max |diff| %.2e cosine %.6f", name, parity.max_abs_diff,
                      parity.cosine)
-        session = OrtSession(path, threads=threads)
+        session = OrtSession(path, threads=threads, spin=False)
         add(f"ort {name}", "onnxruntime", session, path.stat().st_size)
         rows[f"ort {name}"]["source"] = model
 
@@ -83,7 +83,8 @@ def build(task, teacher: nn.Module, tmp: Path, observers: list[str],
                      weight_type=QuantType.QInt8,
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     add("ort quantize_dynamic per-channel", "onnxruntime",
-        OrtSession(tmp / "ortq.onnx", threads=threads), (tmp / "ortq.onnx").stat().st_size)
+        OrtSession(tmp / "ortq.onnx", threads=threads, spin=False),
+        (tmp / "ortq.onnx").stat().st_size)
     dyn = compressed(teacher, task, slimkit.DynamicInt8())
     add("slimkit dynamic_int8", "torch", dyn, artifact_bytes(slimkit.save(dyn, tmp / "dyn")))
     ort("slimkit dynamic_int8", dyn)
@@ -140,7 +141,7 @@ def tower_table(task, rows: dict[str, dict], tmp: Path, rounds: int, threads: in
                         ("ort slimkit static_int8 percentile",
                          nn.Sequential(static_ort.tower, static_ort.head))]:
         path = export_onnx(tower, (feats[:8],), tmp / f"tower-{name}.onnx")
-        sessions[name] = OrtSession(path, threads=threads)
+        sessions[name] = OrtSession(path, threads=threads, spin=False)
     lat = latency_interleaved(sessions, inputs, rounds=rounds, probes=PROBES, threads=threads)
     cols = ("tower variant", "ms@1 med", "ms@512 med", "x faster@1", "x faster@512")
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -55,7 +55,9 @@ def main() -> None:
         parity = check_parity(model, path, task.example_inputs(64), min_cosine=0.999, atol=0.5)
         logging.warning("%s ORT parity: cosine %.6f max|diff| %.3g", name, parity.cosine,
                         parity.max_abs_diff)
-        variants[f"ort {name}"] = ("onnxruntime", OrtSession(path, threads=args.threads), model)
+        # Sessions timed side by side: no idle spinning on the next call's cores.
+        session = OrtSession(path, threads=args.threads, spin=False)
+        variants[f"ort {name}"] = ("onnxruntime", session, model)
     inputs = {b: task.example_inputs(b) for b in BATCHES}
     lat = latency_interleaved({k: v[1] for k, v in variants.items()}, inputs, rounds=args.rounds,
                               probes=["torch fp32", "ort fp32"], threads=args.threads)

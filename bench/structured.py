@@ -114,7 +114,7 @@ def main() -> None:
             p = check_parity(wrapped, onnx_path, x, min_cosine=0.999, atol=1e-3)
             parity.append(p.cosine)
             runners[f"torch {label}"] = wrapped
-            runners[f"ort {label}"] = OrtSession(onnx_path, threads=args.threads)
+            runners[f"ort {label}"] = OrtSession(onnx_path, threads=args.threads, spin=False)
         lat = latency_interleaved(runners, inputs, rounds=args.rounds, repeats=3,
                                   probes=["torch before", "ort before"], threads=args.threads)
         for b in batches:

@@ -61,6 +61,27 @@ def test_paired_ratio_band_and_verdict_on_synthetic_rounds() -> None:
     assert pair_band(0.05, 8.0, 16.0) == pytest.approx(0.05)
 
 
+def test_a_much_faster_model_reads_faster_even_with_a_wide_probe_band() -> None:
+    """A false "faster" needs jitter on the baseline's calls, so the threshold against the
+    baseline is the probe's own band, however much shorter the model's calls are: a model 4x
+    faster in every round reads faster under a band of 100% (widening by the model's shorter
+    calls, as before, left it "within noise" for any band above 75%)."""
+    rng = random.Random(1)
+    base = [10.0 * (1 + rng.random()) for _ in range(DEFAULT_ROUNDS)]
+    probe = [b * (1 + rng.choice([-0.5, 0.5]) * rng.random()) for b in base]
+    model = [b / 4 for b in base]
+    rounds = {"base": {"1": base}, PROBE + "base": {"1": probe}, "model": {"1": model}}
+    timed = cost.Timing({}, rounds, {"base": {"1": 1.0}}, threads=1)
+    compared = timed.compare("model", "base", "1", probe="base")
+    assert compared["verdict"] == "faster" and 1.0 <= compared["band"] < 1.5  # not 4x wider
+    slower = {**rounds, "model": {"1": [b * 4 for b in base]}}
+    assert cost.Timing({}, slower, {"base": {"1": 1.0}}, 1).compare(
+        "model", "base", "1", probe="base")["verdict"] == "slower"
+    same = {**rounds, "model": {"1": list(probe)}}
+    assert cost.Timing({}, same, {"base": {"1": 1.0}}, 1).compare(
+        "model", "base", "1", probe="base")["verdict"] == "within noise"
+
+
 def test_rounds_follow_from_the_false_verdict_rate() -> None:
     assert false_verdict_bound(11, 0) == pytest.approx(2 / 64)
     assert false_verdict_bound(15, 1) == pytest.approx(2 * 10 / 512)
@@ -189,10 +210,23 @@ def test_int8_on_narrow_tables_is_flagged_with_its_reason(tmp_path, tiny_task) -
     # min_dim=1 quantizes the 1-wide first-order tables: 1 code + 4 B scale/offset > 4 B.
     _, stage, quantized = _artifacts(tmp_path / "w1", model,
                                      slimkit.EmbeddingQuant(bits=8, min_dim=1), tiny_task)
-    found = stage_regressions(previous, {**stage, "bytes": previous["bytes"] + 1},
+    grown = {**stage, "bytes": int(previous["bytes"] * 1.02)}  # past the 1% the manifest moves
+    found = stage_regressions(previous, grown,
                               "quantize.embedding", before=tmp_path / "before",
                               after=tmp_path / "w1" / "after", model=quantized)
     assert "INT8 rows of 5 B" in found[0]["reason"] and "width 1" in found[0]["reason"]
+
+
+def test_a_few_bytes_of_manifest_are_no_regression(tmp_path, tiny_task) -> None:
+    """A stage whose tensors did not change (a distillation) writes a manifest a few bytes
+    longer now and then (a stage name, a metric's digits): not a regression."""
+    torch.manual_seed(0)
+    model = tiny_task.build_model("deepfm", embed_dim=4, hidden=[16]).eval()
+    previous, stage, quantized = _artifacts(tmp_path, model, slimkit.EmbeddingQuant(bits=8),
+                                            tiny_task)
+    same = {**previous, "bytes": previous["bytes"] + 3}
+    assert stage_regressions(previous, same, "distill.logits", before=tmp_path / "before",
+                             after=tmp_path / "before", model=model) == []
 
 
 def test_a_batch_slower_than_the_previous_stage_is_flagged(tmp_path) -> None:

@@ -12,6 +12,8 @@ from rich.table import Table
 
 from .. import Context, SlimkitError
 from ..export import reload
+from ..report.speed import claim_text
+from ..report.units import UNIT_NOTE, format_bytes
 from ..rundir import check_out, open_run_dir, write_errors
 from ..tasks.defaults import search_space
 from .inputs import (
@@ -88,14 +90,14 @@ def _trial_line(row: dict[str, Any], base: dict[str, Any], metric: str) -> None:
         return
     mark = "[green]fits[/]" if row["feasible"] else "[red]over[/]"
     console.print(f"trial {row['number']:>3} {mark} {metric} drop {row['drop']:+.4f}  "
-                  f"{row['bytes'] / 1024:8.1f} KB ({base['bytes'] / row['bytes']:5.1f}x)  "
+                  f"{format_bytes(row['bytes']):>10} ({base['bytes'] / row['bytes']:5.1f}x)  "
                   f"{row['latency_ms']:6.3f} ms  {row['steps']}")
 
 
 def _front_table(result: Any, metric: str) -> Table:
     base = result.baseline
     table = Table(title="Pareto front (quality drop, bytes, latency) of the finished trials")
-    for col in ("trial", f"{metric} drop", "KB", "x smaller", "ms", "x faster", "fits", "plan"):
+    for col in ("trial", f"{metric} drop", "size", "x smaller", "ms", "speed", "fits", "plan"):
         table.add_column(col, justify="left" if col == "plan" else "right")
     repeats: dict[str, list[int]] = {}
     for r in sorted(result.pareto, key=lambda r: (r["bytes"], not r["best"], r["number"])):
@@ -103,12 +105,12 @@ def _front_table(result: Any, metric: str) -> Table:
         if len(repeats[r["steps"]]) > 1:  # the same plan proposed again: shown once
             continue
         table.add_row(f"{r['number']}{' *' if r['best'] else ''}", f"{r['drop']:+.4f}",
-                      f"{r['bytes'] / 1024:.1f}", f"{base['bytes'] / r['bytes']:.1f}",
+                      format_bytes(r["bytes"]), f"{base['bytes'] / r['bytes']:.1f}",
                       f"{r['latency_ms']:.3f}", _speed_cell(r),
                       "yes" if r["feasible"] else "no", r["steps"])
     again = {plan: n[1:] for plan, n in repeats.items() if len(n) > 1}
-    notes = ["* best", "x faster: only where the trial was timed interleaved with the baseline "
-             "and its noise probe (\"-\": not re-measured)"]
+    notes = ["* best", "speed: the verdict of the trial's timing interleaved with the baseline "
+             "and its noise probe (\"-\": not measured so)", UNIT_NOTE]
     if again:
         notes.append("same plan again in trials " + "; ".join(
             f"{n[0]}: {', '.join(map(str, more))}" for n, more in
@@ -180,7 +182,7 @@ def _summary(result: Any, task: Any, out: Path, metric: str, model: torch.nn.Mod
         answer["test_drop"] = drop
     results.print(
         f"best within the budget: trial {best['number']}, {base['bytes'] / best['bytes']:.1f}x "
-        f"smaller ({best['bytes'] / 1024:.1f} KB), {_speed(best, base)} at batch "
+        f"smaller ({format_bytes(best['bytes'])}), {_speed(best)} at batch "
         f"{result.data['latency_batch']}, {metric} drop {best['drop']:+.4f} on "
         f"valid{test}; rank {best['rank']} (1 = on the Pareto front), position "
         f"{where['position']} of {where['front_size']} front points by "
@@ -194,20 +196,17 @@ def _summary(result: Any, task: Any, out: Path, metric: str, model: torch.nn.Mod
     return 0
 
 
-def _speed_cell(row: dict[str, Any]) -> str:
-    """x faster only where an interleaved re-measurement against the baseline supports it."""
+def _claim(row: dict[str, Any]) -> dict[str, Any] | None:
     verdict, ratio = row.get("latency_verdict"), row.get("latency_ratio")
-    if verdict is None or ratio is None:
-        return "-"
-    return "≈1 (noise)" if verdict == "within noise" else f"{ratio:.2f}"
+    return None if verdict is None else {"verdict": verdict, "ratio": ratio}
 
 
-def _speed(row: dict[str, Any], base: dict[str, Any]) -> str:
-    """The trial's speed against the baseline, as its interleaved re-measurement judged it."""
-    verdict = row.get("latency_verdict")
-    if verdict == "within noise":
-        return "as fast as the baseline (within noise)"
-    ratio = row.get("latency_ratio") or base["latency_ms"] / row["latency_ms"]
-    if verdict is None:
-        return f"{ratio:.2f}x faster (not re-measured against the baseline)"
-    return f"{ratio:.2f}x {'faster' if ratio >= 1 else 'slower'}"
+def _speed_cell(row: dict[str, Any]) -> str:
+    """The speed only where an interleaved re-measurement against the baseline supports it."""
+    return claim_text(_claim(row)) or "-"
+
+
+def _speed(row: dict[str, Any]) -> str:
+    """The trial's speed against the baseline, as its interleaved measurement judged it."""
+    text = claim_text(_claim(row))
+    return text or "speed not measured against the baseline"

@@ -27,9 +27,9 @@ from ..tasks.registry import task_names
 FIX = "save model.state_dict() with torch.save, or pass an artifact directory"
 
 
-def add_task_args(parser: argparse.ArgumentParser, *, recorded: bool = False) -> None:
-    shown = " (default: the task and options the artifact records)" if recorded else \
-        " (default: movielens)"
+def add_task_args(parser: argparse.ArgumentParser, *, recorded: bool = False,
+                  default: str = " (default: movielens)") -> None:
+    shown = " (default: the task and options the artifact records)" if recorded else default
     parser.add_argument("--task", metavar="NAME|MODULE:FACTORY",
                         help=f"a registered task: {', '.join(task_names())}; or your own, as "
                         f"package.module:factory returning a slimkit.Task{shown}. tabular "
@@ -46,7 +46,7 @@ def add_task_args(parser: argparse.ArgumentParser, *, recorded: bool = False) ->
 def add_threads_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="intra-op threads of torch and ONNX Runtime "
                         "while timing latency, the same for both (default: the CPUs this "
-                        "process may use); recorded in metrics.json")
+                        "process may use); recorded with the results")
 
 
 def threads_from(args: argparse.Namespace) -> int | None:

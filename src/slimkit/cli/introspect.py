@@ -33,8 +33,9 @@ def add_check_parser(add: Any, name: str) -> Any:
              "module, training after an int8 step")
     parser = add(name, help=about, description=about[0].upper() + about[1:] + ".")
     parser.add_argument("plan", help="plan file (.yaml or .json)")
-    add_task_args(parser, recorded=False)
-    add_model_args(parser, "default: the task's own, untrained")
+    add_task_args(parser, default=" (default: none; the plan alone is checked)")
+    add_model_args(parser, "default with --task: the task's own architecture; check builds it "
+                   "and never trains it")
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.set_defaults(func=check)
     return parser
@@ -70,6 +71,9 @@ def check(args: argparse.Namespace) -> int:
         raise SlimkitError(f"plan: no such file {args.plan!r}")
     plan = Plan.load(args.plan)  # types, choices and ranges of every field
     against = None
+    if not (args.task or args.model) and (args.arch or args.weights or args.no_train):
+        raise SlimkitError("--arch/--weights/--no-train: only with --task or --model (without "
+                           "them, only the plan is checked)")
     if args.task or args.model:
         task = task_from_args(args)
         source = InputModel(args, task)

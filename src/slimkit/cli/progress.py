@@ -5,6 +5,7 @@ what the user reads, and where each goes (results to stdout, progress and logs t
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterable
 from typing import Any, TypeVar
@@ -28,8 +29,19 @@ def configure(*, quiet: bool = False, json_mode: bool = False) -> None:
 
 def emit_json(data: Any) -> None:
     """The result object of a command, one JSON document on stdout."""
-    sys.stdout.write(json.dumps(data, default=str) + "\n")
+    sys.stdout.write(json.dumps(_finite(data), default=str, allow_nan=False) + "\n")
     sys.stdout.flush()
+
+
+def _finite(data: Any) -> Any:
+    """NaN and infinities as null: JSON has no literal for them."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 def rich_progress(items: Iterable[T], total: int | None = None, desc: str = "") -> Iterable[T]:

@@ -137,20 +137,21 @@ def noise_band(baseline: Sequence[float], probe: Sequence[float], spare: int = S
     return math.exp(sizes[min(spare, len(sizes) - 1)]) - 1
 
 
-def pair_band(band: float, probe_ms: float, fastest_ms: float) -> float:
-    """The probe's band for a comparison whose faster side takes `fastest_ms`. The probe ran at
-    the baseline's `probe_ms`; jitter of fixed size J (a preempted thread, a timer tick) makes
-    a ratio of 1 + J / ms, more on a shorter call, and one probe cannot tell that jitter from
+def pair_band(band: float, probe_ms: float, side_ms: float) -> float:
+    """The probe's band for jitter on a side that takes `side_ms`. The probe ran at the
+    baseline's `probe_ms`; jitter of fixed size J (a preempted thread, a timer tick) makes a
+    ratio of 1 + J / ms, more on a shorter call, and one probe cannot tell that jitter from
     noise that scales with the call, so the band is widened as if all of it were fixed:
-    b = J / probe_ms becomes J / fastest_ms = b * probe_ms / fastest_ms."""
-    return band * max(1.0, probe_ms / fastest_ms)
+    b = J / probe_ms becomes J / side_ms = b * probe_ms / side_ms."""
+    return band * max(1.0, probe_ms / side_ms)
 
 
-def verdict(ratio: float, band: float) -> str:
-    """"faster" above 1 + band, "slower" below 1 / (1 + band), else "within noise"."""
+def verdict(ratio: float, band: float, slower_band: float | None = None) -> str:
+    """"faster" above 1 + band, "slower" below 1 / (1 + slower_band) (default: band), else
+    "within noise"."""
     if ratio > 1 + band:
         return FASTER
-    if ratio < 1 / (1 + band):
+    if ratio < 1 / (1 + (band if slower_band is None else slower_band)):
         return SLOWER
     return NOISE
 
@@ -175,9 +176,17 @@ class Timing:
         """{"ratio": reference / name (paired_ratio), "verdict", "band"}, judged by the noise of
         `probe`'s probe (the baseline of the runtime both run in), widened by pair_band."""
         ratio = paired_ratio(self.rounds[reference][batch], self.rounds[name][batch])
-        fastest = min(self.summary[name][batch]["median"], self.summary[reference][batch]["median"])
-        band = pair_band(self.noise[probe][batch], self.summary[probe][batch]["median"], fastest)
-        return {"ratio": round(ratio, 4), "verdict": verdict(ratio, band), "band": round(band, 4)}
+        # A false "faster" comes from jitter on the reference's calls (ratio (t_ref + J) /
+        # t_model), a false "slower" from jitter on the model's: each threshold is widened for
+        # its own side's call length, measured like the ratio (median of each round's fastest
+        # call; all-call medians inflate under load far more than fastest calls do).
+        probe_ms, ref_ms, model_ms = (statistics.median(self.rounds[n][batch])
+                                      for n in (PROBE + probe, reference, name))
+        faster_band = pair_band(self.noise[probe][batch], probe_ms, ref_ms)
+        slower_band = pair_band(self.noise[probe][batch], probe_ms, model_ms)
+        band = faster_band if ratio >= 1 else slower_band
+        return {"ratio": round(ratio, 4), "verdict": verdict(ratio, faster_band, slower_band),
+                "band": round(band, 4)}
 
 
 @contextlib.contextmanager

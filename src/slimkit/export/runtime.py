@@ -6,6 +6,7 @@ threads as torch gets there (`available_cores`)."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,13 +21,20 @@ log = logging.getLogger(__name__)
 
 
 def available_cores() -> int:
-    """CPUs this process may run on: its affinity mask where the OS has one (taskset, cgroup
-    cpusets and container limits shrink it; os.cpu_count() counts the whole host), else
-    os.cpu_count(). Logical CPUs: the standard library cannot tell SMT siblings apart, and
-    the default must be the same number for torch and ONNX Runtime, not the best for either."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+    """CPUs this process may run on: its affinity mask where the OS has one (taskset and cgroup
+    cpusets shrink it; os.cpu_count() counts the whole host), capped by a cgroup v2 CPU quota
+    (docker --cpus: /sys/fs/cgroup/cpu.max), else os.cpu_count(). Logical CPUs: the standard
+    library cannot tell SMT siblings apart, and the default must be the same number for torch
+    and ONNX Runtime, not the best for either."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass  # recorded: no cgroup v2 quota readable, the affinity mask stands
+    return max(1, cores)
 
 
 class OrtSession:
