@@ -9,16 +9,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from slimkit.eval.cost import Timing
+from slimkit.report.speed import claim_text
 
 
 def cell(versus: Mapping[str, Any] | None) -> str:
-    """`1.78x faster`, `0.62x slower` or `1.04x within noise (±9%)` from a comparison
-    ({"ratio", "verdict", "band"}: Timing.compare, or a run_plan stage's speed entry)."""
+    """`1.78x faster`, `1.6x slower` or `within noise (±9%)` from a comparison ({"ratio",
+    "verdict", "band"}: Timing.compare, or a run_plan stage's speed entry), as the report
+    words it: no ratio where the probe cannot tell it from noise."""
     if not versus:
         return "n/a"
     if versus["verdict"] == "within noise":
-        return f"{versus['ratio']:.2f}x within noise (±{versus['band']:.0%})"
-    return f"{versus['ratio']:.2f}x {versus['verdict']}"
+        return f"within noise (±{versus['band']:.0%})"
+    return claim_text(versus)
 
 
 def speed_cell(timed: Timing, name: str, reference: str, batch: int | str, probe: str) -> str:
