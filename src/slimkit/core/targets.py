@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import logging
 import re
 
 from torch import nn
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -34,15 +37,39 @@ class Targets:
 
     def select(self, model: nn.Module,
                default_types: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
-        """Matching (name, module) pairs in definition order; the root module is never selected."""
+        """Matching (name, module) pairs in definition order; the root module is never selected.
+
+        A module whose weight is tied to another module's (a language model's head and its
+        input embedding) is left out unless named exactly, and refused then: rewriting one side
+        either breaks the tie (a second copy of the table) or changes the other side too
+        (pruning the head zeroes the embedding)."""
         types = self.types or default_types
+        tied = _tied(model)
         chosen = []
         for name, module in model.named_modules():
             if not name or type(module).__name__ not in types:
                 continue
             if _matches(name, self.names) and not _matches(name, self.exclude):
+                if name in tied:
+                    if name in self.names:
+                        raise ConfigError("targets", name, "a module whose weight is not tied "
+                                          f"(it shares its weight with {tied[name]!r}; untie "
+                                          "them first, or leave it out)")
+                    log.info("targets: %s left out: its weight is tied to %s", name, tied[name])
+                    continue
                 chosen.append((name, module))
         return chosen
+
+
+def _tied(model: nn.Module) -> dict[str, str]:
+    """Module name -> the other module it shares its `weight` Parameter with."""
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        weight = module._parameters.get("weight") if name else None
+        if weight is not None and name not in owners.get(id(weight), []):
+            owners.setdefault(id(weight), []).append(name)
+    return {name: next(n for n in names if n != name)
+            for names in owners.values() if len(names) > 1 for name in names}
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:
