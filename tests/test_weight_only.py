@@ -271,3 +271,14 @@ def test_cache_built_in_inference_mode_still_allows_backward() -> None:
     x = torch.randn(2, 8, requires_grad=True)
     q(x).sum().backward()
     assert x.grad is not None and torch.allclose(x.grad, q.dequantized_weight().sum(0).expand(2, 8))
+
+
+def test_the_record_says_what_calibration_used(tiny_task, make_model) -> None:
+    """No silent cap: the step's record names the batches asked for, those the task gave, and
+    the rows they held."""
+    model = make_model()
+    record = slimkit.compress_(model, slimkit.Plan(steps=(slimkit.WeightOnly(
+        bits=4, group_size=16, algorithm="gptq", calibration_batches=3),)),
+        slimkit.Context(task=tiny_task))[0]
+    used = record.info["calibration"]
+    assert used["asked"] == 3 and 1 <= used["batches"] <= 3 and used["rows"] >= used["batches"]

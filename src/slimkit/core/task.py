@@ -70,6 +70,16 @@ def describe(task: Any) -> dict[str, Any]:
     return {"name": task.name, "primary_metric": task.primary_metric}
 
 
+def batches_used(task: Task, batches: list[Batch], asked: int) -> dict[str, int]:
+    """What a step calibrated on, for its record (no silent caps): batches asked for and got,
+    rows (the first model input's first dimension) and elements of that input (tokens for
+    token ids)."""
+    first = [task.inputs(b)[0] for b in batches]
+    return {"asked": asked, "batches": len(batches),
+            "rows": sum(int(x.shape[0]) if x.dim() else 1 for x in first),
+            "elements": sum(int(x.numel()) for x in first)}
+
+
 def forward(model: nn.Module, task: Task, batches: Iterable[Batch]) -> Iterator[torch.Tensor]:
     for batch in batches:
         yield model(*task.inputs(batch))

@@ -14,6 +14,7 @@ from torch import nn
 from ...core import Context, MethodConfig, Targets, check_range, register
 from ...core.config import DATA
 from ...core.errors import SlimkitError
+from ...core.task import batches_used
 from ...graph import get_submodule, swap_module
 from ...nn.int8_linear import INT8_RANGES
 from ...nn.static_modules import StaticInt8Conv2d, StaticInt8Linear
@@ -115,6 +116,7 @@ def _calibrate(model: nn.Module, points: dict[str, tuple[nn.Module, nn.Module]],
     model.eval()
     try:
         batches = task.calibration_batches(config.calibration_batches, config.batch_size)
+        ctx.info["calibration"] = batches_used(task, batches, config.calibration_batches)
         with torch.inference_mode():
             for batch in ctx.progress(batches, total=len(batches), desc="calibrate"):
                 model(*task.inputs(batch))

@@ -19,7 +19,7 @@ from torch import nn
 from ...core import Context, MethodConfig, Targets, check_range, register
 from ...core.config import DATA, NOTHING
 from ...core.errors import ConfigError, SlimkitError
-from ...core.task import Batch, Task
+from ...core.task import Batch, Task, batches_used
 from ...graph import swap_module
 from ...nn.groupwise import BITS, quantize_groups
 from ...nn.lowbit_linear import SCALE_DTYPES, WeightOnlyLinear
@@ -211,6 +211,7 @@ def _calibrated(model: nn.Module, chosen: list[tuple[str, nn.Linear]], config: W
     """Quantize `chosen` group by group in execution order; returns per-layer reports and the
     layers that never ran on the calibration data (those are rounded to nearest)."""
     batches = task.calibration_batches(config.calibration_batches)
+    ctx.info["calibration"] = batches_used(task, batches, config.calibration_batches)
     pending = dict(chosen)
     reports: dict[str, dict[str, float]] = {}
     progress = iter(ctx.progress(range(len(chosen)), total=len(chosen), desc=config.method))
