@@ -40,7 +40,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	# Strict typing where a mistake corrupts models or artifacts.
 	$(BIN)/mypy --strict --ignore-missing-imports src/slimkit/core src/slimkit/graph \
-		src/slimkit/export/artifact.py src/slimkit/models src/slimkit/nn
+		src/slimkit/export/artifact.py src/slimkit/export/hf_builder.py src/slimkit/models src/slimkit/nn
 	# The layering: the import-linter contracts in pyproject.toml (README.md, "Layout").
 	$(BIN)/lint-imports
 

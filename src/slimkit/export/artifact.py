@@ -40,6 +40,7 @@ from .assign_load import (
     tie_groups,
 )
 from .encoding import encode
+from .hf_builder import build_transformers
 
 FORMAT = "slimkit.artifact"
 VERSION = 1
@@ -274,7 +275,7 @@ def build_model(manifest: dict[str, Any]) -> nn.Module:
     spec = manifest["model"]
     builder = str(spec.get("builder"))
     if builder.partition(":")[0] == "transformers":
-        model = _build_transformers(builder, spec.get("kwargs", {}))
+        model = build_transformers(builder, spec.get("kwargs", {}))
     else:
         cls = module_type(builder)
         try:
@@ -285,49 +286,6 @@ def build_model(manifest: dict[str, Any]) -> nn.Module:
     for edit in manifest.get("edits", []):
         apply_edit(model, edit)
     return model
-
-
-_HF_KWARGS = {"config", "attn_implementation"}
-_HF_ATTENTION = ("sdpa", "eager")  # built into transformers; other names fetch hub kernels
-_HF_DTYPES = (None, "float32", "float16", "bfloat16")
-
-
-def _build_transformers(builder: str, kwargs: Any) -> nn.Module:
-    """`transformers:Class` -> Class._from_config(config): random init, no weights read, no
-    network. Only PreTrainedModel subclasses exported by the top-level package are accepted, and
-    the config may not name a quantizer or a non-builtin attention kernel (both run extra code).
-    """
-    name = builder.partition(":")[2]
-    try:
-        import transformers
-    except ImportError:
-        raise ArtifactError(f"manifest: builder {builder!r} needs the transformers package "
-                            "(pip install 'slimkit[encoders]')") from None
-    try:
-        cls = getattr(transformers, name, None) if name.isidentifier() else None
-    except (ImportError, RuntimeError):  # the lazy module fails to import a submodule
-        cls = None
-    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)
-            and getattr(cls, "config_class", None) is not None):  # not an abstract base
-        raise ArtifactError(f"manifest: builder {builder!r} is not a transformers model class")
-    config = kwargs.get("config") if isinstance(kwargs, dict) else None
-    if not isinstance(config, dict) or set(kwargs) - _HF_KWARGS:
-        raise ArtifactError(f"manifest: builder {builder!r} takes kwargs {sorted(_HF_KWARGS)} "
-                            "with a config dict")
-    attn = kwargs.get("attn_implementation", "sdpa")
-    if attn not in _HF_ATTENTION or config.get("dtype") not in _HF_DTYPES \
-            or "quantization_config" in config:
-        raise ArtifactError(f"manifest: {builder!r} config asks for attention {attn!r}, dtype "
-                            f"{config.get('dtype')!r} or a quantizer (only {_HF_ATTENTION}, "
-                            f"{_HF_DTYPES[1:]}, none)")
-    model_cls: Any = cls  # transformers' classmethods are untyped
-    try:
-        model: nn.Module = model_cls._from_config(model_cls.config_class.from_dict(config),
-                                                  attn_implementation=attn)
-    except Exception as exc:  # config validation raises many types; all mean a bad manifest
-        raise ArtifactError(f"artifact: cannot build {builder!r} "
-                            f"({type(exc).__name__}: {exc})") from None
-    return model.eval()
 
 
 def artifact_bytes(path: str | Path) -> int:
