@@ -240,7 +240,7 @@ def test_shared_inputs_are_captured_once_and_later_layers_see_quantized_inputs()
             x = batch["x"]
             acc.add(torch.relu(model.q(x) * model.k(x) + model.v(x)))
     codes, _, _ = gptq_quantize(fresh.out.weight, acc.hessian, bits=3, group_size=128,
-                                symmetric=False)
+                                symmetric=False, act_order=True)  # the method's default
     assert torch.equal(model.out.codes(), codes)
 
 
@@ -260,7 +260,7 @@ def test_non_sequential_capture_uses_the_float_model_in_one_pass() -> None:
             x = batch["x"]
             acc.add(torch.relu(fresh.q(x) * fresh.k(x) + fresh.v(x)))
     codes, _, _ = gptq_quantize(fresh.out.weight, acc.hessian, bits=3, group_size=128,
-                                symmetric=False)
+                                symmetric=False, act_order=True)  # the method's default
     assert torch.equal(model.out.codes(), codes)
 
 

@@ -36,7 +36,9 @@ class GPTQOptions:
 
     damp_percent: float = 0.01
     block_size: int = 128
-    act_order: bool = False
+    # On by default: on SmolLM2-135M at w4 g64, GPTQ lost +69.4% perplexity without it and
+    # +40.0% with it (quantizing columns by descending Hessian diagonal, Frantar et al. 2022).
+    act_order: bool = True
 
     def __post_init__(self) -> None:
         check_range("damp_percent", self.damp_percent, 0.0, 1.0, lo_open=True)
