@@ -11,6 +11,7 @@ from typing import TypeVar, overload
 from torch import nn
 
 from .errors import ArtifactError, SlimkitError
+from .refs import importable_ref
 
 M = TypeVar("M", bound=type[nn.Module])
 _TYPES: dict[str, type[nn.Module]] = {}
@@ -64,8 +65,8 @@ def caller_types() -> list[str]:
     """Registered names of classes from outside slimkit and torch that a fresh process can
     import by name (for a child process that must load the same artifacts)."""
     return sorted(k for k, c in _TYPES.items()
-                  if not c.__module__.startswith((_OWN_PACKAGE, "torch.")) and "<" not in k
-                  and c.__module__ != "__main__" and k == type_name(c))
+                  if not c.__module__.startswith((_OWN_PACKAGE, "torch."))
+                  and k == importable_ref(c))
 
 
 def allow_caller_types(names: list[str]) -> None:

@@ -234,7 +234,7 @@ def latency_interleaved(models: Mapping[str, Any], inputs: Mapping[int, Inputs],
                         name, model.threads, threads)
     # Each runtime in a phase of its own: ONNX Runtime's idle worker threads spin for a while
     # after every call, and a torch call right behind one ran several times slower (median
-    # batch-512 latency 14.5 ms instead of 4.3 on a quiet 2-core machine). Models are only
+    # batch-512 latency 14.5 ms instead of 2.0 on a quiet 2-core machine). Models are only
     # compared within a runtime, so nothing is lost by not interleaving the two.
     groups = [{n: m for n, m in runners.items() if isinstance(m, OrtSession) == ort}
               for ort in (False, True)]

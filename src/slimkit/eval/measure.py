@@ -1,8 +1,9 @@
 """The one measurement of a model on a task: quality on a split, logical parameters, artifact
 bytes, latency and run-time memory. `slimkit.evaluate`, `run_plan`'s stages and the search's
-trials all measure through `measure` (run_plan times its stages together and reads them with
-`latency_fields` and `speed_fields`, which `measure` uses for one model), so their numbers
-mean the same."""
+trials all measure quality and bytes through `measure`; latency is always timed against a
+baseline and its noise probe (run_plan times its stages together and reads them with
+`latency_fields` and `speed_fields`; a search trial is timed beside the baseline by
+search.trial.time_latency), so their numbers mean the same."""
 
 from __future__ import annotations
 

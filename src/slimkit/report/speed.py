@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from .units import format_sig
+from .units import format_ratio, format_sig
 
 RUNTIMES = (("torch", "torch"), ("onnxruntime", "ONNX Runtime"))
 VERDICTS = ("faster", "slower", "within noise")
@@ -46,9 +46,7 @@ def claim_of(stage: Mapping[str, Any], runtime: str, batch: str,
 
 def format_times(ratio: float) -> str:
     """2 decimals near 1 (1.04x), 1 decimal above, none from 100x."""
-    if ratio >= 100:
-        return f"{ratio:.0f}x"
-    return f"{ratio:.2f}x" if ratio < 1.095 else f"{ratio:.1f}x"
+    return f"{ratio:.2f}x" if ratio < 1.095 else format_ratio(ratio)
 
 
 def claim_text(claim: Mapping[str, Any] | None) -> str:

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from .speed import RUNTIMES, claim_of, latency_of, regressions_of
-from .units import NA, format_bytes, format_duration, format_sig
+from .units import NA, format_bytes, format_duration, format_ratio, format_sig
 
-__all__ = ["NA", "format_bytes", "format_duration", "format_sig"]  # re-exported for the pages
+__all__ = ["NA", "format_bytes", "format_duration", "format_ratio", "format_sig"]  # for the pages
 
 
 def _num(value: Any) -> float | None:
@@ -50,12 +50,6 @@ def format_count(n: float | None) -> str:
         if abs(n) >= scale:
             return f"{format_sig(n / scale)}{unit}"
     return f"{n:.0f}"
-
-
-def format_ratio(r: float | None) -> str:
-    if r is None:
-        return NA
-    return f"{r:.0f}x" if r >= 100 else f"{r:.1f}x"
 
 
 def format_metric(v: float | None, *, signed: bool = False) -> str:

@@ -23,6 +23,13 @@ def format_sig(value: float | None, digits: int = 3) -> str:
     return f"{value:.{decimals}f}"
 
 
+def format_ratio(r: float | None) -> str:
+    """"15.9x", "1.0x", "112x": how many times smaller or faster."""
+    if r is None:
+        return NA
+    return f"{r:.0f}x" if r >= 100 else f"{r:.1f}x"
+
+
 def byte_unit(largest: float) -> tuple[str, float]:
     """The unit (name, bytes per unit) a chart axis reaching `largest` bytes is drawn in."""
     for unit, scale in BYTE_UNITS:
