@@ -4,6 +4,11 @@ The manifest names the model builder and the structural edits the plan made; `lo
 module tree from them and fills it from the verified tensors, so nothing is unpickled. The weights
 file's header carries a hash of the manifest and the manifest a hash of the weights file, so an
 edit to either is refused. (This detects corruption and careless edits; it is not a signature.)
+
+A tensor several state-dict names share (tied weights: the same Parameter or buffer object) is
+stored once, under its first name; the manifest lists the others as `{"same_as": first, "shape",
+"dtype"}`, and `load` gives the whole group one tensor again, whether or not the rebuilt model
+ties them itself (a tied low-bit head is rebuilt from its spec with buffers of its own).
 """
 
 from __future__ import annotations
@@ -37,9 +42,11 @@ from .assign_load import (
     empty_weights,
     meta_leftovers,
     release_freed_heap,
+    retie,
+    shared_names,
     tie_groups,
 )
-from .encoding import encode
+from .encoding import alias_meta, encode
 from .hf_builder import build_transformers
 
 FORMAT = "slimkit.artifact"
@@ -69,10 +76,16 @@ def save(model: nn.Module, path: str | Path, *, plan: dict[str, Any] | None = No
     spec = model_spec(model)
     path = Path(path)
     stored, tensors = {}, {}
-    for name, tensor in model.state_dict().items():
+    state = model.state_dict()
+    aliases = shared_names(model, state)
+    for name, tensor in state.items():
+        if name in aliases:  # a tensor several names share (tied weights): stored once
+            tensors[name] = alias_meta(tensor, aliases[name])
+            continue
         parts, meta = encode(name, tensor)
         stored.update(parts)
         tensors[name] = meta
+    del state
     manifest: dict[str, Any] = {"format": FORMAT, "version": VERSION, "model": spec,
                                 "edits": list(edit_log(model)), "plan": plan,
                                 "metrics": metrics or {}}
@@ -143,6 +156,7 @@ def _load_by_name(manifest: dict[str, Any], weights: Path, path: Path) -> Artifa
         model = _build_and_copy(manifest, state)
     del state
     release_freed_heap()  # what layers' own load hooks freed (re-packing codes, say)
+    retie(model, manifest["tensors"])
     restore_masks(model)
     return Artifact(model.eval(), manifest, path)
 
@@ -185,6 +199,7 @@ def _load_into(model: nn.Module, manifest: dict[str, Any], path: Path) -> Artifa
         _copy_state(model, state)
     del state
     release_freed_heap()
+    retie(model, manifest["tensors"])
     restore_masks(model)
     return Artifact(model.eval(), manifest, path)
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..core.errors import ArtifactError
-from .encoding import decode
+from .encoding import ALIAS, decode, resolve_alias
 
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
            "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
@@ -123,10 +123,13 @@ class TensorFile:
 def decode_state(metas: dict[str, Any], reader: TensorFile,
                   tied: dict[str, str]) -> dict[str, torch.Tensor]:
     """Every manifest tensor, read and verified one at a time; a tied copy stored with the same
-    bytes as its first name is decoded once."""
+    bytes as its first name is decoded once (older artifacts stored each name), and an alias
+    entry (`same_as`) is the very tensor decoded for the name it points at."""
     state: dict[str, torch.Tensor] = {}
     try:
         for name, meta in metas.items():
+            if ALIAS in meta:
+                continue  # resolved below, once every stored tensor is decoded
             first = tied.get(name, name)
             if first != name and first in state and _same_stored(metas[first], meta):
                 state[name] = state[first]
@@ -137,12 +140,16 @@ def decode_state(metas: dict[str, Any], reader: TensorFile,
                     # Checksums and decoding (Huffman lookup tables, int64 symbols) free
                     # buffers larger than the tensor; glibc would keep them resident.
                     release_freed_heap()
+        stored = dict(state)  # an alias must point at a stored tensor, never at another alias
+        for name, meta in metas.items():
+            if ALIAS in meta:
+                state[name] = resolve_alias(name, meta, stored)
     except ArtifactError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
         raise ArtifactError(f"artifact: malformed manifest ({type(exc).__name__}: {exc})") \
             from None
-    return state
+    return {name: state[name] for name in metas}
 
 
 def _same_stored(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -154,6 +161,62 @@ def tie_groups(model: nn.Module) -> dict[str, str]:
     """Tensor name -> the first name holding the same tensor object (tied weights)."""
     first: dict[int, str] = {}
     return {name: first.setdefault(id(t), name) for name, t in _slots(model).items()}
+
+
+def shared_names(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """State-dict name -> the earlier name holding the same tensor object in `model` (tied
+    Parameters or buffers; identity, never equal values), for the names whose state-dict entries
+    are also the same memory (a module's own `_save_to_state_dict` may store something else)."""
+    groups = tie_groups(model)
+    first_of: dict[str, str] = {}
+    aliases: dict[str, str] = {}
+    for name, tensor in state.items():
+        group = groups.get(name)
+        if group is None:
+            continue  # computed by its module, not a parameter or buffer
+        first = first_of.setdefault(group, name)
+        if first != name and _same_memory(tensor, state[first]):
+            aliases[name] = first
+    return aliases
+
+
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.device == b.device and a.dtype == b.dtype and a.shape == b.shape \
+        and a.stride() == b.stride() and a.data_ptr() == b.data_ptr()
+
+
+def retie(model: nn.Module, metas: dict[str, Any]) -> None:
+    """Give each alias name of the manifest the very tensor of the name it is the same as (one
+    shared Parameter or buffer), where the loaded model holds the two apart: a rebuilt model
+    ties only what its constructor ties, and a copy into tied slots keeps no tie it lacked."""
+    for name, meta in metas.items():
+        first = meta.get(ALIAS)
+        if not isinstance(first, str):
+            continue
+        alias_slot, first_slot = _slot(model, name), _slot(model, first)
+        if alias_slot is None or first_slot is None:
+            continue  # an entry its module computes: nothing to share
+        (table, leaf), (first_table, first_leaf) = alias_slot, first_slot
+        mine, theirs = table[leaf], first_table[first_leaf]
+        # A Parameter is shared as a Parameter, a buffer as a buffer; a slot of another kind,
+        # shape, dtype or device keeps its equal copy.
+        same_kind = isinstance(mine, nn.Parameter) == isinstance(theirs, nn.Parameter)
+        if mine is not theirs and same_kind and (mine.shape, mine.dtype, mine.device) \
+                == (theirs.shape, theirs.dtype, theirs.device):
+            table[leaf] = theirs
+
+
+def _slot(model: nn.Module, name: str) -> tuple[dict[str, Any], str] | None:
+    """The parameter or buffer table holding state-dict entry `name`, and its key."""
+    path, _, leaf = name.rpartition(".")
+    try:
+        module = model.get_submodule(path) if path else model
+    except AttributeError:
+        return None
+    for table in (module._parameters, module._buffers):
+        if table.get(leaf) is not None:
+            return table, leaf
+    return None
 
 
 def _slots(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 values); and for integer codes (cluster indices, INT8 weights) canonical Huffman, either of every
 code or, as in Deep Compression (Han et al. 2016), of the non-zero codes plus the gaps between
 them. Each tensor takes whichever is smallest; every stored part is a plain tensor with a sha256.
+A name that shares another's tensor (tied weights) stores no part: its entry is an alias.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def digest(t: torch.Tensor) -> str:
 def encode(name: str, tensor: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Stored parts for one state-dict tensor, and its manifest entry (shape, dtype, checksums)."""
     t = tensor.detach().cpu().contiguous()
-    meta: dict[str, Any] = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+    meta: dict[str, Any] = {"shape": list(t.shape), "dtype": dtype_name(t)}
     nonzero = t != 0
     nnz = int(nonzero.sum())
     sizes: dict[str, tuple[int, int | None]] = {"dense": (t.numel() * t.element_size(), None)}
@@ -62,6 +63,35 @@ def encode(name: str, tensor: torch.Tensor) -> tuple[dict[str, torch.Tensor], di
     meta["encoding"] = form
     meta["sha256"] = {k: digest(v) for k, v in parts.items()}
     return parts, meta
+
+
+ALIAS = "same_as"
+
+
+def dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def alias_meta(tensor: torch.Tensor, first: str) -> dict[str, Any]:
+    """The manifest entry of a name that shares the tensor stored under `first` (tied weights):
+    no part of its own, its shape and dtype kept so a tampered alias is caught."""
+    return {ALIAS: first, "shape": list(tensor.shape), "dtype": dtype_name(tensor)}
+
+
+def resolve_alias(name: str, meta: dict[str, Any],
+                  decoded: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The tensor `name` shares: the one decoded under its `same_as` name, which must be stored
+    (not itself an alias) with the shape and dtype the entry records."""
+    first = meta[ALIAS]
+    tensor = decoded.get(first) if isinstance(first, str) else None
+    if tensor is None:
+        raise ArtifactError(f"artifact: tensor {name!r} is recorded as the same as {first!r}, "
+                            "which the artifact does not store")
+    if list(tensor.shape) != meta.get("shape") or dtype_name(tensor) != meta.get("dtype"):
+        raise ArtifactError(f"artifact: tensor {name!r} is recorded as the same as {first!r} "
+                            f"with shape {meta.get('shape')} {meta.get('dtype')}, but that is "
+                            f"{list(tensor.shape)} {dtype_name(tensor)} (tampered)")
+    return tensor
 
 
 def _decode_coded(meta: dict[str, Any], blob: torch.Tensor, numel: int) -> torch.Tensor:

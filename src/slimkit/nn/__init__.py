@@ -1,6 +1,6 @@
-"""The layers a compressed model is deployed with (int8, packed low-bit, binary/ternary,
-clustered, quantized and remapped embeddings), their memory accounting, the pure math they run,
-and the entropy codec artifacts store weights with.
+"""The layers a compressed model is deployed with (int8; packed low-bit linears, embeddings and
+tied output heads; binary/ternary; clustered; quantized and remapped embeddings), their memory
+accounting, the pure math they run, and the entropy codec artifacts store weights with.
 
 Below methods and export alike: a method builds these layers, export saves and rebuilds them, and
 neither needs the other. Imports torch and numpy only (and slimkit.core).
@@ -10,6 +10,7 @@ from . import legacy_names  # noqa: F401  (old artifacts name these layers by th
 from .binary_linear import BinaryLinear, FakeSignLinear, TernaryLinear
 from .clustered_layer import ClusteredLayer
 from .int8_linear import DynamicInt8Linear
+from .lowbit_embedding import TiedLowBitHead, WeightOnlyEmbedding
 from .lowbit_linear import WeightOnlyLinear
 from .mean_bag import MeanBag
 from .quantized_embedding import QuantizedEmbedding
@@ -19,4 +20,5 @@ from .static_modules import StaticInt8Conv2d, StaticInt8Linear
 
 __all__ = ["BinaryLinear", "ClusteredLayer", "DynamicInt8Linear", "FakeSignLinear", "MeanBag",
            "QuantizedEmbedding", "RemappedEmbedding", "StaticInt8Conv2d", "StaticInt8Linear",
-           "TernaryLinear", "WeightOnlyLinear", "memory_report"]
+           "TernaryLinear", "TiedLowBitHead", "WeightOnlyEmbedding", "WeightOnlyLinear",
+           "memory_report"]
