@@ -1,0 +1,170 @@
+"""A small ONNX graph builder for the causal-LM exporter, and how it writes a linear layer.
+
+An nn.Linear becomes a float MatMul; a WeightOnlyLinear becomes ONNX Runtime's contrib op
+`com.microsoft::MatMulNBits` on its packed codes as they are stored (4 and 8 bits, block size =
+the layer's group size), or a de-quantized float MatMul when the kernel cannot take the layer.
+
+Asymmetric layers (w = q * scale + offset, a float offset per group) are written as
+MatMulNBits with integer zero points 0 plus a correction x_groupsums @ offset^T. Why not float
+zero points (zero = -offset / scale), which MatMulNBits accepts: ONNX Runtime 1.31's CPU kernel
+runs them on a path that de-quantizes the whole weight on every call (4-bit, 576x1536, one
+token: 494 us against 9-13 us with integer zero points; dense fp32 27-47 us) and refuses them
+for 8 bits. The correction costs one ReduceSum and a MatMul with a [groups, out] matrix (1/group
+of the weight), shared by the layers that read the same activation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..nn.groupwise import effective_group
+
+log = logging.getLogger(__name__)
+MS_DOMAIN = "com.microsoft"
+NBITS = (4, 8)
+MIN_BLOCK = 16
+
+
+def nbits_refusal(bits: int, group_size: int, in_features: int) -> str | None:
+    """Why MatMulNBits cannot run a layer stored this way, or None when it can."""
+    block = effective_group(in_features, group_size)
+    if bits not in NBITS:
+        return f"{bits}-bit codes (exported MatMulNBits widths: {NBITS})"
+    if block < MIN_BLOCK or block & (block - 1):
+        return f"group size {block} is not a power of two >= {MIN_BLOCK}"
+    if in_features % block:
+        return f"group size {block} does not divide in_features {in_features}"
+    return None
+
+
+class GraphBuilder:
+    """Nodes and initializers of one ONNX graph, with unique names and cached constants."""
+
+    def __init__(self, accuracy_level: int) -> None:
+        self.nodes: list[Any] = []
+        self.initializers: list[Any] = []
+        self.accuracy_level = accuracy_level
+        self.nbits_nodes = 0
+        self.fallbacks: list[str] = []
+        self._names: set[str] = set()
+        self._consts: dict[tuple[str, bytes], str] = {}
+        self._tensors: dict[int, str] = {}
+        self._derived: dict[tuple[Any, ...], str] = {}
+
+    def fresh(self, name: str) -> str:
+        base, i = name, 1
+        while name in self._names:
+            name, i = f"{base}_{i}", i + 1
+        self._names.add(name)
+        return name
+
+    def op(self, op_type: str, inputs: list[str], name: str, *, outputs: int = 1,
+           domain: str = "", **attrs: Any) -> Any:
+        """Add a node; returns its output name (or the list of them when `outputs` > 1)."""
+        from onnx import helper
+
+        names = [self.fresh(f"{name}_{k}" if outputs > 1 else name) for k in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, names, name=self.fresh(f"n_{name}"),
+                                           domain=domain or None, **attrs))
+        return names if outputs > 1 else names[0]
+
+    def initializer(self, array: np.ndarray, name: str) -> str:
+        from onnx import numpy_helper
+
+        name = self.fresh(name)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def const(self, value: Any, dtype: Any = np.int64) -> str:
+        """A small constant, written once however often it is used."""
+        array = np.asarray(value, dtype=dtype)
+        key = (str(array.dtype), array.tobytes() + str(array.shape).encode())
+        if key not in self._consts:
+            self._consts[key] = self.initializer(array, "const")
+        return self._consts[key]
+
+    def tensor(self, t: torch.Tensor, name: str) -> str:
+        """A module tensor as an fp32 initializer, written once per storage: tied weights (a
+        head sharing the embedding's table) stay one initializer in the file and in memory."""
+        key = int(t.untyped_storage().data_ptr() + t.storage_offset())
+        if key not in self._tensors:
+            self._tensors[key] = self.initializer(t.detach().float().cpu().numpy(), name)
+        return self._tensors[key]
+
+    def derived(self, key: tuple[Any, ...], make: Any) -> str:
+        """A tensor computed once per key (an activation divided by the same AWQ scale, its
+        group sums) and reused by every layer that asks for it."""
+        if key not in self._derived:
+            self._derived[key] = make()
+        return self._derived[key]
+
+
+def emit_linear(g: GraphBuilder, x: str, module: Any, name: str) -> str:
+    """y = module(x) for x [..., in_features]: nn.Linear, or a packed layer (WeightOnlyLinear,
+    TiedLowBitHead: `qweight`, `scale`, `offset`, `bits`, `group_size`)."""
+    if isinstance(getattr(module, "qweight", None), torch.Tensor) and hasattr(module, "bits"):
+        why = nbits_refusal(module.bits, module.group_size, module.in_features)
+        if why is None:
+            return matmul_nbits(g, x, module, name)
+        g.fallbacks.append(f"{name}: {why}")
+        log.info("%s: de-quantized float MatMul (%s)", name, why)
+        with torch.no_grad():
+            weight = module.dequantized_weight()
+    elif isinstance(module, nn.Linear):
+        weight = module.weight.detach()
+    else:
+        raise TypeError(f"{name}: {type(module).__name__} is not a Linear layer slimkit exports")
+    y = g.op("MatMul", [x, g.initializer(weight.float().t().numpy(), f"{name}.weight_t")], name)
+    return _add_bias(g, y, module.bias, name)
+
+
+def _add_bias(g: GraphBuilder, y: str, bias: torch.Tensor | None, name: str) -> str:
+    if bias is None:
+        return y
+    return g.op("Add", [y, g.tensor(bias, f"{name}.bias")], f"{name}_bias")
+
+
+def matmul_nbits(g: GraphBuilder, x: str, m: Any, name: str, *, codes: str | None = None
+                 ) -> str:
+    """MatMulNBits on the layer's packed codes (or on `codes`, an initializer already holding
+    them as [out, groups, group bytes]: a head tied to a quantized embedding)."""
+    k, n, bits = m.in_features, m.out_features, m.bits
+    block = effective_group(k, m.group_size)
+    blocks = k // block
+    input_scale = getattr(m, "input_scale", None)
+    if input_scale is not None:
+        # AWQ: the effective weight is W / s per input column, i.e. the layer sees x / s.
+        s = input_scale.detach().float().numpy()
+        x = g.derived(("awq", x, hashlib.sha1(s.tobytes()).hexdigest()),
+                      lambda: g.op("Div", [x, g.initializer(s, f"{name}.input_scale")],
+                                   f"{name}_awq"))
+    if codes is None:
+        packed = m.qweight.detach().cpu().numpy().reshape(n, blocks, block * bits // 8)
+        codes = g.initializer(packed, f"{name}.qweight")
+    inputs = [x, codes,
+              g.initializer(m.scale.detach().float().numpy().reshape(-1), f"{name}.scale")]
+    if m.offset is not None:
+        # Integer zero point 0 (packed like the codes); the float offset is added below.
+        zero_bytes = n * -(-blocks * bits // 8)
+        inputs.append(g.initializer(np.zeros(zero_bytes, np.uint8), f"{name}.zero_point"))
+    y = g.op("MatMulNBits", inputs, name, domain=MS_DOMAIN, K=k, N=n, bits=bits,
+             block_size=block, accuracy_level=g.accuracy_level)
+    g.nbits_nodes += 1
+    if m.offset is not None:
+        sums = g.derived(("groupsum", x, block), lambda: _group_sums(g, x, blocks, block, name))
+        offset_t = m.offset.detach().float().t().contiguous().numpy()
+        y = g.op("Add", [y, g.op("MatMul", [sums, g.initializer(offset_t, f"{name}.offset_t")],
+                                 f"{name}_offset")], f"{name}_asym")
+    return _add_bias(g, y, m.bias, name)
+
+
+def _group_sums(g: GraphBuilder, x: str, blocks: int, block: int, name: str) -> str:
+    """[..., in] -> [..., groups]: the sum of x over each group of input columns."""
+    grouped = g.op("Reshape", [x, g.const([0, 0, blocks, block])], f"{name}_groups")
+    return g.op("ReduceSum", [grouped, g.const([-1])], f"{name}_groupsum", keepdims=0)
