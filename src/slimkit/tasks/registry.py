@@ -124,5 +124,6 @@ for _name, _factory in (("movielens", "slimkit.tasks.ctr.task:CTRTask.movielens"
                         ("tabular", "slimkit.tasks.ctr.task:CTRTask.from_table"),
                         ("image-folder", "slimkit.tasks.vision.task:VisionTask.image_folder"),
                         ("fashion-mnist", "slimkit.tasks.vision.task:VisionTask.fashion_mnist"),
-                        ("text-encoder", "slimkit.tasks.text.task:TextEncoderTask")):
+                        ("text-encoder", "slimkit.tasks.text.task:TextEncoderTask"),
+                        ("causal-lm", "slimkit.tasks.lm.task:CausalLMTask")):
     register_task(_name, _factory)

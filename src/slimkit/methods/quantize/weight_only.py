@@ -1,9 +1,11 @@
 """Weight-only low-bit quantization of Linear layers: round-to-nearest, GPTQ (Frantar et al. 2022)
 or AWQ (Lin et al. 2023), stored packed as WeightOnlyLinear (8/4/3/2 bits, group-wise scales).
 
-GPTQ and AWQ quantize layers one at a time in definition order; each layer's inputs are captured
-on the task's calibration batches run through the whole model, in which the earlier layers are
-already quantized, so later layers correct for the error upstream (as the GPTQ paper does).
+GPTQ and AWQ quantize layers in execution order; each layer's inputs are captured on the task's
+calibration batches with the earlier layers already quantized, so later layers correct for the
+error upstream (as the GPTQ paper does). In a model with repeated blocks (a transformer's layers)
+this runs block by block on cached block inputs (block_inputs.py), elsewhere by cut-short passes
+of the whole model.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ...nn.groupwise import BITS, quantize_groups
 from ...nn.lowbit_linear import SCALE_DTYPES, WeightOnlyLinear
 from ...nn.runtime_memory import CACHED, PACKED
 from .awq import ActivationStats, apply_clip, search_clip, search_scales
+from .block_inputs import StopForward, block_passes, capture_first_block, find_blocks, next_calls
 from .gptq import HessianAccumulator, gptq_quantize, hessian_error
 
 log = logging.getLogger(__name__)
@@ -97,54 +100,50 @@ class WeightOnly(MethodConfig):
         check_range("calibration_batches", self.calibration_batches, 1, 1 << 16)
 
 
-class _Stop(Exception):
-    """Raised by the capture hooks: nothing after the captured layers' input is needed."""
-
-
 class _Group:
     """Inputs of the next layers to quantize: the first pending layer the forward reaches, plus
     the pending layers fed that very same tensor (q, k, v of an attention block), which share
     one set of statistics. The forward is cut short right after, so one pass costs only the
-    model's prefix up to those layers."""
+    model's (or block's) prefix up to those layers."""
 
     def __init__(self, make: Callable[[int], Any]) -> None:
         self.make = make
         self.stats: Any = None
         self.members: list[str] = []
 
-    def capture(self, model: nn.Module, pending: dict[str, nn.Linear], task: Task,
-                batches: list[Batch]) -> list[str]:
-        first_batch = True
+    def capture(self, pending: dict[str, nn.Module],
+                passes: list[Callable[[], Any]]) -> list[str]:
+        first_pass = True
         current: dict[str, Any] = {}
 
         def hook_for(name: str) -> Callable[..., None]:
             def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
                 x = args[0]
                 if "input" not in current:
-                    if not first_batch and name != self.members[0]:
-                        raise _Stop
+                    if not first_pass and name != self.members[0]:
+                        raise StopForward
                     current["input"] = x
                     if self.stats is None:
                         self.stats = self.make(x.shape[-1])
                     self.stats.add(x.detach().float())
                 elif x is not current["input"]:
-                    raise _Stop
-                if first_batch:
+                    raise StopForward
+                if first_pass:
                     self.members.append(name)
             return hook
 
         handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in pending.items()]
         try:
             with torch.no_grad():
-                for batch in batches:
+                for run in passes:
                     current.clear()
                     try:
-                        model(*task.inputs(batch))
-                    except _Stop:
+                        run()
+                    except StopForward:
                         pass
-                    if first_batch and not self.members:
+                    if first_pass and not self.members:
                         break  # no pending layer runs on this data
-                    first_batch = False
+                    first_pass = False
         finally:
             for handle in handles:
                 handle.remove()
@@ -211,7 +210,11 @@ def _awq(linear: nn.Linear, stats: ActivationStats, config: WeightOnly,
 def _calibrated(model: nn.Module, chosen: list[tuple[str, nn.Linear]], config: WeightOnly,
                 task: Task, ctx: Context) -> tuple[dict[str, dict[str, float]], list[str]]:
     """Quantize `chosen` group by group in execution order; returns per-layer reports and the
-    layers that never ran on the calibration data (those are rounded to nearest)."""
+    layers that never ran on the calibration data (those are rounded to nearest).
+
+    Sequentially, layers inside the model's repeated blocks (a transformer's decoder layers) are
+    calibrated block by block on cached block inputs (block_inputs.py); the others, and every
+    layer when the model has no such blocks, by cut-short passes of the whole model."""
     batches = task.calibration_batches(config.calibration_batches)
     ctx.info["calibration"] = batches_used(task, batches, config.calibration_batches)
     pending = dict(chosen)
@@ -223,14 +226,7 @@ def _calibrated(model: nn.Module, chosen: list[tuple[str, nn.Linear]], config: W
             return HessianAccumulator(features)
         return ActivationStats(features, config.awq.max_rows, len(batches))
 
-    while pending:
-        if config.sequential:
-            group = _Group(make)
-            found = {name: group for name in group.capture(model, pending, task, batches)}
-        else:
-            found = _capture_all(model, pending, task, batches, make)
-        if not found:
-            break
+    def quantize_found(found: dict[str, _Group]) -> None:
         for name, stats in found.items():
             linear = pending.pop(name)
             report: dict[str, float] = {}
@@ -241,6 +237,34 @@ def _calibrated(model: nn.Module, chosen: list[tuple[str, nn.Linear]], config: W
             swap_module(model, name, new, new.spec())
             reports[name] = {k: round(float(v), 6) for k, v in report.items()}
             next(progress, None)
+
+    def run_groups(scope: dict[str, nn.Module], passes: list[Callable[[], Any]]) -> None:
+        while scope:
+            group = _Group(make)
+            found = {name: group for name in group.capture(scope, passes)}
+            if not found:
+                return
+            quantize_found(found)
+            for name in found:
+                scope.pop(name)
+
+    model_passes = [lambda b=b: model(*task.inputs(b)) for b in batches]
+    blocks = find_blocks(model, list(pending)) if config.sequential else None
+    if blocks is not None:
+        path, layers = blocks
+        ctx.info["blocks"] = path
+        calls = capture_first_block(model, layers[0], model_passes)
+        for index, block in enumerate(layers):
+            prefix = f"{path}.{index}."
+            run_groups({n: m for n, m in pending.items() if n.startswith(prefix)},
+                       block_passes(block, calls))
+            if index + 1 < len(layers):
+                calls = next_calls(block, calls)
+        del calls
+    if config.sequential:
+        run_groups(dict(pending), model_passes)
+    elif pending:
+        quantize_found(_capture_all(model, pending, task, batches, make))
     unseen = list(pending)
     for name, linear in pending.items():
         log.warning("%s: %s never ran on calibration data; rounding to nearest", config.method,

@@ -1,0 +1,111 @@
+"""The causal-LM task on a tiny local model folder and text file: metrics, splits, calibration,
+bad input; block-by-block calibration equals whole-model calibration."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from lm_fixtures import write_text, write_tiny_lm
+
+import slimkit
+from slimkit.core.errors import SlimkitError
+from slimkit.methods.quantize import weight_only
+from slimkit.nn import WeightOnlyLinear
+from slimkit.tasks.registry import make_task
+
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm")
+    text = write_text(root / "text.txt")
+    return write_tiny_lm(root / "model", text), text
+
+
+@pytest.fixture(scope="module")
+def task(files):
+    folder, text = files
+    return make_task("causal-lm", model_path=str(folder), text_file=str(text), seq_len=32,
+                     eval_chunks=4, eval_batch=2, calibration_rows=2)
+
+
+def _quantized(model, task, **options):
+    plan = slimkit.Plan.from_dict({"version": 1, "steps": [
+        {"method": "quantize.weight_only", "group_size": 32, **options}]})
+    out = copy.deepcopy(model)
+    records = slimkit.compress_(out, plan, slimkit.Context(task=task))
+    return out, records[0].info
+
+
+def test_the_uncompressed_model_agrees_with_itself(task):
+    result = task.evaluate(task.build_model())
+    assert result["top1"] == 1.0
+    # fp16 log-probabilities move the KL by about sum p (l 2^-11)^2 / 2 (metrics.py).
+    assert 0.0 <= result["kl"] < 1e-5
+    assert result["perplexity"] == pytest.approx(torch.tensor(result["nll"]).exp().item())
+
+
+def test_quantization_shows_in_kl_and_top1(task):
+    model = task.build_model()
+    low, _ = _quantized(model, task, bits=2, algorithm="rtn")
+    result = task.evaluate(low)
+    assert result["kl"] > 1e-3 and result["top1"] < 1.0
+
+
+def test_splits_are_disjoint_documents_and_sized(task):
+    chunks = task.chunks
+    assert chunks["test"].shape == (4, 32) and chunks["valid"].shape == (4, 32)
+    assert task.documents["test"] > 0 and task.documents["train"] == 8 * task.documents["test"]
+    info = task.describe()
+    assert info["eval_tokens"] == 128 and info["chunks"]["test"] == 4
+
+
+def test_calibration_batches_are_recorded_not_capped(task):
+    model = task.build_model()
+    _, info = _quantized(model, task, bits=4, algorithm="gptq", calibration_batches=3)
+    assert info["calibration"] == {"asked": 3, "batches": 3, "rows": 6, "elements": 6 * 32}
+    assert info["blocks"] == "model.layers"
+
+
+def test_blockwise_calibration_equals_whole_model_passes(task, monkeypatch):
+    model = task.build_model()
+    by_block, _ = _quantized(model, task, bits=3, algorithm="gptq")
+    monkeypatch.setattr(weight_only, "find_blocks", lambda *_: None)
+    by_model, info = _quantized(model, task, bits=3, algorithm="gptq")
+    assert "blocks" not in info
+    for name, layer in by_block.named_modules():
+        if isinstance(layer, WeightOnlyLinear):
+            other = by_model.get_submodule(name)
+            same = (layer.codes() == other.codes()).float().mean()
+            assert same > 0.999, name  # fp32 sums in another order may flip a rare tie
+
+
+def test_gptq_beats_round_to_nearest_end_to_end(task):
+    model = task.build_model()
+    rtn = task.evaluate(_quantized(model, task, bits=3, algorithm="rtn")[0])
+    gptq = task.evaluate(_quantized(model, task, bits=3, algorithm="gptq")[0])
+    assert gptq["kl"] < rtn["kl"]
+
+
+@pytest.mark.parametrize(("options", "field"), [
+    ({"text_file": "/nonexistent/t.txt"}, "text_file"),
+    ({"model_path": "/nonexistent/m"}, "model"),
+    ({"seq_len": 0}, "seq_len"),
+])
+def test_bad_options_name_their_field(files, options, field):
+    folder, text = files
+    kwargs = {"model_path": str(folder), "text_file": str(text), **options}
+    with pytest.raises(SlimkitError, match=field):
+        make_task("causal-lm", **kwargs)
+
+
+def test_non_utf8_text_is_refused(files, tmp_path):
+    folder, _ = files
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9 ".encode("latin-1") * 100)
+    with pytest.raises(SlimkitError, match="not UTF-8"):
+        make_task("causal-lm", model_path=str(folder), text_file=str(bad))
