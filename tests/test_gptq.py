@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slimkit.methods.quantize.gptq import HessianAccumulator, gptq_quantize, hessian_error
+from slimkit.methods.layerwise import HessianAccumulator
+from slimkit.methods.quantize.gptq import gptq_quantize, hessian_error
 from slimkit.nn.groupwise import dequantize_groups, quantize_groups
 
 

@@ -11,7 +11,7 @@ from lm_fixtures import write_text, write_tiny_lm
 
 import slimkit
 from slimkit.core.errors import SlimkitError
-from slimkit.methods.quantize import weight_only
+from slimkit.methods import layerwise
 from slimkit.nn import WeightOnlyLinear
 from slimkit.tasks.registry import make_task
 
@@ -74,7 +74,7 @@ def test_calibration_batches_are_recorded_not_capped(task):
 def test_blockwise_calibration_equals_whole_model_passes(task, monkeypatch):
     model = task.build_model()
     by_block, _ = _quantized(model, task, bits=3, algorithm="gptq")
-    monkeypatch.setattr(weight_only, "find_blocks", lambda *_: None)
+    monkeypatch.setattr(layerwise, "find_blocks", lambda *_: None)
     by_model, info = _quantized(model, task, bits=3, algorithm="gptq")
     assert "blocks" not in info
     for name, layer in by_block.named_modules():
@@ -109,3 +109,22 @@ def test_non_utf8_text_is_refused(files, tmp_path):
     bad.write_bytes("caf\xe9 ".encode("latin-1") * 100)
     with pytest.raises(SlimkitError, match="not UTF-8"):
         make_task("causal-lm", model_path=str(folder), text_file=str(bad))
+
+
+@pytest.mark.parametrize("algorithm", ["rtn", "gptq"])
+def test_tied_table_quantized_once_and_reloaded_tied(task, algorithm, tmp_path):
+    from slimkit.nn.lowbit_embedding import TiedLowBitHead, WeightOnlyEmbedding
+
+    model = task.build_model()
+    out, info = _quantized(model, task, bits=4, algorithm=algorithm, embedding_bits=4)
+    table, head = out.model.embed_tokens, out.lm_head
+    assert isinstance(table, WeightOnlyEmbedding) and isinstance(head, TiedLowBitHead)
+    assert head.qweight is table.qweight
+    assert {"model.embed_tokens", "lm_head"} <= set(info["quantized"])
+    if algorithm == "gptq":
+        assert info["layers"]["lm_head"]["error"] > 0
+    slimkit.save(out, tmp_path / "a")
+    back = slimkit.load(tmp_path / "a").model
+    assert back.lm_head.qweight is back.model.embed_tokens.qweight
+    ids = task.chunks["test"][:1]
+    assert torch.equal(back(ids).logits, out(ids).logits)

@@ -221,7 +221,8 @@ class _Inputs:
 
 
 def test_shared_inputs_are_captured_once_and_later_layers_see_quantized_inputs() -> None:
-    from slimkit.methods.quantize.gptq import HessianAccumulator, gptq_quantize
+    from slimkit.methods.layerwise import HessianAccumulator
+    from slimkit.methods.quantize.gptq import gptq_quantize
 
     torch.manual_seed(0)
     model = _QKV()
@@ -245,7 +246,8 @@ def test_shared_inputs_are_captured_once_and_later_layers_see_quantized_inputs()
 
 
 def test_non_sequential_capture_uses_the_float_model_in_one_pass() -> None:
-    from slimkit.methods.quantize.gptq import HessianAccumulator, gptq_quantize
+    from slimkit.methods.layerwise import HessianAccumulator
+    from slimkit.methods.quantize.gptq import gptq_quantize
 
     torch.manual_seed(0)
     model = _QKV()

@@ -21,26 +21,6 @@ from ...nn.groupwise import (
 log = logging.getLogger(__name__)
 
 
-class HessianAccumulator:
-    """H = 2/n sum_i x_i x_i^T over every input row seen so far (a running mean, in float64 so
-    thousands of rows of large activations do not lose the small eigenvalues)."""
-
-    def __init__(self, features: int) -> None:
-        self.features = features
-        self.hessian = torch.zeros(features, features, dtype=torch.float64)
-        self.rows = 0
-
-    def add(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, self.features).float()
-        new = x.shape[0]
-        if new == 0:
-            return
-        self.hessian *= self.rows / (self.rows + new)
-        self.rows += new
-        # One batch's product in fp32 (fast, short sums); the running mean across batches in fp64.
-        self.hessian += (2.0 / self.rows) * (x.T @ x).double()
-
-
 def _inverse_cholesky(h: torch.Tensor, damp_percent: float) -> torch.Tensor:
     """Upper Cholesky factor of (H + damp I)^-1; the damping grows tenfold until H is positive
     definite, since rank-deficient Hessians (few calibration rows, collinear inputs) are common."""

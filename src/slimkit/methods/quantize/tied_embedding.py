@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from ...core.errors import ConfigError, SlimkitError
+from ...core.targets import Targets, _matches
 from ...graph import get_submodule, swap_module
 from ...nn.groupwise import BITS
 from ...nn.lowbit_embedding import TiedLowBitHead, WeightOnlyEmbedding
@@ -67,3 +68,28 @@ def quantize_tied_embedding(model: nn.Module, embedding_name: str, head_name: st
     swap_module(model, embedding_name, table, table.spec())
     swap_module(model, head_name, projection, projection.spec())
     return table, projection
+
+
+def table_targets(model: nn.Module, targets: Targets) -> tuple[list[tuple[str, str]], list[str]]:
+    """What a weight-only step quantizes besides Linears, for `targets`' names and excludes
+    (its types are for the Linears): the tied (embedding, head) pairs, and the untied
+    nn.Embedding tables."""
+    def wanted(name: str) -> bool:
+        return _matches(name, targets.names) and not _matches(name, targets.exclude)
+
+    pairs = [(e, h) for e, h in tied_pairs(model) if wanted(e) and wanted(h)]
+    paired = {e for e, _ in tied_pairs(model)}
+    tables = [n for n, m in model.named_modules()
+              if n and isinstance(m, nn.Embedding) and n not in paired and wanted(n)]
+    return pairs, tables
+
+
+def quantize_embedding(model: nn.Module, name: str, *, bits: int, group_size: int,
+                       symmetric: bool, scale_dtype: str) -> WeightOnlyEmbedding:
+    """Swap an untied nn.Embedding for a WeightOnlyEmbedding (round to nearest)."""
+    embedding = get_submodule(model, name)
+    table = WeightOnlyEmbedding.from_embedding(embedding, bits=bits, group_size=group_size,
+                                               symmetric=symmetric, scale_dtype=scale_dtype)
+    table.train(embedding.training)
+    swap_module(model, name, table, table.spec())
+    return table

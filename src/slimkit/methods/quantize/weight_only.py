@@ -3,16 +3,15 @@ or AWQ (Lin et al. 2023), stored packed as WeightOnlyLinear (8/4/3/2 bits, group
 
 GPTQ and AWQ quantize layers in execution order; each layer's inputs are captured on the task's
 calibration batches with the earlier layers already quantized, so later layers correct for the
-error upstream (as the GPTQ paper does). In a model with repeated blocks (a transformer's layers)
-this runs block by block on cached block inputs (block_inputs.py), elsewhere by cut-short passes
-of the whole model.
+error upstream (as the GPTQ paper does). In a model with repeated blocks (a transformer's
+layers) this runs block by block on cached block inputs (methods/layerwise.py), elsewhere by
+cut-short passes of the whole model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -21,14 +20,15 @@ from torch import nn
 from ...core import Context, MethodConfig, Targets, check_range, register
 from ...core.config import DATA, NOTHING
 from ...core.errors import ConfigError, SlimkitError
-from ...core.task import Batch, Task, batches_used
+from ...core.task import Task, batches_used
 from ...graph import swap_module
 from ...nn.groupwise import BITS, quantize_groups
 from ...nn.lowbit_linear import SCALE_DTYPES, WeightOnlyLinear
 from ...nn.runtime_memory import CACHED, PACKED
+from ..layerwise import HessianAccumulator, InputGroup, calibrate_in_order
 from .awq import ActivationStats, apply_clip, search_clip, search_scales
-from .block_inputs import StopForward, block_passes, capture_first_block, find_blocks, next_calls
-from .gptq import HessianAccumulator, gptq_quantize, hessian_error
+from .gptq import gptq_quantize, hessian_error
+from .tied_embedding import quantize_embedding, quantize_tied_embedding, table_targets
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,13 @@ class WeightOnly(MethodConfig):
     layers are quantized (one cut-short calibration pass per group of layers sharing an input);
     False captures every layer in one pass of the float model (faster, less accurate).
     `cache`: keep each layer's de-quantized fp32 weight in memory (faster forwards, fp32 run-time
-    memory); off by default, so a layer holds only its packed codes and scales."""
+    memory); off by default, so a layer holds only its packed codes and scales.
+    `embedding_bits` (0: leave them as they are) quantizes the embedding tables the targets' names
+    match too, group-wise along the embedding width in groups of `embedding_group_size` (0: as
+    `group_size`), into WeightOnlyEmbedding. A table tied to an output head (a language model's
+    `lm_head`) stays one table: the head reads the same codes (TiedLowBitHead), and with
+    algorithm "gptq" the shared codes come from GPTQ on the head's inputs, the table's larger
+    use (every position reads all of it); otherwise tables are rounded to nearest."""
 
     method = "quantize.weight_only"
     bits: Literal[8, 4, 3, 2] = 4
@@ -83,6 +89,8 @@ class WeightOnly(MethodConfig):
     sequential: bool = True
     scale_dtype: Literal["float16", "float32"] = "float16"
     cache: bool = False
+    embedding_bits: int = 0
+    embedding_group_size: int = 0
     targets: Targets = Targets()
 
     def requires(self) -> frozenset[str]:
@@ -98,80 +106,11 @@ class WeightOnly(MethodConfig):
         if self.scale_dtype not in SCALE_DTYPES:
             raise ConfigError("scale_dtype", self.scale_dtype, "one of 'float16', 'float32'")
         check_range("calibration_batches", self.calibration_batches, 1, 1 << 16)
-
-
-class _Group:
-    """Inputs of the next layers to quantize: the first pending layer the forward reaches, plus
-    the pending layers fed that very same tensor (q, k, v of an attention block), which share
-    one set of statistics. The forward is cut short right after, so one pass costs only the
-    model's (or block's) prefix up to those layers."""
-
-    def __init__(self, make: Callable[[int], Any]) -> None:
-        self.make = make
-        self.stats: Any = None
-        self.members: list[str] = []
-
-    def capture(self, pending: dict[str, nn.Module],
-                passes: list[Callable[[], Any]]) -> list[str]:
-        first_pass = True
-        current: dict[str, Any] = {}
-
-        def hook_for(name: str) -> Callable[..., None]:
-            def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-                x = args[0]
-                if "input" not in current:
-                    if not first_pass and name != self.members[0]:
-                        raise StopForward
-                    current["input"] = x
-                    if self.stats is None:
-                        self.stats = self.make(x.shape[-1])
-                    self.stats.add(x.detach().float())
-                elif x is not current["input"]:
-                    raise StopForward
-                if first_pass:
-                    self.members.append(name)
-            return hook
-
-        handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in pending.items()]
-        try:
-            with torch.no_grad():
-                for run in passes:
-                    current.clear()
-                    try:
-                        run()
-                    except StopForward:
-                        pass
-                    if first_pass and not self.members:
-                        break  # no pending layer runs on this data
-                    first_pass = False
-        finally:
-            for handle in handles:
-                handle.remove()
-        return self.members
-
-
-def _capture_all(model: nn.Module, pending: dict[str, nn.Linear], task: Task,
-                 batches: list[Batch], make: Callable[[int], Any]) -> dict[str, _Group]:
-    """Every pending layer's inputs from one full pass per batch (no layer quantized yet)."""
-    groups: dict[str, _Group] = {}
-
-    def hook_for(name: str) -> Callable[..., None]:
-        def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            group = groups.setdefault(name, _Group(make))
-            if group.stats is None:
-                group.stats = make(args[0].shape[-1])
-            group.stats.add(args[0].detach().float())
-        return hook
-
-    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in pending.items()]
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                model(*task.inputs(batch))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: groups[name] for name in pending if name in groups}
+        if self.embedding_bits not in (0, *BITS):
+            raise ConfigError("embedding_bits", self.embedding_bits,
+                              "0 (keep them) or one of 8, 4, 3, 2")
+        if self.embedding_group_size != -1:
+            check_range("embedding_group_size", self.embedding_group_size, 0, 1 << 20)
 
 
 def _gptq(linear: nn.Linear, hessian: torch.Tensor, config: WeightOnly,
@@ -209,15 +148,10 @@ def _awq(linear: nn.Linear, stats: ActivationStats, config: WeightOnly,
 
 def _calibrated(model: nn.Module, chosen: list[tuple[str, nn.Linear]], config: WeightOnly,
                 task: Task, ctx: Context) -> tuple[dict[str, dict[str, float]], list[str]]:
-    """Quantize `chosen` group by group in execution order; returns per-layer reports and the
-    layers that never ran on the calibration data (those are rounded to nearest).
-
-    Sequentially, layers inside the model's repeated blocks (a transformer's decoder layers) are
-    calibrated block by block on cached block inputs (block_inputs.py); the others, and every
-    layer when the model has no such blocks, by cut-short passes of the whole model."""
+    """Quantize `chosen` in execution order (layerwise.calibrate_in_order); returns per-layer
+    reports and the layers that never ran on the calibration data (rounded to nearest)."""
     batches = task.calibration_batches(config.calibration_batches)
     ctx.info["calibration"] = batches_used(task, batches, config.calibration_batches)
-    pending = dict(chosen)
     reports: dict[str, dict[str, float]] = {}
     progress = iter(ctx.progress(range(len(chosen)), total=len(chosen), desc=config.method))
 
@@ -226,50 +160,24 @@ def _calibrated(model: nn.Module, chosen: list[tuple[str, nn.Linear]], config: W
             return HessianAccumulator(features)
         return ActivationStats(features, config.awq.max_rows, len(batches))
 
-    def quantize_found(found: dict[str, _Group]) -> None:
-        for name, stats in found.items():
-            linear = pending.pop(name)
-            report: dict[str, float] = {}
-            if config.algorithm == "gptq":
-                new = _gptq(linear, stats.stats.hessian, config, report)
-            else:
-                new = _awq(linear, stats.stats, config, report)
-            swap_module(model, name, new, new.spec())
-            reports[name] = {k: round(float(v), 6) for k, v in report.items()}
-            next(progress, None)
+    def quantize(name: str, linear: nn.Module, stats: Any) -> None:
+        report: dict[str, float] = {}
+        if config.algorithm == "gptq":
+            new = _gptq(linear, stats.hessian, config, report)
+        else:
+            new = _awq(linear, stats, config, report)
+        swap_module(model, name, new, new.spec())
+        reports[name] = {k: round(float(v), 6) for k, v in report.items()}
+        next(progress, None)
 
-    def run_groups(scope: dict[str, nn.Module], passes: list[Callable[[], Any]]) -> None:
-        while scope:
-            group = _Group(make)
-            found = {name: group for name in group.capture(scope, passes)}
-            if not found:
-                return
-            quantize_found(found)
-            for name in found:
-                scope.pop(name)
-
-    model_passes = [lambda b=b: model(*task.inputs(b)) for b in batches]
-    blocks = find_blocks(model, list(pending)) if config.sequential else None
-    if blocks is not None:
-        path, layers = blocks
-        ctx.info["blocks"] = path
-        calls = capture_first_block(model, layers[0], model_passes)
-        for index, block in enumerate(layers):
-            prefix = f"{path}.{index}."
-            run_groups({n: m for n, m in pending.items() if n.startswith(prefix)},
-                       block_passes(block, calls))
-            if index + 1 < len(layers):
-                calls = next_calls(block, calls)
-        del calls
-    if config.sequential:
-        run_groups(dict(pending), model_passes)
-    elif pending:
-        quantize_found(_capture_all(model, pending, task, batches, make))
-    unseen = list(pending)
-    for name, linear in pending.items():
+    unseen = calibrate_in_order(model, dict(chosen), [lambda b=b: model(*task.inputs(b))
+                                                      for b in batches],
+                                make=make, handle=quantize, sequential=config.sequential,
+                                info=ctx.info)
+    for name in unseen:
         log.warning("%s: %s never ran on calibration data; rounding to nearest", config.method,
                     name)
-        _rtn(model, name, linear, config)
+        _rtn(model, name, model.get_submodule(name), config)
     return reports, unseen
 
 
@@ -280,26 +188,67 @@ def _rtn(model: nn.Module, name: str, linear: nn.Linear, config: WeightOnly) -> 
     swap_module(model, name, new, new.spec())
 
 
+def _table_options(config: WeightOnly) -> dict[str, Any]:
+    return {"bits": config.embedding_bits, "symmetric": config.symmetric,
+            "group_size": config.embedding_group_size or config.group_size,
+            "scale_dtype": config.scale_dtype}
+
+
+def _quantize_tables(model: nn.Module, config: WeightOnly, task: Task | None,
+                     ctx: Context) -> list[str]:
+    """The embedding tables (see WeightOnly's docstring); returns the names quantized."""
+    pairs, tables = table_targets(model, config.targets)
+    done = []
+    for name in tables:
+        quantize_embedding(model, name, **_table_options(config))
+        done.append(name)
+    for table_name, head_name in pairs:
+        head = model.get_submodule(head_name)
+        hessian = None
+        if config.algorithm == "gptq" and task is not None:
+            batches = task.calibration_batches(config.calibration_batches)
+            group = InputGroup(HessianAccumulator)
+            found = group.capture({head_name: head},
+                                  [lambda b=b: model(*task.inputs(b)) for b in batches])
+            hessian = group.stats.hessian if found else None
+        weight = head.weight.detach().float()
+        table, _ = quantize_tied_embedding(model, table_name, head_name, **_table_options(config))
+        if hessian is not None:
+            o = config.gptq
+            codes, scale, offset = gptq_quantize(
+                weight, hessian, bits=table.bits, group_size=table.group_size,
+                symmetric=config.symmetric, damp_percent=o.damp_percent,
+                block_size=o.block_size, act_order=o.act_order,
+                dtype=SCALE_DTYPES[config.scale_dtype])
+            table.set_codes(codes, scale, offset)
+            ctx.info.setdefault("layers", {})[head_name] = {
+                "error": round(hessian_error(weight, table.dequantized_weight(), hessian), 6)}
+        done += [table_name, head_name]
+    return done
+
+
 @register(WeightOnly)
 def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: Context) -> nn.Module:
     chosen = [(n, m) for n, m in config.targets.select(model, ("Linear",))
               if isinstance(m, nn.Linear)]
     if not chosen:
         raise SlimkitError("quantize.weight_only: targets match no Linear module")
-    if config.algorithm == "rtn":
-        for name, linear in chosen:
-            _rtn(model, name, linear, config)
-    else:
-        task = ctx.require_task(config.method)
-        was_training = model.training
-        model.eval()  # calibration must not see dropout
-        try:
+    was_training = model.training
+    model.eval()  # calibration must not see dropout
+    try:
+        if config.algorithm == "rtn":
+            for name, linear in chosen:
+                _rtn(model, name, linear, config)
+        else:
+            task = ctx.require_task(config.method)
             reports, unseen = _calibrated(model, chosen, config, task, ctx)
-        finally:
-            model.train(was_training)
-        ctx.info["layers"] = reports
-        ctx.info["unseen"] = unseen
-    ctx.info["quantized"] = [name for name, _ in chosen]
+            ctx.info["layers"] = reports
+            ctx.info["unseen"] = unseen
+        tables = _quantize_tables(model, config, ctx.task if config.algorithm == "gptq" else None,
+                                  ctx) if config.embedding_bits else []
+    finally:
+        model.train(was_training)
+    ctx.info["quantized"] = [name for name, _ in chosen] + tables
     ctx.info["bits"] = config.bits
     ctx.info["algorithm"] = config.algorithm
     ctx.info["memory_mode"] = CACHED if config.cache else PACKED
