@@ -113,10 +113,12 @@ def test_non_utf8_text_is_refused(files, tmp_path):
 
 @pytest.mark.parametrize("algorithm", ["rtn", "gptq"])
 def test_tied_table_quantized_once_and_reloaded_tied(task, algorithm, tmp_path):
+    from slimkit.eval.cost import count_params
     from slimkit.nn.lowbit_embedding import TiedLowBitHead, WeightOnlyEmbedding
 
     model = task.build_model()
     out, info = _quantized(model, task, bits=4, algorithm=algorithm, embedding_bits=4)
+    assert count_params(out)["params"] == count_params(model)["params"]  # the table counts once
     table, head = out.model.embed_tokens, out.lm_head
     assert isinstance(table, WeightOnlyEmbedding) and isinstance(head, TiedLowBitHead)
     assert head.qweight is table.qweight
@@ -128,3 +130,34 @@ def test_tied_table_quantized_once_and_reloaded_tied(task, algorithm, tmp_path):
     assert back.lm_head.qweight is back.model.embed_tokens.qweight
     ids = task.chunks["test"][:1]
     assert torch.equal(back(ids).logits, out(ids).logits)
+
+
+def test_cli_run_and_eval_reproduce_with_kl_and_top1(files, tmp_path, capsys):
+    import json
+
+    import onnx
+
+    from slimkit.cli.main import main
+
+    folder, text = files
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("version: 1\nsteps:\n- method: quantize.weight_only\n  bits: 4\n"
+                    "  group_size: 32\n  algorithm: gptq\n  embedding_bits: 4\n")
+    task = ["--task", "causal-lm", "--task-opt", f"model_path={folder}", "--task-opt",
+            f"text_file={text}", "--task-opt", "seq_len=32", "--task-opt", "eval_chunks=4"]
+    out = tmp_path / "run"
+    assert main(["run", str(plan), *task, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for stage in metrics["stages"]:
+        assert {"perplexity", "kl", "top1"} <= set(stage["metrics"])
+        assert set(stage["latency_ms"]) == {"1"}  # the task's latency batch: one prompt
+    final = metrics["stages"][-1]
+    assert metrics["higher_is_better"] is False and final["metrics"]["kl"] > 0
+    # Deployed as MatMulNBits with the cache inputs, not as de-quantized fp32 constants.
+    graph = onnx.load(str(out / "onnx" / "01-quantize.weight_only.onnx")).graph
+    assert sum(n.op_type == "MatMulNBits" for n in graph.node) >= 14
+    assert any(i.name.startswith("past_key_values.") for i in graph.input)
+    capsys.readouterr()
+    assert main(["eval", str(out / "model"), "--json"]) == 0  # the task rebuilt from its spec
+    result = json.loads(capsys.readouterr().out)
+    assert result["measured"] == result["recorded"]

@@ -25,7 +25,13 @@ from .core.module_types import needs_instance
 from .core.refs import importable_ref
 from .core.task import describe
 from .eval.cost import latency_interleaved
-from .eval.measure import BATCH_SIZES, latency_fields, measure, memory_fields, speed_fields
+from .eval.measure import (
+    latency_fields,
+    measure,
+    memory_fields,
+    speed_fields,
+    task_batch_sizes,
+)
 from .eval.regressions import describe as describe_regression
 from .eval.regressions import stage_regressions
 from .export import copy_artifact, reload
@@ -159,7 +165,7 @@ def _onnx_sessions(out: Path, models: dict[str, nn.Module], task: Task,
     from .export.runtime import OrtSession
 
     sessions: dict[str, Any] = {}
-    example = task.example_inputs(64)
+    example = task.example_inputs(min(64, max(task_batch_sizes(task))))
     for stage in stages:
         name = stage["name"]
         path = out / "onnx" / f"{Path(stage['artifact']).name}.onnx"
@@ -230,7 +236,7 @@ def finish(out: Path, task: Task, plan: Plan, stages: list[dict[str, Any]], *, t
       is "slower" (change = old ms / new ms, the vs_previous ratio); [] for the baseline.
     """
     models = {s["name"]: reload(out / s["artifact"], model_factory).model for s in stages}
-    inputs = {b: task.example_inputs(b) for b in BATCH_SIZES}
+    inputs = {b: task.example_inputs(b) for b in task_batch_sizes(task)}
     threads = available_cores() if threads is None else threads
     timed_models: dict[str, Any] = dict(models)
     if onnxruntime if onnxruntime is not None else _has_onnxruntime():
@@ -261,7 +267,7 @@ def finish(out: Path, task: Task, plan: Plan, stages: list[dict[str, Any]], *, t
         for regression in stage["regressions"]:
             log.warning("stage %s: %s", name, describe_regression(regression))
         if measure_memory:
-            _measure_memory(stage, out, inputs[max(BATCH_SIZES)], model_factory)
+            _measure_memory(stage, out, inputs[max(inputs)], model_factory)
     final = stages[-1]
     reloaded = task.evaluate(models[final["name"]], "test")
     copy_artifact(out / final["artifact"], out / FINAL)

@@ -28,6 +28,8 @@ class Task(Protocol):
       - `default_plan() -> str` and `search_space() -> str`: YAML of the plan `slimkit run` uses
         without a plan file and of the space `slimkit auto` searches without `--space`;
       - `describe() -> dict`: what a run directory records about the data;
+      - `latency_batches: tuple[int, ...]`: the batch sizes latency and run-time memory are
+        measured at (default 1 and 512);
       - `spec`: set by `slimkit.make_task`, so `slimkit eval` can rebuild the same task.
     """
 

@@ -40,7 +40,12 @@ def count_params(model: nn.Module) -> dict[str, int]:
     seen: set[int] = set()
     for module in model.modules():
         shape = _packed_weight_shape(module)
+        packed = module._buffers.get("qweight")
+        if shape is not None and packed is not None and id(packed) in seen:
+            continue  # a tied head reading its table's codes (TiedLowBitHead) counts once
         if shape is not None:
+            if packed is not None:
+                seen.add(id(packed))
             numel = math.prod(shape)
             bias = module._buffers.get("bias", module._parameters.get("bias"))
             params += numel + (bias.numel() if bias is not None else 0)

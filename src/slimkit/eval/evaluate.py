@@ -8,14 +8,14 @@ from typing import Any
 from torch import nn
 
 from ..core.task import Task
-from .measure import BATCH_SIZES, measure
+from .measure import measure
 
 # evaluate() reports the process's figures; run_plan's stages add the model's own share.
 MEMORY_KEYS = ("resident", "peak", "loaded", "load_peak")
 
 
 def evaluate(model: nn.Module, task: Task, *, split: str = "test",
-             batch_sizes: tuple[int, ...] = BATCH_SIZES, artifact: Path | None = None,
+             batch_sizes: tuple[int, ...] | None = None, artifact: Path | None = None,
              memory: bool = True, model_factory: str | None = None) -> dict[str, Any]:
     """Quality metrics, logical params, non-zeros, artifact bytes, latency (median/p90), and
     run-time memory of a fresh process (MiB above its baseline: resident and peak).

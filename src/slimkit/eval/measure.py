@@ -22,6 +22,13 @@ from .cost import NOISE, Inputs, Timing, count_params, latency_interleaved
 from .runtime_memory import runtime_memory
 
 BATCH_SIZES = (1, 512)
+
+
+def task_batch_sizes(task: Task) -> tuple[int, ...]:
+    """The batch sizes latency and run-time memory are measured at: the task's own
+    `latency_batches` when it has them (a language model's batch of 512 sequences would hold
+    gigabytes of logits), else BATCH_SIZES."""
+    return tuple(getattr(task, "latency_batches", BATCH_SIZES))
 # What a stage records of runtime_memory's figures (MiB above a fresh process's baseline).
 MEMORY_KEYS = ("resident", "peak", "loaded", "load_peak", "model")
 
@@ -84,14 +91,15 @@ def _same_metrics(path: Path, split: str, metrics: Mapping[str, float]) -> bool:
 def measure(model: nn.Module, task: Task, *, split: str = "test", artifact: Path | None = None,
             save_to: Path | None = None, manifest: Mapping[str, Any] | None = None,
             reuse: bool = False, params: bool = True,
-            batch_sizes: Sequence[int] = BATCH_SIZES, timing: Mapping[str, Any] | None = None,
+            batch_sizes: Sequence[int] | None = None, timing: Mapping[str, Any] | None = None,
             memory: bool = True, memory_keys: Sequence[str] = MEMORY_KEYS,
             label: str | None = None, model_factory: str | None = None) -> dict[str, Any]:
     """Measure `model` on `task`; returns what was asked for, in this order:
 
     - "metrics": the task's metrics on `split` (see `quality` for `label`);
     - "params", "nonzeros" (with `params`): logical weights, cost.count_params;
-    - "latency_ms", "throughput", "threads" (for each of `batch_sizes`; none: not timed),
+    - "latency_ms", "throughput", "threads" (for each of `batch_sizes`, default the task's
+      (task_batch_sizes); none: not timed),
       `timing` passed to cost.latency_interleaved (rounds, repeats, warmup, threads); one
       model is timed without a noise probe: nothing is compared with it here;
     - "bytes": the artifact's bytes on disk: `artifact` if given; else the model saved to
@@ -107,7 +115,8 @@ def measure(model: nn.Module, task: Task, *, split: str = "test", artifact: Path
     result: dict[str, Any] = {"metrics": metrics}
     if params:
         result.update(count_params(model))
-    inputs = {b: task.example_inputs(b) for b in batch_sizes}
+    sizes = task_batch_sizes(task) if batch_sizes is None else batch_sizes
+    inputs = {b: task.example_inputs(b) for b in sizes}
     if inputs:
         timed = latency_interleaved({"model": model}, inputs, probes=(), **(timing or {}))
         result.update(latency_fields(timed, "model"), threads=timed.threads)

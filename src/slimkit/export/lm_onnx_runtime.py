@@ -24,7 +24,17 @@ class OrtCausalLM:
         so.inter_op_num_threads = 1
         for key, value in (options or {}).items():
             so.add_session_config_entry(key, value)
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self._bind(ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]))
+
+    @classmethod
+    def from_session(cls, session: Any) -> OrtCausalLM:
+        """A runner over an open session of an exported causal LM."""
+        runner = cls.__new__(cls)
+        runner._bind(session)
+        return runner
+
+    def _bind(self, session: Any) -> None:
+        self.session = session
         self.cache_names = [i.name for i in self.session.get_inputs()
                             if i.name.startswith("past_key_values.")]
         first = self.session.get_inputs()[3].shape

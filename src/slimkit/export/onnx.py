@@ -31,12 +31,18 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
                 opset: int = 17, dynamic_batch: bool = True,
                 input_names: Sequence[str] | None = None) -> Path:
     """Write `model` (in eval mode) as ONNX to `path` atomically; the user's model is untouched.
+    A Llama-family causal LM is written by lm_onnx.export_causal_lm (its inputs and cache are
+    its own; OrtSession runs it from token ids alone).
 
     Export runs on a deep copy whose padded mean EmbeddingBags are swapped for MeanBag: the
     TorchScript exporter cannot export `embedding_bag` with `padding_idx`. A transformers model's
     copy runs eager attention and returns its main tensor (logits or last_hidden_state), with
     batch and sequence axes dynamic.
     """
+    if len(example_inputs) == 1 and is_causal_lm(model):
+        from .lm_onnx import export_causal_lm
+
+        return export_causal_lm(model, path, opset=opset)
     export_model = copy.deepcopy(model).eval()
     for name, module in list(export_model.named_modules()):
         if isinstance(module, nn.EmbeddingBag) and module.mode == "mean" \
@@ -85,6 +91,24 @@ def record_int8_range(path: Path, weight_max: int) -> None:
     entry = proto.metadata_props.add()
     entry.key, entry.value = INT8_WEIGHT_MAX_KEY, str(weight_max)
     onnx.save(proto, str(path))
+
+
+# The layers lm_onnx writes itself: others (int8, pruned-shape) go through the TorchScript path.
+_LM_LAYERS = ("Linear", "WeightOnlyLinear", "Embedding", "WeightOnlyEmbedding", "TiedLowBitHead")
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """A Llama-family transformers causal LM whose layers lm_onnx.py writes (float or
+    weight-only), exported with its key/value cache and low-bit layers as MatMulNBits instead
+    of through the TorchScript exporter (token ids as the only example input)."""
+    config = getattr(model, "config", None)
+    if not (_is_hf(model) and type(model).__name__.endswith("ForCausalLM")
+            and getattr(config, "model_type", None) == "llama"):
+        return False
+    layers = [m for m in model.modules() if not list(m.children())]
+    return all(type(m).__name__ in _LM_LAYERS or not (hasattr(m, "weight") or
+                                                      hasattr(m, "qweight"))
+               or "Norm" in type(m).__name__ for m in layers)
 
 
 def _is_hf(model: nn.Module) -> bool:

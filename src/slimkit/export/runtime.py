@@ -12,10 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..core.cpu import PORTABLE_WEIGHT_MAX, cpu_features
+from .lm_onnx_runtime import OrtCausalLM
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,10 @@ class OrtSession:
         self.session = ort.InferenceSession(str(path), options,
                                             providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
+        # A causal LM exported with its key/value cache (lm_onnx.py) is called like the torch
+        # model, with token ids only: a prefill from an empty cache.
+        self.prefill = next((OrtCausalLM.from_session(self.session) for name in self.input_names
+                             if name.startswith("past_key_values.")), None)
         self._check_int8_range()
 
     def _check_int8_range(self) -> None:
@@ -81,6 +87,11 @@ class OrtSession:
                         "with int8_range='portable')", self.path, weight_max)
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.prefill is not None and len(inputs) == 1:
+            ids = inputs[0].detach().cpu().numpy()
+            logits, _ = self.prefill.step(ids, np.ones_like(ids), self.prefill.empty_cache(
+                ids.shape[0]))
+            return torch.from_numpy(logits)
         if len(inputs) != len(self.input_names):
             raise ValueError(f"OrtSession: expected {len(self.input_names)} inputs "
                              f"({', '.join(self.input_names)}), got {len(inputs)}")

@@ -45,6 +45,9 @@ class CausalLMTask:
     primary_metric = "perplexity"
     higher_is_better = False
     model_kinds = ("pretrained", "tiny-llama")
+    # A prefill of one latency_length prompt: what a served request costs before decoding
+    # (decode speed is measured on the ONNX export, bench/llm_decode.py).
+    latency_batches = (1,)
 
     def __init__(self, *, model_path: str | None = None, text_file: str | None = None,
                  seq_len: int = 512, eval_chunks: int = 16, eval_batch: int = 2,
