@@ -21,7 +21,14 @@ import torch
 from torch import nn
 
 from ..nn.groupwise import effective_group
-from .lm_onnx_graph import MS_DOMAIN, GraphBuilder, emit_linear, matmul_nbits, nbits_refusal
+from .lm_onnx_graph import (
+    MS_DOMAIN,
+    GraphBuilder,
+    emit_linear,
+    layer_group_params,
+    matmul_nbits,
+    nbits_refusal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +95,17 @@ def _gather_block_quantized(g: GraphBuilder, e: Any) -> tuple[str, Table]:
     blocks = dim // block
     codes = g.initializer(e.qweight.detach().numpy().reshape(vocab, blocks, block * bits // 8),
                           "embed_tokens.qweight")
-    scales = e.scale.detach().float().numpy().reshape(vocab, blocks, 1)
+    scale, offset = layer_group_params(e)  # decoded when double-quantized (param_bits > 0)
+    scales = scale.numpy().reshape(vocab, blocks, 1)
     inputs = [codes, "input_ids", g.initializer(scales, "embed_tokens.gather_scale")]
-    if e.offset is not None:
+    if offset is not None:
         inputs.append(g.initializer(np.zeros((vocab, blocks, 1), np.uint8),
                                     "embed_tokens.zero_point"))
     rows = g.op("GatherBlockQuantized", inputs, "embed_blocks", domain=MS_DOMAIN, bits=bits,
                 block_size=block, gather_axis=0, quantize_axis=2)
-    if e.offset is not None:
-        offsets = g.op("Gather", [g.tensor(e.offset, "embed_tokens.offset"), "input_ids"],
+    if offset is not None:
+        offsets = g.op("Gather", [g.initializer(offset.numpy(), "embed_tokens.offset"),
+                                  "input_ids"],
                        "embed_offsets")
         rows = g.op("Add", [rows, g.op("Unsqueeze", [offsets, g.const([-1])], "embed_off_col")],
                     "embed_asym")

@@ -147,21 +147,30 @@ def matmul_nbits(g: GraphBuilder, x: str, m: Any, name: str, *, codes: str | Non
     if codes is None:
         packed = m.qweight.detach().cpu().numpy().reshape(n, blocks, block * bits // 8)
         codes = g.initializer(packed, f"{name}.qweight")
-    inputs = [x, codes,
-              g.initializer(m.scale.detach().float().numpy().reshape(-1), f"{name}.scale")]
-    if m.offset is not None:
+    # group_params(): the stored scale / offset, or double-quantized ones decoded (the file then
+    # holds them as floats: MatMulNBits has no double-quantized form).
+    scale, offset = layer_group_params(m)
+    inputs = [x, codes, g.initializer(scale.numpy().reshape(-1), f"{name}.scale")]
+    if offset is not None:
         # Integer zero point 0 (packed like the codes); the float offset is added below.
         zero_bytes = n * -(-blocks * bits // 8)
         inputs.append(g.initializer(np.zeros(zero_bytes, np.uint8), f"{name}.zero_point"))
     y = g.op("MatMulNBits", inputs, name, domain=MS_DOMAIN, K=k, N=n, bits=bits,
              block_size=block, accuracy_level=g.accuracy_level)
     g.nbits_nodes += 1
-    if m.offset is not None:
+    if offset is not None:
         sums = g.derived(("groupsum", x, block), lambda: _group_sums(g, x, blocks, block, name))
-        offset_t = m.offset.detach().float().t().contiguous().numpy()
+        offset_t = offset.t().contiguous().numpy()
         y = g.op("Add", [y, g.op("MatMul", [sums, g.initializer(offset_t, f"{name}.offset_t")],
                                  f"{name}_offset")], f"{name}_asym")
     return _add_bias(g, y, m.bias, name)
+
+
+def layer_group_params(m: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """fp32 (scale, offset or None) [rows, groups] of a packed layer, as it de-quantizes."""
+    with torch.no_grad():
+        scale, offset = m.group_params()
+    return scale.detach().float().cpu(), None if offset is None else offset.detach().float().cpu()
 
 
 def _group_sums(g: GraphBuilder, x: str, blocks: int, block: int, name: str) -> str:

@@ -1,5 +1,6 @@
-"""Pure math of group-wise weight quantization (asymmetric or symmetric) and bit packing for 8, 4,
-3 and 2 bits; groups run along the input dimension and the last one may be shorter (ragged).
+"""Pure math of group-wise weight quantization (asymmetric or symmetric) and bit packing for 8, 6,
+4, 3 and 2 bits (6 only for double-quantized group parameters, double_quant.py); groups run
+along the input dimension and the last one may be shorter (ragged).
 
 Asymmetric:  w ~ q * scale + offset,          q in [0, 2^b - 1], offset a float (the group min).
 Symmetric:   w ~ (q - 2^(b-1)) * scale,        scale = 2 max|w| / (2^b - 1) (as in GPTQ).
@@ -135,31 +136,38 @@ def dequantize_groups(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Te
     return codes.float() * s + offset.float()[:, idx]
 
 
+# Widths that do not divide 8 pack into 24-bit words: 8 INT3 or 4 INT6 codes in 3 bytes.
+WORD24 = (3, 6)
+
+
 def packed_width(cols: int, bits: int) -> int:
-    """Bytes per row: INT3 stores 8 codes in 3 bytes, the others 8 // bits codes a byte."""
-    if bits == 3:
-        return -(-cols // 8) * 3
+    """Bytes per row: INT3 / INT6 store 24 // bits codes in 3 bytes, the others 8 // bits a byte."""
+    if bits in WORD24:
+        return -(-cols // (24 // bits)) * 3
     return -(-cols * bits // 8)
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """uint8 codes [rows, cols] -> [rows, packed_width] bytes (low bits first)."""
-    if bits != 3:
+    if bits not in WORD24:
         return pack_pow2(codes, bits)
     rows, cols = codes.shape
-    pad = (-cols) % 8
-    c = F.pad(codes.to(torch.int32), (0, pad)).view(rows, -1, 8)
-    word = (c << (torch.arange(8, dtype=torch.int32) * 3)).sum(dim=-1)  # 24 bits each
+    per = 24 // bits
+    pad = (-cols) % per
+    c = F.pad(codes.to(torch.int32), (0, pad)).view(rows, -1, per)
+    word = (c << (torch.arange(per, dtype=torch.int32, device=c.device) * bits)).sum(dim=-1)
     out = torch.stack([(word >> shift) & 0xFF for shift in (0, 8, 16)], dim=-1)
     return out.reshape(rows, -1).to(torch.uint8)
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
     """Inverse of `pack_codes`: [rows, packed_width] -> uint8 codes [rows, cols]."""
-    if bits != 3:
+    if bits not in WORD24:
         return unpack_pow2(packed, bits, cols)
     rows = packed.shape[0]
+    per = 24 // bits
     b = packed.to(torch.int32).view(rows, -1, 3)
     word = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16)
-    codes = (word.unsqueeze(-1) >> (torch.arange(8, dtype=torch.int32) * 3)) & 0x7
+    shifts = torch.arange(per, dtype=torch.int32, device=b.device) * bits
+    codes = (word.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
     return codes.reshape(rows, -1)[:, :cols].to(torch.uint8)

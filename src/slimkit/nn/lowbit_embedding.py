@@ -27,6 +27,8 @@ from torch import nn
 
 from ..core.module_types import register_module_type
 from .blockwise import block_rows, blockwise_linear
+from .double_quant import DoubleQuant, quantize_groups_dq
+from .group_params import PARAM_KEYS, GroupParamBuffers
 from .groupwise import (
     BITS,
     dequantize_groups,
@@ -40,7 +42,8 @@ from .int8_linear import untraced
 from .lowbit_linear import SCALE_DTYPES
 from .runtime_memory import PackedMemory
 
-TABLE = ("qweight", "scale", "offset")
+# Every buffer name of the table in either parameter layout (group_params.py), unused ones None.
+TABLE = ("qweight", *PARAM_KEYS)
 
 # fn of one Module._apply call (the same object is passed down to every child) -> {id(old):
 # (old, its version, new)}: the first module converting a shared buffer records the result, the
@@ -69,17 +72,17 @@ def _tie_keeping_apply(module: nn.Module, fn: Any, recurse: bool) -> None:
                 memo[id(old)] = (weakref.ref(old), old._version, weakref.ref(converted))
 
 
-class _Table(PackedMemory, nn.Module):
+class _Table(PackedMemory, GroupParamBuffers):
     """The packed [num_embeddings, embedding_dim] table both classes hold: codes along
     embedding_dim in groups of `group_size` (as WeightOnlyLinear along in_features)."""
 
     qweight: torch.Tensor
-    scale: torch.Tensor
+    scale: torch.Tensor | None  # None with param_bits > 0: read through group_params()
     offset: torch.Tensor | None
     cache = False  # always packed: a lookup or a block of rows is de-quantized per call
 
     def __init__(self, num_embeddings: int, embedding_dim: int, bits: int, group_size: int,
-                 symmetric: bool, scale_dtype: str) -> None:
+                 symmetric: bool, scale_dtype: str, param_bits: int = 0) -> None:
         super().__init__()
         if bits not in BITS or scale_dtype not in SCALE_DTYPES:
             raise ValueError(f"{type(self).__name__}: bits={bits!r} scale_dtype={scale_dtype!r} "
@@ -97,25 +100,26 @@ class _Table(PackedMemory, nn.Module):
         dtype = SCALE_DTYPES[scale_dtype]
         self.register_buffer("qweight", torch.zeros(
             num_embeddings, packed_width(embedding_dim, bits), dtype=torch.uint8))
-        self.register_buffer("scale", torch.ones(num_embeddings, groups, dtype=dtype))
-        self.register_buffer("offset", None if symmetric else
-                             torch.zeros(num_embeddings, groups, dtype=dtype))
+        self._register_group_params(num_embeddings, groups, symmetric, dtype, param_bits)
 
     def table_spec(self) -> dict[str, Any]:
         return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim,
                 "bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric,
-                "scale_dtype": self.scale_dtype}
+                "scale_dtype": self.scale_dtype,
+                # Only when set: specs (and artifact manifests) of plain tables stay as they were.
+                **({"param_bits": self.param_bits} if self.param_bits else {})}
 
-    def set_codes(self, codes: torch.Tensor, scale: torch.Tensor,
-                  offset: torch.Tensor | None) -> None:
-        """Fill the table from codes [num_embeddings, embedding_dim] and group parameters."""
-        if (offset is None) != self.symmetric:
+    def set_codes(self, codes: torch.Tensor, scale: torch.Tensor | DoubleQuant,
+                  offset: torch.Tensor | None = None) -> None:
+        """Fill the table from codes [num_embeddings, embedding_dim] and group parameters
+        (plain tensors, or a DoubleQuant holding scales and offsets when param_bits > 0)."""
+        has_offset = scale.offset_codes is not None if isinstance(scale, DoubleQuant) \
+            else offset is not None
+        if has_offset == self.symmetric:
             raise ValueError(f"{type(self).__name__}: offsets given for symmetric={self.symmetric}")
+        self._set_group_params(scale, offset)
         with torch.no_grad():
             self.qweight.copy_(pack_codes(codes, self.bits))
-            self.scale.copy_(scale)
-            if offset is not None and self.offset is not None:
-                self.offset.copy_(offset)
 
     def codes(self) -> torch.Tensor:
         return unpack_codes(self.qweight, self.bits, self.embedding_dim)
@@ -124,8 +128,8 @@ class _Table(PackedMemory, nn.Module):
         """Rows `rows` of the fp32 table; a row gives the same floats whether it is de-quantized
         here, in a lookup or in the whole table (the same per-weight ops)."""
         codes = unpack_codes(self.qweight[rows], self.bits, self.embedding_dim)
-        offset = self.offset[rows] if self.offset is not None else None
-        return dequantize_groups(codes, self.scale[rows], offset, self.bits, self.group_size)
+        scale, offset = self.group_params(rows)
+        return dequantize_groups(codes, scale, offset, self.bits, self.group_size)
 
     def dequantized_weight(self) -> torch.Tensor:
         """The whole fp32 table [num_embeddings, embedding_dim] (a transient copy)."""
@@ -151,8 +155,9 @@ class _Table(PackedMemory, nn.Module):
 
     def _table_repr(self) -> str:
         kind = "sym" if self.symmetric else "asym"
+        dq = f", {self.param_bits}-bit params" if self.param_bits else ""
         return (f"{self.num_embeddings}, {self.embedding_dim}, int{self.bits}, "
-                f"group={self.group_size}, {kind}, {self.memory_mode}")
+                f"group={self.group_size}, {kind}{dq}, {self.memory_mode}")
 
 
 @register_module_type
@@ -161,8 +166,10 @@ class WeightOnlyEmbedding(_Table):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, bits: int = 4,
                  group_size: int = 128, symmetric: bool = False,
-                 padding_idx: int | None = None, scale_dtype: str = "float16") -> None:
-        super().__init__(num_embeddings, embedding_dim, bits, group_size, symmetric, scale_dtype)
+                 padding_idx: int | None = None, scale_dtype: str = "float16",
+                 param_bits: int = 0) -> None:
+        super().__init__(num_embeddings, embedding_dim, bits, group_size, symmetric, scale_dtype,
+                         param_bits)
         if padding_idx is not None:
             if not -num_embeddings <= padding_idx < num_embeddings:
                 raise ValueError(f"WeightOnlyEmbedding: padding_idx={padding_idx} out of range "
@@ -172,18 +179,25 @@ class WeightOnlyEmbedding(_Table):
 
     @classmethod
     def from_embedding(cls, embedding: nn.Embedding, *, bits: int, group_size: int,
-                       symmetric: bool = False,
-                       scale_dtype: str = "float16") -> WeightOnlyEmbedding:
-        """Round-to-nearest quantization of `embedding`'s table."""
+                       symmetric: bool = False, scale_dtype: str = "float16",
+                       param_bits: int = 0) -> WeightOnlyEmbedding:
+        """Round-to-nearest quantization of `embedding`'s table (against double-quantized group
+        parameters when `param_bits` > 0)."""
         if embedding.max_norm is not None:
             raise ValueError("WeightOnlyEmbedding: an Embedding with max_norm renormalizes its "
                              "table on lookup; a packed table cannot")
         new = cls(embedding.num_embeddings, embedding.embedding_dim, bits, group_size, symmetric,
-                  embedding.padding_idx, scale_dtype)
+                  embedding.padding_idx, scale_dtype, param_bits)
         new.to(embedding.weight.device)
-        codes, scale, offset = quantize_groups(embedding.weight, bits, group_size, symmetric,
-                                               SCALE_DTYPES[scale_dtype])
-        new.set_codes(codes, scale, offset)
+        dtype = SCALE_DTYPES[scale_dtype]
+        if param_bits:
+            codes, dq = quantize_groups_dq(embedding.weight, bits, group_size, symmetric,
+                                           param_bits, dtype)
+            new.set_codes(codes, dq)
+        else:
+            codes, scale, offset = quantize_groups(embedding.weight, bits, group_size, symmetric,
+                                                   dtype)
+            new.set_codes(codes, scale, offset)
         return new
 
     def spec(self) -> dict[str, Any]:
@@ -192,8 +206,8 @@ class WeightOnlyEmbedding(_Table):
     def forward(self, index: torch.Tensor) -> torch.Tensor:
         flat = index.reshape(-1)
         codes = unpack_codes(self.qweight[flat], self.bits, self.embedding_dim)
-        offset = self.offset[flat] if self.offset is not None else None
-        rows = dequantize_groups(codes, self.scale[flat], offset, self.bits, self.group_size)
+        scale, offset = self.group_params(flat)
+        rows = dequantize_groups(codes, scale, offset, self.bits, self.group_size)
         return rows.reshape(*index.shape, self.embedding_dim)
 
     def extra_repr(self) -> str:
@@ -208,8 +222,9 @@ class TiedLowBitHead(_Table):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, bits: int = 4,
                  group_size: int = 128, symmetric: bool = False,
-                 scale_dtype: str = "float16") -> None:
-        super().__init__(num_embeddings, embedding_dim, bits, group_size, symmetric, scale_dtype)
+                 scale_dtype: str = "float16", param_bits: int = 0) -> None:
+        super().__init__(num_embeddings, embedding_dim, bits, group_size, symmetric, scale_dtype,
+                         param_bits)
         self.in_features = embedding_dim
         self.out_features = num_embeddings
         self.bias = None

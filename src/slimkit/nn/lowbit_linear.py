@@ -4,6 +4,8 @@ the resident state is the packed form; `cache=True` keeps the fp32 weight (speed
 
 The state dict holds plain tensors only (uint8 codes, fp16/fp32 scales, optional offsets, bias,
 optional AWQ input scale), so safetensors artifacts rebuild it exactly from `type(m)(**m.spec())`.
+With `param_bits` 6 or 8 the scales and offsets are stored double-quantized (group_params.py,
+double_quant.py): 4-bit group 32 then costs 4.375 bits per weight plus 48 bits per row, not 5.0.
 
 Why no low-bit kernel: torch 2.13's CPU kernels `_weight_int4pack_mm_for_cpu` and
 `_weight_int8pack_mm` were timed against F.linear on the cached weight (bench/weight_only.py
@@ -25,6 +27,8 @@ from torch.nn import functional as F
 
 from ..core.module_types import register_module_type
 from .blockwise import block_rows, blockwise_linear
+from .double_quant import DoubleQuant, quantize_groups_dq
+from .group_params import GroupParamBuffers
 from .groupwise import (
     BITS,
     dequantize_groups,
@@ -41,7 +45,7 @@ SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
 @register_module_type
-class WeightOnlyLinear(PackedMemory, nn.Module):
+class WeightOnlyLinear(PackedMemory, GroupParamBuffers):
     """y = x W^T + b with W group-wise quantized to `bits`.
 
     AWQ's input scale s is kept here rather than folded into a preceding LayerNorm or Linear (which
@@ -54,7 +58,7 @@ class WeightOnlyLinear(PackedMemory, nn.Module):
     """
 
     qweight: torch.Tensor
-    scale: torch.Tensor
+    scale: torch.Tensor | None  # None with param_bits > 0: read through group_params()
     offset: torch.Tensor | None
     bias: torch.Tensor | None
     input_scale: torch.Tensor | None
@@ -62,7 +66,7 @@ class WeightOnlyLinear(PackedMemory, nn.Module):
     def __init__(self, in_features: int, out_features: int, bits: int = 4,
                  group_size: int = 128, symmetric: bool = False, bias: bool = True,
                  scale_dtype: str = "float16", input_scale: bool = False,
-                 cache: bool = False) -> None:
+                 cache: bool = False, param_bits: int = 0) -> None:
         super().__init__()
         if bits not in BITS or scale_dtype not in SCALE_DTYPES:
             raise ValueError(f"WeightOnlyLinear: bits={bits!r} scale_dtype={scale_dtype!r} "
@@ -78,9 +82,7 @@ class WeightOnlyLinear(PackedMemory, nn.Module):
         dtype = SCALE_DTYPES[scale_dtype]
         self.register_buffer("qweight", torch.zeros(out_features, packed_width(in_features, bits),
                                                     dtype=torch.uint8))
-        self.register_buffer("scale", torch.ones(out_features, groups, dtype=dtype))
-        self.register_buffer("offset", None if symmetric else
-                             torch.zeros(out_features, groups, dtype=dtype))
+        self._register_group_params(out_features, groups, symmetric, dtype, param_bits)
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.register_buffer("input_scale", torch.ones(in_features) if input_scale else None)
         self._dense: torch.Tensor | None = None
@@ -88,19 +90,22 @@ class WeightOnlyLinear(PackedMemory, nn.Module):
             lambda module, _keys: module._invalidate())
 
     @classmethod
-    def from_codes(cls, linear: nn.Linear, codes: torch.Tensor, scale: torch.Tensor,
+    def from_codes(cls, linear: nn.Linear, codes: torch.Tensor, scale: torch.Tensor | DoubleQuant,
                    offset: torch.Tensor | None, *, bits: int, group_size: int,
                    input_scale: torch.Tensor | None = None,
                    cache: bool = False) -> WeightOnlyLinear:
-        """Wrap codes [out, in] and group parameters produced by RTN, GPTQ or AWQ."""
-        dtype = "float16" if scale.dtype == torch.float16 else "float32"
-        new = cls(linear.in_features, linear.out_features, bits, group_size, offset is None,
-                  linear.bias is not None, dtype, input_scale is not None, cache)
+        """Wrap codes [out, in] and group parameters produced by RTN, GPTQ or AWQ: plain
+        tensors, or a DoubleQuant (then `offset` is unused: the DoubleQuant holds it)."""
+        dq = scale if isinstance(scale, DoubleQuant) else None
+        step = scale.scale_step if isinstance(scale, DoubleQuant) else scale
+        dtype = "float16" if step.dtype == torch.float16 else "float32"
+        symmetric = dq.offset_codes is None if dq is not None else offset is None
+        new = cls(linear.in_features, linear.out_features, bits, group_size, symmetric,
+                  linear.bias is not None, dtype, input_scale is not None, cache,
+                  dq.bits if dq is not None else 0)
+        new._set_group_params(scale, offset)
         with torch.no_grad():
             new.qweight.copy_(pack_codes(codes, bits))
-            new.scale.copy_(scale)
-            if offset is not None and new.offset is not None:
-                new.offset.copy_(offset)
             if linear.bias is not None and new.bias is not None:
                 new.bias.copy_(linear.bias.detach().float())
             if input_scale is not None and new.input_scale is not None:
@@ -110,10 +115,16 @@ class WeightOnlyLinear(PackedMemory, nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, bits: int, group_size: int,
                     symmetric: bool = False, scale_dtype: str = "float16",
-                    cache: bool = False) -> WeightOnlyLinear:
-        """Round-to-nearest quantization of `linear`."""
-        codes, scale, offset = quantize_groups(linear.weight, bits, group_size, symmetric,
-                                               SCALE_DTYPES[scale_dtype])
+                    cache: bool = False, param_bits: int = 0) -> WeightOnlyLinear:
+        """Round-to-nearest quantization of `linear` (against double-quantized group parameters
+        when `param_bits` > 0)."""
+        dtype = SCALE_DTYPES[scale_dtype]
+        if param_bits:
+            codes, dq = quantize_groups_dq(linear.weight, bits, group_size, symmetric,
+                                           param_bits, dtype)
+            return cls.from_codes(linear, codes, dq, None, bits=bits, group_size=group_size,
+                                  cache=cache)
+        codes, scale, offset = quantize_groups(linear.weight, bits, group_size, symmetric, dtype)
         return cls.from_codes(linear, codes, scale, offset, bits=bits, group_size=group_size,
                               cache=cache)
 
@@ -121,7 +132,9 @@ class WeightOnlyLinear(PackedMemory, nn.Module):
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric,
                 "bias": self.bias is not None, "scale_dtype": self.scale_dtype,
-                "input_scale": self.input_scale is not None, "cache": self.cache}
+                "input_scale": self.input_scale is not None, "cache": self.cache,
+                # Only when set: specs (and artifact manifests) of plain layers stay as they were.
+                **({"param_bits": self.param_bits} if self.param_bits else {})}
 
     def codes(self) -> torch.Tensor:
         return unpack_codes(self.qweight, self.bits, self.in_features)
@@ -139,8 +152,8 @@ class WeightOnlyLinear(PackedMemory, nn.Module):
         """Rows `rows` of the effective weight; every weight goes through the same ops whichever
         block it is de-quantized in."""
         codes = unpack_codes(self.qweight[rows], self.bits, self.in_features)
-        offset = self.offset[rows] if self.offset is not None else None
-        w = dequantize_groups(codes, self.scale[rows], offset, self.bits, self.group_size)
+        scale, offset = self.group_params(rows)
+        w = dequantize_groups(codes, scale, offset, self.bits, self.group_size)
         if self.input_scale is not None:
             w = w / self.input_scale.float()[None, :]
         return w
@@ -193,8 +206,9 @@ class WeightOnlyLinear(PackedMemory, nn.Module):
     def extra_repr(self) -> str:
         kind = "sym" if self.symmetric else "asym"
         awq = ", awq scale" if self.input_scale is not None else ""
+        dq = f", {self.param_bits}-bit params" if self.param_bits else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"int{self.bits}, group={self.group_size}, {kind}{awq}, {self.memory_mode}")
+                f"int{self.bits}, group={self.group_size}, {kind}{awq}{dq}, {self.memory_mode}")
 
     def __deepcopy__(self, memo: dict[int, Any]) -> WeightOnlyLinear:
         # Copy the stored tensors only; the dense cache (4x-16x larger) is rebuilt lazily.

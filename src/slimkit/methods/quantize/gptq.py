@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from ...nn.double_quant import DoubleQuant, double_quantize
 from ...nn.groupwise import (
     dequantize_column,
     effective_group,
@@ -41,7 +42,8 @@ def _inverse_cholesky(h: torch.Tensor, damp_percent: float) -> torch.Tensor:
 
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, group_size: int,
                   symmetric: bool, damp_percent: float = 0.01, block_size: int = 128,
-                  act_order: bool = False, dtype: torch.dtype = torch.float16
+                  act_order: bool = False, dtype: torch.dtype = torch.float16,
+                  static: tuple[torch.Tensor, torch.Tensor | None] | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(codes uint8 [out, in], scale [out, groups], offset [out, groups] | None), the layout of
     `groupwise.quantize_groups`, so a GPTQ result and an RTN result are stored the same way.
@@ -52,7 +54,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, gro
     parameters taken from the original weight ("static groups"), so no group index is stored.
     Dead inputs (H_ii = 0: never active on the calibration data) keep their weights and get plain
     rounding: the reference implementation zeroes them, which would break inputs unseen in
-    calibration.
+    calibration. `static` (scale, offset) [out, groups]: fixed group parameters for every group
+    (double-quantized ones, `gptq_quantize_dq`); they are returned as given.
     """
     w = weight.detach().float().clone()
     rows, cols = w.shape
@@ -64,6 +67,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, gro
     group = effective_group(cols, group_size)
     scale = torch.ones(rows, num_groups(cols, group_size), dtype=dtype)
     offset = None if symmetric else torch.zeros_like(scale)
+    if static is not None:
+        scale, offset = static[0].clone(), None if static[1] is None else static[1].clone()
 
     def set_group(index: int, columns: torch.Tensor) -> None:
         s, o = group_params(columns, bits, symmetric, dtype)
@@ -72,7 +77,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, gro
             offset[:, index] = o.to(dtype)
 
     perm = torch.arange(cols)
-    if act_order:
+    if act_order and static is None:
         for gi in range(scale.shape[1]):
             set_group(gi, w[:, gi * group:(gi + 1) * group])
         perm = torch.argsort(torch.diag(h), descending=True, stable=True)
@@ -86,7 +91,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, gro
     with _one_thread():
         hinv = _inverse_cholesky(h, damp_percent).float()
         _column_loop(w, hinv, codes, scale, offset, group_of, set_group, bits=bits, group=group,
-                     block_size=block_size, lazy_groups=not act_order)
+                     block_size=block_size, lazy_groups=not act_order and static is None)
     codes = codes[:, torch.argsort(perm)]
     return codes.to(torch.uint8), scale, offset
 
@@ -136,3 +141,19 @@ def hessian_error(weight: torch.Tensor, approx: torch.Tensor, hessian: torch.Ten
     num = float(torch.einsum("oi,ij,oj->", diff, h, diff))
     den = float(torch.einsum("oi,ij,oj->", weight.double(), h, weight.double()))
     return num / den if den > 0 else 0.0
+
+
+def gptq_quantize_dq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, group_size: int,
+                     symmetric: bool, param_bits: int, damp_percent: float = 0.01,
+                     block_size: int = 128, act_order: bool = False,
+                     dtype: torch.dtype = torch.float16) -> tuple[torch.Tensor, DoubleQuant]:
+    """GPTQ against double-quantized group parameters (nn/double_quant.py): all of them are
+    chosen up front from the original weight (static groups) and quantized, and the column loop
+    rounds against them as stored, so GPTQ's error feedback also absorbs the error of quantizing
+    the parameters. Lazy per-group parameters cannot be used: a row's grid spans all its groups."""
+    dq = double_quantize(weight, bits, group_size, symmetric, param_bits, dtype)
+    codes, _, _ = gptq_quantize(weight, hessian, bits=bits, group_size=group_size,
+                                symmetric=symmetric, damp_percent=damp_percent,
+                                block_size=block_size, act_order=act_order, dtype=dtype,
+                                static=(dq.scale(), dq.offset()))
+    return codes, dq

@@ -37,7 +37,7 @@ def tied_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 def quantize_tied_embedding(model: nn.Module, embedding_name: str, head_name: str, *,
                             bits: int = 4, group_size: int = 128, symmetric: bool = False,
-                            scale_dtype: str = "float16"
+                            scale_dtype: str = "float16", param_bits: int = 0
                             ) -> tuple[WeightOnlyEmbedding, TiedLowBitHead]:
     """Swap the tied pair for a WeightOnlyEmbedding and a TiedLowBitHead over one packed table
     (round to nearest); both swaps are logged, so `slimkit.save` / `load` rebuild the pair and
@@ -61,7 +61,8 @@ def quantize_tied_embedding(model: nn.Module, embedding_name: str, head_name: st
         raise SlimkitError(f"quantize_tied_embedding: {head_name!r} has a bias; a tied low-bit "
                            "head has none")
     table = WeightOnlyEmbedding.from_embedding(embedding, bits=bits, group_size=group_size,
-                                               symmetric=symmetric, scale_dtype=scale_dtype)
+                                               symmetric=symmetric, scale_dtype=scale_dtype,
+                                               param_bits=param_bits)
     table.train(embedding.training)
     projection = TiedLowBitHead.tied_to(table)
     projection.train(head.training)
@@ -85,11 +86,13 @@ def table_targets(model: nn.Module, targets: Targets) -> tuple[list[tuple[str, s
 
 
 def quantize_embedding(model: nn.Module, name: str, *, bits: int, group_size: int,
-                       symmetric: bool, scale_dtype: str) -> WeightOnlyEmbedding:
+                       symmetric: bool, scale_dtype: str,
+                       param_bits: int = 0) -> WeightOnlyEmbedding:
     """Swap an untied nn.Embedding for a WeightOnlyEmbedding (round to nearest)."""
     embedding = get_submodule(model, name)
     table = WeightOnlyEmbedding.from_embedding(embedding, bits=bits, group_size=group_size,
-                                               symmetric=symmetric, scale_dtype=scale_dtype)
+                                               symmetric=symmetric, scale_dtype=scale_dtype,
+                                               param_bits=param_bits)
     table.train(embedding.training)
     swap_module(model, name, table, table.spec())
     return table

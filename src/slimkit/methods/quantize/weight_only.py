@@ -22,12 +22,13 @@ from ...core.config import DATA, NOTHING
 from ...core.errors import ConfigError, SlimkitError
 from ...core.task import Task, batches_used
 from ...graph import swap_module
+from ...nn.double_quant import PARAM_BITS, DoubleQuant
 from ...nn.groupwise import BITS, quantize_groups
 from ...nn.lowbit_linear import SCALE_DTYPES, WeightOnlyLinear
 from ...nn.runtime_memory import CACHED, PACKED
 from ..layerwise import HessianAccumulator, InputGroup, calibrate_in_order
 from .awq import ActivationStats, apply_clip, search_clip, search_scales
-from .gptq import gptq_quantize, hessian_error
+from .gptq import gptq_quantize, gptq_quantize_dq, hessian_error
 from .tied_embedding import quantize_embedding, quantize_tied_embedding, table_targets
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,11 @@ class WeightOnly(MethodConfig):
     `group_size`), into WeightOnlyEmbedding. A table tied to an output head (a language model's
     `lm_head`) stays one table: the head reads the same codes (TiedLowBitHead), and with
     algorithm "gptq" the shared codes come from GPTQ on the head's inputs, the table's larger
-    use (every position reads all of it); otherwise tables are rounded to nearest."""
+    use (every position reads all of it); otherwise tables are rounded to nearest.
+    `param_bits` 6 or 8 stores the group scales and offsets themselves as that many bits per
+    group on a per-row fp16 grid (double quantization, nn/double_quant.py; 0: fp16/fp32 as
+    `scale_dtype`), for Linears and tables alike; RTN and GPTQ round against the stored
+    parameters. AWQ does not support it yet."""
 
     method = "quantize.weight_only"
     bits: Literal[8, 4, 3, 2] = 4
@@ -91,6 +96,7 @@ class WeightOnly(MethodConfig):
     cache: bool = False
     embedding_bits: int = 0
     embedding_group_size: int = 0
+    param_bits: int = 0
     targets: Targets = Targets()
 
     def requires(self) -> frozenset[str]:
@@ -111,16 +117,32 @@ class WeightOnly(MethodConfig):
                               "0 (keep them) or one of 8, 4, 3, 2")
         if self.embedding_group_size != -1:
             check_range("embedding_group_size", self.embedding_group_size, 0, 1 << 20)
+        if self.param_bits not in (0, *PARAM_BITS):
+            raise ConfigError("param_bits", self.param_bits, "0 (float group parameters), 6 or 8")
+        if self.param_bits and self.algorithm == "awq":
+            raise ConfigError("param_bits", self.param_bits,
+                              "0 with algorithm 'awq' (double-quantized parameters: rtn or gptq)")
+
+
+def _gptq_codes(weight: torch.Tensor, hessian: torch.Tensor, config: WeightOnly, bits: int,
+                group_size: int) -> tuple[torch.Tensor, torch.Tensor | DoubleQuant,
+                                          torch.Tensor | None]:
+    """GPTQ codes and group parameters (a DoubleQuant, offset None, when config.param_bits)."""
+    o = config.gptq
+    common: dict[str, Any] = dict(
+        bits=bits, group_size=group_size, symmetric=config.symmetric,
+        damp_percent=o.damp_percent, block_size=o.block_size, act_order=o.act_order,
+        dtype=SCALE_DTYPES[config.scale_dtype])
+    if config.param_bits:
+        codes, dq = gptq_quantize_dq(weight, hessian, param_bits=config.param_bits, **common)
+        return codes, dq, None
+    return gptq_quantize(weight, hessian, **common)
 
 
 def _gptq(linear: nn.Linear, hessian: torch.Tensor, config: WeightOnly,
           report: dict[str, float]) -> WeightOnlyLinear:
-    o = config.gptq
     weight = linear.weight.detach().float()
-    codes, scale, offset = gptq_quantize(
-        weight, hessian, bits=config.bits, group_size=config.group_size,
-        symmetric=config.symmetric, damp_percent=o.damp_percent, block_size=o.block_size,
-        act_order=o.act_order, dtype=SCALE_DTYPES[config.scale_dtype])
+    codes, scale, offset = _gptq_codes(weight, hessian, config, config.bits, config.group_size)
     new = WeightOnlyLinear.from_codes(linear, codes, scale, offset, bits=config.bits,
                                       group_size=config.group_size, cache=config.cache)
     report["error"] = hessian_error(weight, new.dequantized_weight(), hessian)
@@ -184,14 +206,14 @@ def _calibrated(model: nn.Module, chosen: list[tuple[str, nn.Linear]], config: W
 def _rtn(model: nn.Module, name: str, linear: nn.Linear, config: WeightOnly) -> None:
     new = WeightOnlyLinear.from_linear(linear, bits=config.bits, group_size=config.group_size,
                                        symmetric=config.symmetric, scale_dtype=config.scale_dtype,
-                                       cache=config.cache)
+                                       cache=config.cache, param_bits=config.param_bits)
     swap_module(model, name, new, new.spec())
 
 
 def _table_options(config: WeightOnly) -> dict[str, Any]:
     return {"bits": config.embedding_bits, "symmetric": config.symmetric,
             "group_size": config.embedding_group_size or config.group_size,
-            "scale_dtype": config.scale_dtype}
+            "scale_dtype": config.scale_dtype, "param_bits": config.param_bits}
 
 
 def _quantize_tables(model: nn.Module, config: WeightOnly, task: Task | None,
@@ -214,12 +236,8 @@ def _quantize_tables(model: nn.Module, config: WeightOnly, task: Task | None,
         weight = head.weight.detach().float()
         table, _ = quantize_tied_embedding(model, table_name, head_name, **_table_options(config))
         if hessian is not None:
-            o = config.gptq
-            codes, scale, offset = gptq_quantize(
-                weight, hessian, bits=table.bits, group_size=table.group_size,
-                symmetric=config.symmetric, damp_percent=o.damp_percent,
-                block_size=o.block_size, act_order=o.act_order,
-                dtype=SCALE_DTYPES[config.scale_dtype])
+            codes, scale, offset = _gptq_codes(weight, hessian, config, table.bits,
+                                               table.group_size)
             table.set_codes(codes, scale, offset)
             ctx.info.setdefault("layers", {})[head_name] = {
                 "error": round(hessian_error(weight, table.dequantized_weight(), hessian), 6)}
