@@ -4,7 +4,9 @@ from .distill.encoder import EncoderKD
 from .distill.logits import LogitsKD
 from .finetune import Finetune
 from .prune.magnitude import Magnitude
+from .prune.sparsegpt import SparseGPT
 from .prune.structured import Structured
+from .prune.wanda import Wanda
 from .quantize.binary import BinaryWeights
 from .quantize.cluster import Cluster
 from .quantize.dynamic_int8 import DynamicInt8
@@ -19,4 +21,4 @@ from .truncate.vocab import Vocab
 
 __all__ = ["QAT", "BinaryWeights", "Cluster", "DynamicInt8", "EmbeddingBudget", "EmbeddingQuant",
            "Finetune", "Layers", "LogitsKD", "Magnitude", "MixedPrecision", "StaticInt8",
-           "Structured", "Vocab", "WeightOnly", "EncoderKD"]
+           "Structured", "Vocab", "WeightOnly", "EncoderKD", "SparseGPT", "Wanda"]

@@ -12,11 +12,15 @@ and memory holds one block's inputs per batch (the hidden states), not every lay
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 Call = tuple[tuple[Any, ...], dict[str, Any]]
 
@@ -179,6 +183,46 @@ class HessianAccumulator:
         self.rows += new
         # One batch's product in fp32 (fast, short sums); the running mean across batches in fp64.
         self.hessian += (2.0 / self.rows) * (x.T @ x).double()
+
+
+def inverse_cholesky(h: torch.Tensor, damp_percent: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp I)^-1 (GPTQ, SparseGPT); the damping grows tenfold until
+    H is positive definite, since rank-deficient Hessians (few calibration rows, collinear inputs)
+    are common."""
+    mean_diag = float(torch.diag(h).mean())
+    damp = damp_percent * (mean_diag if mean_diag > 0 else 1.0)
+    eye = torch.eye(h.shape[0], dtype=h.dtype)
+    for _ in range(6):
+        chol, info = torch.linalg.cholesky_ex(h + damp * eye)
+        if int(info) == 0:
+            inv = torch.cholesky_inverse(chol)
+            chol_inv, info = torch.linalg.cholesky_ex(inv, upper=True)
+            if int(info) == 0:
+                return chol_inv
+        log.info("Hessian not positive definite at damp %.3g, retrying x10", damp)
+        damp *= 10.0
+    raise ValueError("Hessian stays singular even with heavy dampening")
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a column loop of thousands of tiny ops (GPTQ, SparseGPT): with
+    several threads each op pays a thread barrier (see gptq.py for the measurement)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def hessian_error(weight: torch.Tensor, approx: torch.Tensor, hessian: torch.Tensor) -> float:
+    """tr(dW H dW^T) / tr(W H W^T): the layer's relative output error on the calibration rows."""
+    h = hessian.double()
+    diff = (approx.double() - weight.double())
+    num = float(torch.einsum("oi,ij,oj->", diff, h, diff))
+    den = float(torch.einsum("oi,ij,oj->", weight.double(), h, weight.double()))
+    return num / den if den > 0 else 0.0
 
 
 def calibrate_in_order(model: nn.Module, pending: dict[str, nn.Module],

@@ -4,9 +4,7 @@ error over the columns not yet quantized, using the Cholesky factor of the inver
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 
@@ -19,25 +17,10 @@ from ...nn.groupwise import (
     quantize_column,
 )
 
-log = logging.getLogger(__name__)
-
-
-def _inverse_cholesky(h: torch.Tensor, damp_percent: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp I)^-1; the damping grows tenfold until H is positive
-    definite, since rank-deficient Hessians (few calibration rows, collinear inputs) are common."""
-    mean_diag = float(torch.diag(h).mean())
-    damp = damp_percent * (mean_diag if mean_diag > 0 else 1.0)
-    eye = torch.eye(h.shape[0], dtype=h.dtype)
-    for _ in range(6):
-        chol, info = torch.linalg.cholesky_ex(h + damp * eye)
-        if int(info) == 0:
-            inv = torch.cholesky_inverse(chol)
-            chol_inv, info = torch.linalg.cholesky_ex(inv, upper=True)
-            if int(info) == 0:
-                return chol_inv
-        log.info("gptq: Hessian not positive definite at damp %.3g, retrying x10", damp)
-        damp *= 10.0
-    raise ValueError("gptq: Hessian stays singular even with heavy dampening")
+# The Hessian helpers live in layerwise.py, shared with SparseGPT (prune/sparsegpt.py);
+# hessian_error is re-exported for the callers that import it from here.
+from ..layerwise import hessian_error as hessian_error
+from ..layerwise import inverse_cholesky, one_thread
 
 
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, group_size: int,
@@ -88,8 +71,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, gro
     # The column loop runs thousands of tiny ops: with several intra-op threads each one pays a
     # thread barrier, measured 20-500x slower on 2 busy cores than with one thread; LAPACK's
     # cholesky_inverse on a 1536-wide H took 3.1 s with 2 threads and 0.05 s with one.
-    with _one_thread():
-        hinv = _inverse_cholesky(h, damp_percent).float()
+    with one_thread():
+        hinv = inverse_cholesky(h, damp_percent).float()
         _column_loop(w, hinv, codes, scale, offset, group_of, set_group, bits=bits, group=group,
                      block_size=block_size, lazy_groups=not act_order and static is None)
     codes = codes[:, torch.argsort(perm)]
@@ -122,25 +105,6 @@ def _column_loop(w: torch.Tensor, hinv: torch.Tensor, codes: torch.Tensor, scale
             w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
             err1[:, i] = err
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def hessian_error(weight: torch.Tensor, approx: torch.Tensor, hessian: torch.Tensor) -> float:
-    """tr(dW H dW^T) / tr(W H W^T): the layer's relative output error on the calibration rows."""
-    h = hessian.double()
-    diff = (approx.double() - weight.double())
-    num = float(torch.einsum("oi,ij,oj->", diff, h, diff))
-    den = float(torch.einsum("oi,ij,oj->", weight.double(), h, weight.double()))
-    return num / den if den > 0 else 0.0
 
 
 def gptq_quantize_dq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, group_size: int,
