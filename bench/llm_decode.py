@@ -162,6 +162,28 @@ def time_once(runner: Any, long_ids: np.ndarray, short_ids: np.ndarray,
             "decode_tps": steps / decode, "tokens": tokens}
 
 
+def time_interleaved(runners: dict[str, Any], long_ids: np.ndarray, short_ids: np.ndarray,
+                     rounds: int, steps: int) -> dict[str, list[dict[str, Any]]]:
+    """Every round times each runner in turn, the order rotating by one each round, so slow
+    phases of a busy machine spread over all variants; a warm-up call first (arenas,
+    prepacking, first-call allocations). Shared with bench/llm.py."""
+    for runner in runners.values():
+        runner.decode(*runner.prefill(short_ids), 4)
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in runners}
+    names = list(runners)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            results[name].append(time_once(runners[name], long_ids, short_ids, steps))
+        print(f"round {r + 1}/{rounds} done", file=sys.stderr)
+    return results
+
+
+def timing_medians(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    return {name: {key: statistics.median(run[key] for run in runs)
+                   for key in ("prefill_128_ms", "prefill_512_ms", "decode_tps")}
+            for name, runs in results.items()}
+
+
 def memory_child(path: str, ids_file: str) -> None:
     """Run in a fresh process: load the fp32 torch model, prefill, decode, print memory JSON
     (ONNX files: llm_memory_child.py, which needs no torch)."""
@@ -269,21 +291,12 @@ def run(args: argparse.Namespace, model: Any, ids: np.ndarray, work: Path, threa
     for name, path in files.items():
         runners[name] = OrtRunner(path, threads)
     runners["fp32 ORT (probe)"] = OrtRunner(files["fp32 ORT"], threads)
-    for runner in runners.values():  # warm-up: arenas, prepacking, first-call allocations
-        runner.decode(*runner.prefill(short_ids), 4)
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name in runners}
-    names = list(runners)
-    for r in range(args.rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            results[name].append(time_once(runners[name], ids, short_ids, args.new_tokens))
-        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+    results = time_interleaved(runners, ids, short_ids, args.rounds, args.new_tokens)
     memory = {"fp32 torch": measure_memory("torch", work / "torch", work / "ids.npy", threads)}
     for name, path in files.items():
         memory[name] = measure_memory("ort", path, work / "ids.npy", threads)
     sizes = {name: path.stat().st_size / 2**20 for name, path in files.items()}
-    medians = {name: {key: statistics.median(run[key] for run in runs)
-                      for key in ("prefill_128_ms", "prefill_512_ms", "decode_tps")}
-               for name, runs in results.items()}
+    medians = timing_medians(results)
     agree = {name: sum(a == b for a, b in zip(runs[0]["tokens"],
                                               results["fp32 torch"][0]["tokens"], strict=True))
              for name, runs in results.items()}
