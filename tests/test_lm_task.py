@@ -161,3 +161,17 @@ def test_cli_run_and_eval_reproduce_with_kl_and_top1(files, tmp_path, capsys):
     assert main(["eval", str(out / "model"), "--json"]) == 0  # the task rebuilt from its spec
     result = json.loads(capsys.readouterr().out)
     assert result["measured"] == result["recorded"]
+
+
+def test_default_plan_is_the_w4_recipe_and_the_space_parses():
+    from pathlib import Path
+
+    import yaml
+
+    from slimkit.search.space import SearchSpace
+    from slimkit.tasks.lm.defaults import LM_PLAN_YAML, LM_SPACE_YAML
+
+    recipe = Path(__file__).parents[1] / "recipes" / "smollm2-w4.yaml"
+    assert slimkit.Plan.from_yaml(recipe.read_text()).to_dict() == \
+        slimkit.Plan.from_yaml(LM_PLAN_YAML).to_dict()
+    SearchSpace.from_dict(yaml.safe_load(LM_SPACE_YAML))

@@ -37,9 +37,11 @@ from .methods import (
     LogitsKD,
     Magnitude,
     MixedPrecision,
+    SparseGPT,
     StaticInt8,
     Structured,
     Vocab,
+    Wanda,
     WeightOnly,
 )
 from .pipeline import run_plan
@@ -50,7 +52,7 @@ __version__ = "0.1.0"
 __all__ = [
     "QAT", "Artifact", "ArtifactError", "BinaryWeights", "Cluster", "ConfigError", "Context",
     "DynamicInt8", "EmbeddingBudget", "EmbeddingQuant", "MixedPrecision", "StaticInt8",
-    "Structured", "Vocab", "WeightOnly", "EncoderKD",
+    "SparseGPT", "Structured", "Vocab", "Wanda", "WeightOnly", "EncoderKD",
     "Finetune", "Layers", "LogitsKD", "Magnitude", "MethodConfig", "Plan", "Record",
     "SlimkitError", "Targets", "Task", "compress_", "evaluate", "load", "make_task",
     "method_names", "register", "register_module_type", "register_resize_rule", "register_task",
