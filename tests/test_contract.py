@@ -37,6 +37,8 @@ from slimkit.tasks.vision.data import ROOT as FASHION_MNIST
 TRAIN = {"epochs": 1.0, "batch_size": 256}
 METHODS = {
     "prune.magnitude": (slimkit.Magnitude(sparsity=0.7), True),
+    "prune.sparsegpt": (slimkit.SparseGPT(sparsity=0.5, calibration_batches=2), True),
+    "prune.wanda": (slimkit.Wanda(sparsity=0.5, calibration_batches=2), True),
     "prune.magnitude.gradual": (slimkit.Magnitude(sparsity=0.7, schedule="gradual",
                                                   update_every=2, **TRAIN), True),
     "quantize.dynamic_int8": (slimkit.DynamicInt8(), True),
@@ -114,6 +116,11 @@ KEEP = {
     # 70% of every layer's weights zeroed at once, no retraining: the 30% largest carry most of
     # each output but not all (Han et al. 2015 retrain beyond 50%). Half the margin must stay.
     "prune.magnitude": 0.5,
+    # Half of every Linear's weights zeroed at once, chosen by calibration statistics: Wanda
+    # keeps each output's largest |W| * ||x|| (no update), SparseGPT also moves the kept weights
+    # to compensate (OBS). Less removed than magnitude's 70%, so more must stay.
+    "prune.wanda": 0.6,
+    "prune.sparsegpt": 0.6,
     # One bit per weight with a per-channel mean |W| scale (XNOR-Net) on every Linear of 16+
     # features, an epoch of straight-through training: XNOR-Net loses a large part of its
     # accuracy even with full training; only "clearly still works" is asked. Loosest.

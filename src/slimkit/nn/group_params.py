@@ -13,8 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .blockwise import block_rows
 from .double_quant import PARAM_BITS, DoubleQuant, decode_offset, decode_scale
 from .groupwise import pack_codes, packed_width, unpack_codes
+from .int8_linear import untraced
 
 PARAM_KEYS = ("scale", "offset", "param_codes", "scale_step", "offset_min", "offset_step")
 Index = slice | torch.Tensor
@@ -22,10 +24,39 @@ Index = slice | torch.Tensor
 
 class GroupParamBuffers(nn.Module):
     """Registers, fills and decodes the group parameters; `group_params(rows)` is the one way to
-    read them (de-quantization, ONNX export)."""
+    read them (de-quantization, ONNX export). Also assembles the fp32 weight from the layer's
+    `dequantized_rows`, a block of rows at a time, for code that reads `.weight`."""
 
     param_bits: int
     param_groups: int
+    qweight: torch.Tensor
+
+    def dense_shape(self) -> tuple[int, int]:
+        """[rows, columns] of the float weight the layer stands for."""
+        raise NotImplementedError
+
+    def dequantized_rows(self, rows: slice) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The whole fp32 weight (a transient copy; the layer keeps only its packed form)."""
+        rows, cols = self.dense_shape()
+        out = torch.empty(rows, cols, device=self.qweight.device)
+        step = block_rows(cols)
+        for start in range(0, rows, step):
+            block = slice(start, start + step)
+            out[block] = self.dequantized_rows(block)
+        return out
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The de-quantized fp32 weight, built on each access (not cached, not trainable)."""
+        with torch.no_grad(), untraced():
+            return self.dequantized_weight()
+
+    def dense_numel(self) -> int:
+        rows, cols = self.dense_shape()
+        return rows * cols
 
     def _register_group_params(self, rows: int, groups: int, symmetric: bool,
                                dtype: torch.dtype, param_bits: int) -> None:

@@ -38,7 +38,6 @@ from .groupwise import (
     quantize_groups,
     unpack_codes,
 )
-from .int8_linear import untraced
 from .lowbit_linear import SCALE_DTYPES
 from .runtime_memory import PackedMemory
 
@@ -72,7 +71,7 @@ def _tie_keeping_apply(module: nn.Module, fn: Any, recurse: bool) -> None:
                 memo[id(old)] = (weakref.ref(old), old._version, weakref.ref(converted))
 
 
-class _Table(PackedMemory, GroupParamBuffers):
+class _Table(GroupParamBuffers, PackedMemory):
     """The packed [num_embeddings, embedding_dim] table both classes hold: codes along
     embedding_dim in groups of `group_size` (as WeightOnlyLinear along in_features)."""
 
@@ -131,23 +130,8 @@ class _Table(PackedMemory, GroupParamBuffers):
         scale, offset = self.group_params(rows)
         return dequantize_groups(codes, scale, offset, self.bits, self.group_size)
 
-    def dequantized_weight(self) -> torch.Tensor:
-        """The whole fp32 table [num_embeddings, embedding_dim] (a transient copy)."""
-        out = torch.empty(self.num_embeddings, self.embedding_dim, device=self.qweight.device)
-        step = block_rows(self.embedding_dim)
-        for start in range(0, self.num_embeddings, step):
-            rows = slice(start, start + step)
-            out[rows] = self.dequantized_rows(rows)
-        return out
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The de-quantized fp32 table, built on each access (not cached, not trainable)."""
-        with torch.no_grad(), untraced():
-            return self.dequantized_weight()
-
-    def dense_numel(self) -> int:
-        return self.num_embeddings * self.embedding_dim
+    def dense_shape(self) -> tuple[int, int]:
+        return self.num_embeddings, self.embedding_dim
 
     def _apply(self, fn: Any, recurse: bool = True) -> _Table:
         _tie_keeping_apply(self, fn, recurse)

@@ -45,7 +45,7 @@ SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
 @register_module_type
-class WeightOnlyLinear(PackedMemory, GroupParamBuffers):
+class WeightOnlyLinear(GroupParamBuffers, PackedMemory):
     """y = x W^T + b with W group-wise quantized to `bits`.
 
     AWQ's input scale s is kept here rather than folded into a preceding LayerNorm or Linear (which
@@ -139,14 +139,9 @@ class WeightOnlyLinear(PackedMemory, GroupParamBuffers):
     def codes(self) -> torch.Tensor:
         return unpack_codes(self.qweight, self.bits, self.in_features)
 
-    def dequantized_weight(self) -> torch.Tensor:
-        """The effective fp32 weight [out, in], with AWQ's 1 / s folded in."""
-        out = torch.empty(self.out_features, self.in_features, device=self.qweight.device)
-        step = block_rows(self.in_features)
-        for start in range(0, self.out_features, step):
-            rows = slice(start, start + step)
-            out[rows] = self.dequantized_rows(rows)
-        return out
+    def dense_shape(self) -> tuple[int, int]:
+        """The effective weight is [out, in], with AWQ's 1 / s folded in."""
+        return self.out_features, self.in_features
 
     def dequantized_rows(self, rows: slice) -> torch.Tensor:
         """Rows `rows` of the effective weight; every weight goes through the same ops whichever
@@ -157,15 +152,6 @@ class WeightOnlyLinear(PackedMemory, GroupParamBuffers):
         if self.input_scale is not None:
             w = w / self.input_scale.float()[None, :]
         return w
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The de-quantized fp32 weight, built on each access (not cached, not trainable)."""
-        with torch.no_grad(), untraced():
-            return self.dequantized_weight()
-
-    def dense_numel(self) -> int:
-        return self.out_features * self.in_features
 
     def _invalidate(self) -> None:
         self._dense = None
