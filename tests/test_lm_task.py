@@ -175,3 +175,23 @@ def test_default_plan_is_the_w4_recipe_and_the_space_parses():
     assert slimkit.Plan.from_yaml(recipe.read_text()).to_dict() == \
         slimkit.Plan.from_yaml(LM_PLAN_YAML).to_dict()
     SearchSpace.from_dict(yaml.safe_load(LM_SPACE_YAML))
+
+
+@pytest.mark.parametrize("param_bits", [0, 6])
+def test_table_gptq_by_row_blocks_equals_whole(param_bits):
+    from slimkit.methods.layerwise import HessianAccumulator
+    from slimkit.methods.quantize.weight_only import _gptq_codes, _gptq_codes_by_rows
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(100, 64, generator=gen)
+    acc = HessianAccumulator(64)
+    acc.add(torch.randn(512, 64, generator=gen) * torch.linspace(0.1, 3, 64))
+    config = slimkit.WeightOnly(bits=4, group_size=32, algorithm="gptq", param_bits=param_bits)
+    whole = _gptq_codes(weight, acc.hessian, config, 4, 32)
+    blocks = _gptq_codes_by_rows(weight, acc.hessian, config, 4, 32, rows=32)
+    assert torch.equal(whole[0], blocks[0])
+    if param_bits:
+        assert torch.equal(whole[1].scale(), blocks[1].scale())
+        assert torch.equal(whole[1].offset(), blocks[1].offset())
+    else:
+        assert torch.equal(whole[1], blocks[1]) and torch.equal(whole[2], blocks[2])

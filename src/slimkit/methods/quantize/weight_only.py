@@ -139,6 +139,32 @@ def _gptq_codes(weight: torch.Tensor, hessian: torch.Tensor, config: WeightOnly,
     return gptq_quantize(weight, hessian, **common)
 
 
+# Rows of a table quantized at once: GPTQ's copies of a 49152-row table are 113 MB each.
+TABLE_ROWS = 8192
+
+
+def _gptq_codes_by_rows(weight: torch.Tensor, hessian: torch.Tensor, config: WeightOnly,
+                        bits: int, group_size: int, rows: int = TABLE_ROWS
+                        ) -> tuple[torch.Tensor, torch.Tensor | DoubleQuant, torch.Tensor | None]:
+    """`_gptq_codes` a block of rows at a time, with the same result: GPTQ treats rows
+    independently given the Hessian (act-order's permutation depends on the Hessian alone), so
+    only the temporaries shrink."""
+    parts = [_gptq_codes(weight[start:start + rows], hessian, config, bits, group_size)
+             for start in range(0, weight.shape[0], rows)]
+    codes = torch.cat([p[0] for p in parts])
+    first = parts[0][1]
+    if isinstance(first, DoubleQuant):
+        blocks = [p[1] for p in parts]
+        joined = {f.name: (torch.cat([getattr(b, f.name) for b in blocks])
+                           if isinstance(getattr(first, f.name), torch.Tensor)
+                           else getattr(first, f.name))
+                  for f in dataclasses.fields(first)}
+        return codes, DoubleQuant(**joined), None
+    offsets = [p[2] for p in parts]
+    return (codes, torch.cat([p[1] for p in parts]),  # type: ignore[misc]
+            None if offsets[0] is None else torch.cat(offsets))  # type: ignore[arg-type]
+
+
 def _gptq(linear: nn.Linear, hessian: torch.Tensor, config: WeightOnly,
           report: dict[str, float]) -> WeightOnlyLinear:
     weight = linear.weight.detach().float()
@@ -236,8 +262,8 @@ def _quantize_tables(model: nn.Module, config: WeightOnly, task: Task | None,
         weight = head.weight.detach().float()
         table, _ = quantize_tied_embedding(model, table_name, head_name, **_table_options(config))
         if hessian is not None:
-            codes, scale, offset = _gptq_codes(weight, hessian, config, table.bits,
-                                               table.group_size)
+            codes, scale, offset = _gptq_codes_by_rows(weight, hessian, config, table.bits,
+                                                       table.group_size)
             table.set_codes(codes, scale, offset)
             ctx.info.setdefault("layers", {})[head_name] = {
                 "error": round(hessian_error(weight, table.dequantized_weight(), hessian), 6)}
