@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 def proc_status() -> dict[str, float]:
-    from llm_decode import proc_status as status
+    from proc_status import proc_status as status
 
     return status()
 

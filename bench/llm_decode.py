@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from proc_status import proc_status  # bench/, the scripts' own folder, is on sys.path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -224,14 +225,6 @@ def load_saved_torch(folder: Path) -> Any:
     return model.eval()
 
 
-def proc_status() -> dict[str, float]:
-    """VmRSS and VmHWM of this process in MiB."""
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) / 1024
-    return fields
 
 
 def measure_memory(kind: str, path: Path, ids_file: Path, threads: int) -> dict[str, float]:

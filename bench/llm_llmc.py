@@ -23,18 +23,13 @@ import sys
 import time
 from pathlib import Path
 
+from proc_status import proc_status  # bench/, the scripts' own folder, is on sys.path
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 GROUP = 64
 
 
-def proc_status() -> dict[str, float]:
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) / 1024
-    return fields
 
 
 def main() -> None:

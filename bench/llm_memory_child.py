@@ -12,19 +12,10 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-
-
-def proc_status() -> dict[str, float]:
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) / 1024
-    return fields
+from proc_status import proc_status  # bench/, the scripts' own folder, is on sys.path
 
 
 def main() -> None:

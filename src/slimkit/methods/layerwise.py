@@ -191,6 +191,18 @@ class HessianAccumulator:
         self.hessian += (2.0 / self.rows) * (x.T @ x).double()
 
 
+def live_hessian(hessian: torch.Tensor) -> torch.Tensor:
+    """A float64 copy of `hessian` in which dead inputs (H_jj = 0: never active on the
+    calibration data) have no coupling and a unit diagonal, so the inverse exists and those
+    columns are handled on their own (GPTQ rounds them, SparseGPT ranks them by magnitude)."""
+    h = hessian.detach().double().clone()
+    dead = torch.diag(h) == 0
+    h[dead, :] = 0.0
+    h[:, dead] = 0.0
+    h[dead, dead] = 1.0
+    return h
+
+
 def inverse_cholesky(h: torch.Tensor, damp_percent: float) -> torch.Tensor:
     """Upper Cholesky factor of (H + damp I)^-1 (GPTQ, SparseGPT); the damping grows tenfold until
     H is positive definite, since rank-deficient Hessians (few calibration rows, collinear inputs)

@@ -16,7 +16,13 @@ from torch import nn
 from ...core import Context, MethodConfig, Targets, check_range, register
 from ...core.config import DATA
 from ...core.errors import ConfigError
-from ..layerwise import HessianAccumulator, hessian_error, inverse_cholesky, one_thread
+from ..layerwise import (
+    HessianAccumulator,
+    hessian_error,
+    inverse_cholesky,
+    live_hessian,
+    one_thread,
+)
 from .calibrated import check_options, keep_n_of_m, prune_calibrated
 
 
@@ -35,11 +41,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, *, sparsity: fl
     """
     w = weight.detach().float().clone()
     rows, cols = w.shape
-    h = hessian.detach().double().clone()
-    dead = torch.diag(h) == 0
-    h[dead, :] = 0.0
-    h[:, dead] = 0.0
-    h[dead, dead] = 1.0
+    h = live_hessian(hessian)
     # One thread: thousands of tiny ops per layer (see gptq.py's measurement).
     with one_thread():
         hinv = inverse_cholesky(h, damp_percent).float()

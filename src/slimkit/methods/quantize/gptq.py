@@ -20,7 +20,7 @@ from ...nn.groupwise import (
 # The Hessian helpers live in layerwise.py, shared with SparseGPT (prune/sparsegpt.py);
 # hessian_error is re-exported for the callers that import it from here.
 from ..layerwise import hessian_error as hessian_error
-from ..layerwise import inverse_cholesky, one_thread
+from ..layerwise import inverse_cholesky, live_hessian, one_thread
 
 
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, group_size: int,
@@ -42,11 +42,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, gro
     """
     w = weight.detach().float().clone()
     rows, cols = w.shape
-    h = hessian.detach().double().clone()
-    dead = torch.diag(h) == 0
-    h[dead, :] = 0.0
-    h[:, dead] = 0.0
-    h[dead, dead] = 1.0
+    h = live_hessian(hessian)
     group = effective_group(cols, group_size)
     scale = torch.ones(rows, num_groups(cols, group_size), dtype=dtype)
     offset = None if symmetric else torch.zeros_like(scale)
