@@ -105,10 +105,17 @@ def is_causal_lm(model: nn.Module) -> bool:
     if not (_is_hf(model) and type(model).__name__.endswith("ForCausalLM")
             and getattr(config, "model_type", None) == "llama"):
         return False
-    layers = [m for m in model.modules() if not list(m.children())]
-    return all(type(m).__name__ in _LM_LAYERS or not (hasattr(m, "weight") or
-                                                      hasattr(m, "qweight"))
-               or "Norm" in type(m).__name__ for m in layers)
+    return all(_lm_writes(m) for m in model.modules() if not list(m.children()))
+
+
+def _lm_writes(module: nn.Module) -> bool:
+    """A leaf lm_onnx.py writes: one of its layer types, a norm, or one without weights. Read
+    from the registries, not `hasattr(m, "weight")`: a packed layer's `weight` property
+    de-quantizes the whole weight."""
+    kind = type(module).__name__
+    has_weight = module._parameters.get("weight") is not None \
+        or module._buffers.get("qweight") is not None
+    return kind in _LM_LAYERS or "Norm" in kind or not has_weight
 
 
 def _is_hf(model: nn.Module) -> bool:

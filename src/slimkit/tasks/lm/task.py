@@ -72,9 +72,9 @@ class CausalLMTask:
         self.tokenizer = load_tokenizer(self.model_folder)
         docs = self._documents(text_file)
         limits = {"train": max_train_chunks, "valid": eval_chunks, "test": eval_chunks}
-        self.chunks = {split: self._chunk(texts, limits[split])
-                       for split, texts in split_documents(docs).items()}
-        self.documents = {split: len(texts) for split, texts in split_documents(docs).items()}
+        splits = split_documents(docs)
+        self.chunks = {split: self._chunk(texts, limits[split]) for split, texts in splits.items()}
+        self.documents = {split: len(texts) for split, texts in splits.items()}
         for split in ("train", "test"):
             if len(self.chunks[split]) == 0:
                 raise SlimkitError(f"text_file: too little text for one {seq_len}-token chunk "
