@@ -117,12 +117,6 @@ def test_rtn_step_saves_and_loads_identically(tmp_path) -> None:
         assert torch.equal(loaded.state_dict()[key], value), key
 
 
-def test_awq_refuses_param_bits() -> None:
-    with pytest.raises(slimkit.core.errors.ConfigError):
-        slimkit.Plan.from_dict({"version": 1, "steps": [{
-            "method": "quantize.weight_only", "algorithm": "awq", "param_bits": 6}]})
-
-
 def test_gptq_against_quantized_params_beats_rtn() -> None:
     g = torch.Generator().manual_seed(0)
     base = torch.randn(2048, 16, generator=g) @ torch.randn(16, 256, generator=g)

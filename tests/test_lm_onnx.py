@@ -135,8 +135,11 @@ def test_float_model_matches_and_stores_the_tied_table_once(tmp_path):
 
 
 @pytest.mark.parametrize("bits,symmetric,awq", [(4, True, False), (4, False, True),
-                                                (8, True, True), (8, False, False)])
+                                                (8, True, True), (8, False, False),
+                                                (3, True, False), (3, False, True),
+                                                (2, True, True), (2, False, False)])
 def test_weight_only_layers_run_as_matmul_nbits(tmp_path, bits, symmetric, awq):
+    """2 and 3 bits run as 4-bit codes of the same values: parity shows the shift is exact."""
     model = quantize(tiny_llama(), bits, symmetric, awq)
     path = export_causal_lm(model, tmp_path / "lm.onnx", accuracy_level=0)
     assert op_count(path, "MatMulNBits") == LAYERS * PROJECTIONS
@@ -201,7 +204,8 @@ needs_tables = pytest.mark.skipif(lowbit_embedding is None,
 
 
 @needs_tables
-@pytest.mark.parametrize("bits,symmetric", [(4, True), (4, False), (8, True)])
+@pytest.mark.parametrize("bits,symmetric", [(4, True), (4, False), (8, True), (3, True),
+                                             (2, False)])
 def test_quantized_tied_table_is_one_initializer_for_lookup_and_head(tmp_path, bits, symmetric):
     import onnx
 

@@ -25,6 +25,8 @@ from .lm_onnx_graph import (
     MS_DOMAIN,
     GraphBuilder,
     emit_linear,
+    kernel_bits,
+    kernel_codes,
     layer_group_params,
     matmul_nbits,
     nbits_refusal,
@@ -90,10 +92,10 @@ def _is_lowbit_table(module: nn.Module) -> bool:
 
 
 def _gather_block_quantized(g: GraphBuilder, e: Any) -> tuple[str, Table]:
-    vocab, dim, bits = e.num_embeddings, e.embedding_dim, e.bits
+    vocab, dim, bits = e.num_embeddings, e.embedding_dim, kernel_bits(e.bits)
     block = effective_group(dim, e.group_size)
     blocks = dim // block
-    codes = g.initializer(e.qweight.detach().numpy().reshape(vocab, blocks, block * bits // 8),
+    codes = g.initializer(kernel_codes(e).reshape(vocab, blocks, block * bits // 8),
                           "embed_tokens.qweight")
     scale, offset = layer_group_params(e)  # decoded when double-quantized (param_bits > 0)
     scales = scale.numpy().reshape(vocab, blocks, 1)

@@ -3,6 +3,9 @@
 An nn.Linear becomes a float MatMul; a WeightOnlyLinear becomes ONNX Runtime's contrib op
 `com.microsoft::MatMulNBits` on its packed codes as they are stored (4 and 8 bits, block size =
 the layer's group size), or a de-quantized float MatMul when the kernel cannot take the layer.
+2- and 3-bit codes, which ONNX Runtime's kernels do not take, are written as 4-bit codes of the
+same values (`kernel_codes`: exact, the weights de-quantize identically), so a layer of a mixed
+2/3/4-bit allocation runs on the 4-bit kernel at 4-bit memory instead of de-quantized in fp32.
 
 Asymmetric layers (w = q * scale + offset, a float offset per group) are written as
 MatMulNBits with integer zero points 0 plus a correction x_groupsums @ offset^T. Why not float
@@ -23,19 +26,37 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..nn.groupwise import effective_group
+from ..nn.groupwise import effective_group, pack_codes
 
 log = logging.getLogger(__name__)
 MS_DOMAIN = "com.microsoft"
 NBITS = (4, 8)
+WIDENED = (2, 3)  # exported as 4-bit codes
 MIN_BLOCK = 16
+
+
+def kernel_bits(bits: int) -> int:
+    """The code width a layer of `bits` is exported with."""
+    return 4 if bits in WIDENED else bits
+
+
+def kernel_codes(m: Any) -> np.ndarray:
+    """The packed codes [rows, packed bytes] of a packed layer or table at `kernel_bits`: as
+    stored for 4 and 8 bits; 2/3-bit codes re-packed as 4-bit, shifted when symmetric so that
+    the kernel's implicit zero point 8 stands for the layer's 2^(bits-1)."""
+    if m.bits not in WIDENED:
+        return m.qweight.detach().cpu().numpy()
+    codes = m.codes().to(torch.int32)
+    if m.symmetric:
+        codes = codes + (8 - (1 << (m.bits - 1)))
+    return pack_codes(codes.to(torch.uint8), 4).numpy()
 
 
 def nbits_refusal(bits: int, group_size: int, in_features: int) -> str | None:
     """Why MatMulNBits cannot run a layer stored this way, or None when it can."""
     block = effective_group(in_features, group_size)
-    if bits not in NBITS:
-        return f"{bits}-bit codes (exported MatMulNBits widths: {NBITS})"
+    if bits not in NBITS + WIDENED:
+        return f"{bits}-bit codes (exported MatMulNBits widths: {NBITS + WIDENED})"
     if block < MIN_BLOCK or block & (block - 1):
         return f"group size {block} is not a power of two >= {MIN_BLOCK}"
     if in_features % block:
@@ -134,7 +155,7 @@ def matmul_nbits(g: GraphBuilder, x: str, m: Any, name: str, *, codes: str | Non
                  ) -> str:
     """MatMulNBits on the layer's packed codes (or on `codes`, an initializer already holding
     them as [out, groups, group bytes]: a head tied to a quantized embedding)."""
-    k, n, bits = m.in_features, m.out_features, m.bits
+    k, n, bits = m.in_features, m.out_features, kernel_bits(m.bits)
     block = effective_group(k, m.group_size)
     blocks = k // block
     input_scale = getattr(m, "input_scale", None)
@@ -145,7 +166,7 @@ def matmul_nbits(g: GraphBuilder, x: str, m: Any, name: str, *, codes: str | Non
                       lambda: g.op("Div", [x, g.initializer(s, f"{name}.input_scale")],
                                    f"{name}_awq"))
     if codes is None:
-        packed = m.qweight.detach().cpu().numpy().reshape(n, blocks, block * bits // 8)
+        packed = kernel_codes(m).reshape(n, blocks, block * bits // 8)
         codes = g.initializer(packed, f"{name}.qweight")
     # group_params(): the stored scale / offset, or double-quantized ones decoded (the file then
     # holds them as floats: MatMulNBits has no double-quantized form).

@@ -22,12 +22,14 @@ from ...core.config import DATA, NOTHING
 from ...core.errors import ConfigError, SlimkitError
 from ...core.task import Task, batches_used
 from ...graph import swap_module
-from ...nn.double_quant import PARAM_BITS, DoubleQuant
+from ...nn.double_quant import PARAM_BITS, DoubleQuant, quantize_groups_dq
 from ...nn.groupwise import BITS, quantize_groups
+from ...nn.lowbit_embedding import WeightOnlyEmbedding
 from ...nn.lowbit_linear import SCALE_DTYPES, WeightOnlyLinear
 from ...nn.runtime_memory import CACHED, PACKED
 from ..layerwise import HessianAccumulator, InputGroup, calibrate_in_order
 from .awq import ActivationStats, apply_clip, search_clip, search_scales
+from .bit_allocation import allocate_bits
 from .gptq import gptq_quantize, gptq_quantize_dq, hessian_error
 from .tied_embedding import quantize_embedding, quantize_tied_embedding, table_targets
 
@@ -80,8 +82,13 @@ class WeightOnly(MethodConfig):
     use (every position reads all of it); otherwise tables are rounded to nearest.
     `param_bits` 6 or 8 stores the group scales and offsets themselves as that many bits per
     group on a per-row fp16 grid (double quantization, nn/double_quant.py; 0: fp16/fp32 as
-    `scale_dtype`), for Linears and tables alike; RTN and GPTQ round against the stored
-    parameters. AWQ does not support it yet."""
+    `scale_dtype`), for Linears and tables alike; RTN, GPTQ and AWQ round against the stored
+    parameters.
+    `target_bits` > 0: each Linear (and table, with `embedding_bits`) takes its own width from
+    `bit_choices` so that the whole model stores at most that many bits per weight, chosen by
+    each layer's estimated KL divergence (bit_allocation.py: diagonal Fisher on
+    `allocation_batches` calibration batches, one backward pass per row); `bits` and
+    `embedding_bits` then only say which layers take part."""
 
     method = "quantize.weight_only"
     bits: Literal[8, 4, 3, 2] = 4
@@ -97,10 +104,13 @@ class WeightOnly(MethodConfig):
     embedding_bits: int = 0
     embedding_group_size: int = 0
     param_bits: int = 0
+    target_bits: float = 0.0
+    bit_choices: tuple[int, ...] = (2, 3, 4, 8)
+    allocation_batches: int = 2
     targets: Targets = Targets()
 
     def requires(self) -> frozenset[str]:
-        return DATA if self.algorithm != "rtn" else NOTHING
+        return DATA if self.algorithm != "rtn" or self.target_bits else NOTHING
 
     def validate(self) -> None:
         if self.bits not in BITS:
@@ -119,9 +129,13 @@ class WeightOnly(MethodConfig):
             check_range("embedding_group_size", self.embedding_group_size, 0, 1 << 20)
         if self.param_bits not in (0, *PARAM_BITS):
             raise ConfigError("param_bits", self.param_bits, "0 (float group parameters), 6 or 8")
-        if self.param_bits and self.algorithm == "awq":
-            raise ConfigError("param_bits", self.param_bits,
-                              "0 with algorithm 'awq' (double-quantized parameters: rtn or gptq)")
+        if self.target_bits:
+            check_range("target_bits", self.target_bits, 1.0, 32.0)
+        if not self.bit_choices or len(set(self.bit_choices)) != len(self.bit_choices) or any(
+                b not in BITS for b in self.bit_choices):
+            raise ConfigError("bit_choices", list(self.bit_choices),
+                              "a list without repeats of 8, 4, 3, 2")
+        check_range("allocation_batches", self.allocation_batches, 1, 1 << 16)
 
 
 def _gptq_codes(weight: torch.Tensor, hessian: torch.Tensor, config: WeightOnly, bits: int,
@@ -165,19 +179,19 @@ def _gptq_codes_by_rows(weight: torch.Tensor, hessian: torch.Tensor, config: Wei
             None if offsets[0] is None else torch.cat(offsets))  # type: ignore[arg-type]
 
 
-def _gptq(linear: nn.Linear, hessian: torch.Tensor, config: WeightOnly,
+def _gptq(linear: nn.Linear, hessian: torch.Tensor, config: WeightOnly, bits: int,
           report: dict[str, float]) -> WeightOnlyLinear:
     weight = linear.weight.detach().float()
-    codes, scale, offset = _gptq_codes(weight, hessian, config, config.bits, config.group_size)
-    new = WeightOnlyLinear.from_codes(linear, codes, scale, offset, bits=config.bits,
+    codes, scale, offset = _gptq_codes(weight, hessian, config, bits, config.group_size)
+    new = WeightOnlyLinear.from_codes(linear, codes, scale, offset, bits=bits,
                                       group_size=config.group_size, cache=config.cache)
     report["error"] = hessian_error(weight, new.dequantized_weight(), hessian)
     return new
 
 
-def _awq(linear: nn.Linear, stats: ActivationStats, config: WeightOnly,
+def _awq(linear: nn.Linear, stats: ActivationStats, config: WeightOnly, bits: int,
          report: dict[str, float]) -> WeightOnlyLinear:
-    bits, group, sym = config.bits, config.group_size, config.symmetric
+    group, sym = config.group_size, config.symmetric
     dtype = SCALE_DTYPES[config.scale_dtype]
     weight = linear.weight.detach().float()
     x = stats.sample()
@@ -188,14 +202,21 @@ def _awq(linear: nn.Linear, stats: ActivationStats, config: WeightOnly,
         bounds = search_clip(scaled, x[:512] / s, bits=bits, group_size=group, symmetric=sym,
                              grid=config.awq.grid, dtype=dtype)
         scaled = apply_clip(scaled, bounds, group)
-    codes, scale, offset = quantize_groups(scaled, bits, group, sym, dtype)
+    if config.param_bits:
+        # The searches above weigh plain group parameters; the stored ones are rounded to
+        # param_bits on each row's grid, and the codes are rounded against those.
+        codes, dq = quantize_groups_dq(scaled, bits, group, sym, config.param_bits, dtype)
+        scale, offset = dq, None
+    else:
+        codes, scale, offset = quantize_groups(scaled, bits, group, sym, dtype)
     report.update(alpha=alpha, error=min(losses) / max(losses[0], 1e-30))
     return WeightOnlyLinear.from_codes(linear, codes, scale, offset, bits=bits, group_size=group,
                                        input_scale=s, cache=config.cache)
 
 
 def _calibrated(model: nn.Module, chosen: list[tuple[str, nn.Linear]], config: WeightOnly,
-                task: Task, ctx: Context) -> tuple[dict[str, dict[str, float]], list[str]]:
+                widths: dict[str, int], task: Task, ctx: Context
+                ) -> tuple[dict[str, dict[str, float]], list[str]]:
     """Quantize `chosen` in execution order (layerwise.calibrate_in_order); returns per-layer
     reports and the layers that never ran on the calibration data (rounded to nearest)."""
     batches = task.calibration_batches(config.calibration_batches)
@@ -210,10 +231,11 @@ def _calibrated(model: nn.Module, chosen: list[tuple[str, nn.Linear]], config: W
 
     def quantize(name: str, linear: nn.Module, stats: Any) -> None:
         report: dict[str, float] = {}
+        bits = widths.get(name, config.bits)
         if config.algorithm == "gptq":
-            new = _gptq(linear, stats.hessian, config, report)
+            new = _gptq(linear, stats.hessian, config, bits, report)
         else:
-            new = _awq(linear, stats, config, report)
+            new = _awq(linear, stats, config, bits, report)
         swap_module(model, name, new, new.spec())
         reports[name] = {k: round(float(v), 6) for k, v in report.items()}
         next(progress, None)
@@ -225,30 +247,35 @@ def _calibrated(model: nn.Module, chosen: list[tuple[str, nn.Linear]], config: W
     for name in unseen:
         log.warning("%s: %s never ran on calibration data; rounding to nearest", config.method,
                     name)
-        _rtn(model, name, model.get_submodule(name), config)
+        _rtn(model, name, model.get_submodule(name), config, widths.get(name, config.bits))
     return reports, unseen
 
 
-def _rtn(model: nn.Module, name: str, linear: nn.Linear, config: WeightOnly) -> None:
-    new = WeightOnlyLinear.from_linear(linear, bits=config.bits, group_size=config.group_size,
-                                       symmetric=config.symmetric, scale_dtype=config.scale_dtype,
-                                       cache=config.cache, param_bits=config.param_bits)
+def _rtn_linear(linear: nn.Linear, config: WeightOnly, bits: int) -> WeightOnlyLinear:
+    return WeightOnlyLinear.from_linear(linear, bits=bits, group_size=config.group_size,
+                                        symmetric=config.symmetric, scale_dtype=config.scale_dtype,
+                                        cache=config.cache, param_bits=config.param_bits)
+
+
+def _rtn(model: nn.Module, name: str, linear: nn.Linear, config: WeightOnly, bits: int) -> None:
+    new = _rtn_linear(linear, config, bits)
     swap_module(model, name, new, new.spec())
 
 
-def _table_options(config: WeightOnly) -> dict[str, Any]:
-    return {"bits": config.embedding_bits, "symmetric": config.symmetric,
+def _table_options(config: WeightOnly, bits: int) -> dict[str, Any]:
+    return {"bits": bits, "symmetric": config.symmetric,
             "group_size": config.embedding_group_size or config.group_size,
             "scale_dtype": config.scale_dtype, "param_bits": config.param_bits}
 
 
-def _quantize_tables(model: nn.Module, config: WeightOnly, task: Task | None,
-                     ctx: Context) -> list[str]:
+def _quantize_tables(model: nn.Module, config: WeightOnly, widths: dict[str, int],
+                     task: Task | None, ctx: Context) -> list[str]:
     """The embedding tables (see WeightOnly's docstring); returns the names quantized."""
     pairs, tables = table_targets(model, config.targets)
     done = []
     for name in tables:
-        quantize_embedding(model, name, **_table_options(config))
+        quantize_embedding(model, name,
+                           **_table_options(config, widths.get(name, config.embedding_bits)))
         done.append(name)
     for table_name, head_name in pairs:
         head = model.get_submodule(head_name)
@@ -260,7 +287,8 @@ def _quantize_tables(model: nn.Module, config: WeightOnly, task: Task | None,
                                   [lambda b=b: model(*task.inputs(b)) for b in batches])
             hessian = group.stats.hessian if found else None
         weight = head.weight.detach().float()
-        table, _ = quantize_tied_embedding(model, table_name, head_name, **_table_options(config))
+        options = _table_options(config, widths.get(table_name, config.embedding_bits))
+        table, _ = quantize_tied_embedding(model, table_name, head_name, **options)
         if hessian is not None:
             codes, scale, offset = _gptq_codes_by_rows(weight, hessian, config, table.bits,
                                                        table.group_size)
@@ -269,6 +297,36 @@ def _quantize_tables(model: nn.Module, config: WeightOnly, task: Task | None,
                 "error": round(hessian_error(weight, table.dequantized_weight(), hessian), 6)}
         done += [table_name, head_name]
     return done
+
+
+def _allocate(model: nn.Module, chosen: list[tuple[str, nn.Linear]], config: WeightOnly,
+              ctx: Context) -> dict[str, int]:
+    """Per-layer widths for `target_bits` (bit_allocation.py); {} when it is off."""
+    if not config.target_bits:
+        return {}
+    weights: dict[str, nn.Parameter] = {}
+    builders: dict[str, Any] = {}
+    leave_out: set[str] = set()
+    for name, linear in chosen:
+        weights[name] = linear.weight
+        builders[name] = lambda bits, linear=linear: _rtn_linear(linear, config, bits)
+        leave_out |= {f"{name}.weight", f"{name}.bias"}
+    if config.embedding_bits:
+        pairs, tables = table_targets(model, config.targets)
+        for name in tables + [table for table, _ in pairs]:
+            embedding = model.get_submodule(name)
+            weights[name] = embedding.weight
+            builders[name] = lambda bits, e=embedding: WeightOnlyEmbedding.from_embedding(
+                e, **_table_options(config, bits))
+            leave_out.add(f"{name}.weight")
+        leave_out |= {f"{head}.weight" for _, head in pairs}
+    task = ctx.require_task(config.method)
+    batches = task.calibration_batches(config.allocation_batches)
+    widths, report = allocate_bits(model, task, batches, weights=weights, builders=builders,
+                                   leave_out=frozenset(leave_out), choices=config.bit_choices,
+                                   target_bits=config.target_bits)
+    ctx.info["allocation"] = {**report, "widths": widths}
+    return widths
 
 
 @register(WeightOnly)
@@ -280,15 +338,17 @@ def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: Context) -> nn.
     was_training = model.training
     model.eval()  # calibration must not see dropout
     try:
+        widths = _allocate(model, chosen, config, ctx)
         if config.algorithm == "rtn":
             for name, linear in chosen:
-                _rtn(model, name, linear, config)
+                _rtn(model, name, linear, config, widths.get(name, config.bits))
         else:
             task = ctx.require_task(config.method)
-            reports, unseen = _calibrated(model, chosen, config, task, ctx)
+            reports, unseen = _calibrated(model, chosen, config, widths, task, ctx)
             ctx.info["layers"] = reports
             ctx.info["unseen"] = unseen
-        tables = _quantize_tables(model, config, ctx.task if config.algorithm == "gptq" else None,
+        tables = _quantize_tables(model, config, widths,
+                                  ctx.task if config.algorithm == "gptq" else None,
                                   ctx) if config.embedding_bits else []
     finally:
         model.train(was_training)
