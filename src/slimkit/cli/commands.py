@@ -1,4 +1,4 @@
-"""The commands behind `slimkit demo|run|eval|report`, each calling the public API."""
+"""The commands behind `slimkit demo|run|eval|gguf|report`, each calling the public API."""
 
 from __future__ import annotations
 
@@ -222,6 +222,40 @@ def _load_for_eval(path: Path, manifest: dict[str, Any], task: Any, model_ref: s
         return load(path, model=factory())
     skeleton = task_model_for(task, manifest["model"])
     return load(path, model=skeleton) if skeleton is not None else load(path)
+
+
+def gguf(args: argparse.Namespace) -> int:
+    """Write a causal-LM artifact as GGUF (export/lm_gguf.py) for llama.cpp."""
+    from ..export.lm_gguf import export_gguf
+    from ..models.causal_lm import smollm2_gguf
+
+    manifest = read_manifest(Path(args.artifact))
+    spec = manifest.get("task_spec")
+    task = task_from_spec(spec)
+    source = args.source
+    if source is None:
+        model_path = getattr(task, "model_path", None)
+        if model_path is None and task.name == "causal-lm":
+            source = str(smollm2_gguf())
+        elif model_path is not None and str(model_path).endswith(".gguf"):
+            source = str(model_path)
+        else:
+            raise SlimkitError(f"--source: the artifact's model ({model_path}) did not come "
+                               "from a .gguf file; give one whose tokenizer it shares")
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise SlimkitError(f"out: {str(out)!r} exists (--force to replace it)")
+    artifact = _load_for_eval(Path(args.artifact), manifest, task, None)
+    result = export_gguf(artifact.model, out, source=source)
+    counts: dict[str, int] = {}
+    for kind in result.types.values():
+        counts[kind] = counts.get(kind, 0) + 1
+    if args.json:
+        emit_json({"gguf": str(out), "bytes": out.stat().st_size, "types": counts,
+                   "fallbacks": result.fallbacks})
+    results.print(f"{out}: {format_bytes(out.stat().st_size)}, tensors {counts}"
+                  + (f", as F32: {', '.join(result.fallbacks)}" if result.fallbacks else ""))
+    return 0
 
 
 def report(args: argparse.Namespace) -> int:

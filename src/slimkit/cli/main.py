@@ -94,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     _json_option(ev)
     ev.set_defaults(func=commands.evaluate)
 
+    gg = add("gguf", help="write a causal-LM artifact as a GGUF file for llama.cpp",
+             description="Write a causal-LM artifact as GGUF (llama.cpp's format): packed "
+             "layers in groups of 32 as Q4_0/Q4_1/Q8_0 with their own codes, others as F32; "
+             "tokenizer metadata from the GGUF file the model came from.")
+    gg.add_argument("artifact", help="artifact directory of a causal-LM run")
+    gg.add_argument("out", help="the .gguf file to write")
+    gg.add_argument("--source", help="GGUF file whose tokenizer and general metadata to copy "
+                    "(default: the file the task's model came from)")
+    gg.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    _json_option(gg)
+    gg.set_defaults(func=commands.gguf)
+
     auto = add_auto_parser(add)
     _json_option(auto)
     for name, adder in (("methods", add_methods_parser), ("check", add_check_parser)):
