@@ -7,7 +7,8 @@ very initializer: both take codes shaped [vocab, groups, group bytes] (MatMulNBi
 shape; GatherBlockQuantized then blocks along its last axis). Only the scales are written twice
 (MatMulNBits takes them [vocab * groups], GatherBlockQuantized [vocab, groups, 1]; 1/group of the
 table in fp32). Without a zero point both kernels use 2^(bits-1), slimkit's symmetric code
-centre; an asymmetric table gathers with zero point 0 and adds each row's float group offsets.
+centre; an asymmetric table gathers without one too and adds each row's float group offsets
+plus 2^(bits-1) times its scales.
 """
 
 from __future__ import annotations
@@ -100,12 +101,11 @@ def _gather_block_quantized(g: GraphBuilder, e: Any) -> tuple[str, Table]:
     scale, offset = layer_group_params(e)  # decoded when double-quantized (param_bits > 0)
     scales = scale.numpy().reshape(vocab, blocks, 1)
     inputs = [codes, "input_ids", g.initializer(scales, "embed_tokens.gather_scale")]
-    if offset is not None:
-        inputs.append(g.initializer(np.zeros((vocab, blocks, 1), np.uint8),
-                                    "embed_tokens.zero_point"))
     rows = g.op("GatherBlockQuantized", inputs, "embed_blocks", domain=MS_DOMAIN, bits=bits,
                 block_size=block, gather_axis=0, quantize_axis=2)
     if offset is not None:
+        # As the head's MatMulNBits: no zero point, the implicit 2^(bits-1) joins the offset.
+        offset = offset + (1 << (bits - 1)) * scale
         offsets = g.op("Gather", [g.initializer(offset.numpy(), "embed_tokens.offset"),
                                   "input_ids"],
                        "embed_offsets")

@@ -8,7 +8,8 @@ same values (`kernel_codes`: exact, the weights de-quantize identically), so a l
 2/3/4-bit allocation runs on the 4-bit kernel at 4-bit memory instead of de-quantized in fp32.
 
 Asymmetric layers (w = q * scale + offset, a float offset per group) are written as
-MatMulNBits with integer zero points 0 plus a correction x_groupsums @ offset^T. Why not float
+MatMulNBits without zero points (the kernel's implicit 2^(bits-1)) plus a correction
+x_groupsums @ (offset + 2^(bits-1) * scale)^T. Why not float
 zero points (zero = -offset / scale), which MatMulNBits accepts: ONNX Runtime 1.31's CPU kernel
 runs them on a path that de-quantizes the whole weight on every call (4-bit, 576x1536, one
 token: 494 us against 9-13 us with integer zero points; dense fp32 27-47 us) and refuses them
@@ -172,14 +173,14 @@ def matmul_nbits(g: GraphBuilder, x: str, m: Any, name: str, *, codes: str | Non
     # holds them as floats: MatMulNBits has no double-quantized form).
     scale, offset = layer_group_params(m)
     inputs = [x, codes, g.initializer(scale.numpy().reshape(-1), f"{name}.scale")]
-    if offset is not None:
-        # Integer zero point 0 (packed like the codes); the float offset is added below.
-        zero_bytes = n * -(-blocks * bits // 8)
-        inputs.append(g.initializer(np.zeros(zero_bytes, np.uint8), f"{name}.zero_point"))
     y = g.op("MatMulNBits", inputs, name, domain=MS_DOMAIN, K=k, N=n, bits=bits,
              block_size=block, accuracy_level=g.accuracy_level)
     g.nbits_nodes += 1
     if offset is not None:
+        # No zero point: the kernel subtracts its implicit 2^(bits-1), q * s + o =
+        # (q - 2^(bits-1)) * s + (o + 2^(bits-1) * s), so that multiple of the scale joins the
+        # float offset in the correction below.
+        offset = offset + (1 << (bits - 1)) * scale
         sums = g.derived(("groupsum", x, block), lambda: _group_sums(g, x, blocks, block, name))
         offset_t = offset.t().contiguous().numpy()
         y = g.op("Add", [y, g.op("MatMul", [sums, g.initializer(offset_t, f"{name}.offset_t")],
