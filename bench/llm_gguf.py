@@ -81,7 +81,9 @@ def deploy(model: str, ids_file: str, threads: int, new_tokens: int,
         prefill.append((time.perf_counter() - start) * 1e3)
         start = time.perf_counter()
         for _ in range(new_tokens):
-            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+            # Without logits_all the binding keeps no scores: read the context's last logits.
+            last = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+            llm.eval([int(np.argmax(last))])
         decode.append(new_tokens / (time.perf_counter() - start))
     status = proc_status()
     return {"prefill_512_ms": statistics.median(prefill), "decode_tps": statistics.median(decode),
