@@ -95,3 +95,29 @@ def test_awq_with_double_quantized_parameters(task):
     plain, _ = _run(model, task, bits=4, algorithm="awq")
     # Rounding the group parameters to 6 bits costs little next to 4-bit codes.
     assert task.evaluate(out)["kl"] < 2 * task.evaluate(plain)["kl"] + 1e-3
+
+
+def test_the_w3_recipe_runs_from_the_cli_and_reloads(tmp_path, capsys):
+    """recipes/smollm2-w3.yaml as shipped (widths to 3.5 bits, then the norms distilled), on a
+    tiny model: both stages report perplexity / KL / top-1, the distillation keeps every layer
+    packed, and `slimkit eval` reproduces the final metrics from the artifact."""
+    import json
+    from pathlib import Path
+
+    from slimkit.cli.main import main
+
+    text = write_text(tmp_path / "text.txt")
+    folder = write_tiny_lm(tmp_path / "model", text)
+    recipe = Path(__file__).parents[1] / "recipes" / "smollm2-w3.yaml"
+    options = ["--task-opt", f"model_path={folder}", "--task-opt", f"text_file={text}",
+               "--task-opt", "seq_len=32", "--task-opt", "eval_chunks=4"]
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--task", "causal-lm", *options, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    quantized, distilled = metrics["stages"][-2:]
+    assert {"perplexity", "kl", "top1"} <= set(distilled["metrics"])
+    assert distilled["metrics"]["kl"] < quantized["metrics"]["kl"]
+    capsys.readouterr()
+    assert main(["eval", str(out / "model"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["measured"] == result["recorded"]

@@ -123,8 +123,9 @@ def test_refusals_name_what_is_wrong(tmp_path):
 def test_cli_writes_an_artifact_as_gguf(tmp_path, capsys):
     import json
 
-    import slimkit
     from lm_fixtures import write_text, write_tiny_lm
+
+    import slimkit
     from slimkit.cli.main import main
     from slimkit.tasks.registry import make_task
 
