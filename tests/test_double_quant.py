@@ -154,3 +154,15 @@ def test_onnx_export_matches_with_double_quantized_layers(tmp_path) -> None:
     path = export_causal_lm(model, tmp_path / "lm.onnx", accuracy_level=0)
     assert lm_onnx.op_count(path, "MatMulNBits") == lm_onnx.LAYERS * lm_onnx.PROJECTIONS + 1
     lm_onnx.check_parity(model, path)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 6, 8])
+def test_packing_a_block_of_rows_at_a_time_gives_the_same_bytes(monkeypatch, bits) -> None:
+    from slimkit.nn import rowwise
+
+    g = torch.Generator().manual_seed(bits)
+    codes = torch.randint(0, 1 << bits, (37, 45), generator=g, dtype=torch.uint8)
+    whole = pack_codes(codes, bits)
+    monkeypatch.setattr(rowwise, "PACK_ELEMENTS", 100)  # blocks of 2 rows, the last one short
+    assert torch.equal(pack_codes(codes, bits), whole)
+    assert torch.equal(unpack_codes(whole, bits, 45), codes)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from .rowwise import in_row_blocks
 from .rowwise import pack as pack_pow2
 from .rowwise import unpack as unpack_pow2
 
@@ -151,13 +152,17 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """uint8 codes [rows, cols] -> [rows, packed_width] bytes (low bits first)."""
     if bits not in WORD24:
         return pack_pow2(codes, bits)
-    rows, cols = codes.shape
+    cols = codes.shape[1]
     per = 24 // bits
     pad = (-cols) % per
-    c = F.pad(codes.to(torch.int32), (0, pad)).view(rows, -1, per)
-    word = (c << (torch.arange(per, dtype=torch.int32, device=c.device) * bits)).sum(dim=-1)
-    out = torch.stack([(word >> shift) & 0xFF for shift in (0, 8, 16)], dim=-1)
-    return out.reshape(rows, -1).to(torch.uint8)
+
+    def block(rows: torch.Tensor) -> torch.Tensor:
+        c = F.pad(rows.to(torch.int32), (0, pad)).view(rows.shape[0], -1, per)
+        word = (c << (torch.arange(per, dtype=torch.int32, device=c.device) * bits)).sum(dim=-1)
+        out = torch.stack([(word >> shift) & 0xFF for shift in (0, 8, 16)], dim=-1)
+        return out.reshape(rows.shape[0], -1).to(torch.uint8)
+
+    return in_row_blocks(block, codes, packed_width(cols, bits))
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, cols: int) -> torch.Tensor:

@@ -214,15 +214,16 @@ def _awq(linear: nn.Linear, stats: ActivationStats, config: WeightOnly, bits: in
                                        input_scale=s, cache=config.cache)
 
 
-def _calibrated(model: nn.Module, chosen: list[tuple[str, nn.Linear]], config: WeightOnly,
+def _calibrated(model: nn.Module, names: list[str], config: WeightOnly,
                 widths: dict[str, int], task: Task, ctx: Context
                 ) -> tuple[dict[str, dict[str, float]], list[str]]:
-    """Quantize `chosen` in execution order (layerwise.calibrate_in_order); returns per-layer
-    reports and the layers that never ran on the calibration data (rounded to nearest)."""
+    """Quantize the Linears `names` in execution order (layerwise.calibrate_in_order); returns
+    per-layer reports and the layers that never ran on the calibration data (rounded to
+    nearest)."""
     batches = task.calibration_batches(config.calibration_batches)
     ctx.info["calibration"] = batches_used(task, batches, config.calibration_batches)
     reports: dict[str, dict[str, float]] = {}
-    progress = iter(ctx.progress(range(len(chosen)), total=len(chosen), desc=config.method))
+    progress = iter(ctx.progress(range(len(names)), total=len(names), desc=config.method))
 
     def make(features: int) -> Any:
         if config.algorithm == "gptq":
@@ -240,7 +241,8 @@ def _calibrated(model: nn.Module, chosen: list[tuple[str, nn.Linear]], config: W
         reports[name] = {k: round(float(v), 6) for k, v in report.items()}
         next(progress, None)
 
-    unseen = calibrate_in_order(model, dict(chosen), [lambda b=b: model(*task.inputs(b))
+    pending = {name: model.get_submodule(name) for name in names}  # consumed as layers go
+    unseen = calibrate_in_order(model, pending, [lambda b=b: model(*task.inputs(b))
                                                       for b in batches],
                                 make=make, handle=quantize, sequential=config.sequential,
                                 info=ctx.info)
@@ -299,7 +301,7 @@ def _quantize_tables(model: nn.Module, config: WeightOnly, widths: dict[str, int
     return done
 
 
-def _allocate(model: nn.Module, chosen: list[tuple[str, nn.Linear]], config: WeightOnly,
+def _allocate(model: nn.Module, names: list[str], config: WeightOnly,
               ctx: Context) -> dict[str, int]:
     """Per-layer widths for `target_bits` (bit_allocation.py); {} when it is off."""
     if not config.target_bits:
@@ -307,7 +309,8 @@ def _allocate(model: nn.Module, chosen: list[tuple[str, nn.Linear]], config: Wei
     weights: dict[str, nn.Parameter] = {}
     builders: dict[str, Any] = {}
     leave_out: set[str] = set()
-    for name, linear in chosen:
+    for name in names:
+        linear = model.get_submodule(name)
         weights[name] = linear.weight
         builders[name] = lambda bits, linear=linear: _rtn_linear(linear, config, bits)
         leave_out |= {f"{name}.weight", f"{name}.bias"}
@@ -331,20 +334,20 @@ def _allocate(model: nn.Module, chosen: list[tuple[str, nn.Linear]], config: Wei
 
 @register(WeightOnly)
 def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: Context) -> nn.Module:
-    chosen = [(n, m) for n, m in config.targets.select(model, ("Linear",))
-              if isinstance(m, nn.Linear)]
-    if not chosen:
+    # Names, not modules: nothing here should keep a replaced Linear alive.
+    names = [n for n, m in config.targets.select(model, ("Linear",)) if isinstance(m, nn.Linear)]
+    if not names:
         raise SlimkitError("quantize.weight_only: targets match no Linear module")
     was_training = model.training
     model.eval()  # calibration must not see dropout
     try:
-        widths = _allocate(model, chosen, config, ctx)
+        widths = _allocate(model, names, config, ctx)
         if config.algorithm == "rtn":
-            for name, linear in chosen:
-                _rtn(model, name, linear, config, widths.get(name, config.bits))
+            for name in names:
+                _rtn(model, name, model.get_submodule(name), config, widths.get(name, config.bits))
         else:
             task = ctx.require_task(config.method)
-            reports, unseen = _calibrated(model, chosen, config, widths, task, ctx)
+            reports, unseen = _calibrated(model, names, config, widths, task, ctx)
             ctx.info["layers"] = reports
             ctx.info["unseen"] = unseen
         tables = _quantize_tables(model, config, widths,
@@ -352,7 +355,7 @@ def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: Context) -> nn.
                                   ctx) if config.embedding_bits else []
     finally:
         model.train(was_training)
-    ctx.info["quantized"] = [name for name, _ in chosen] + tables
+    ctx.info["quantized"] = names + tables
     ctx.info["bits"] = config.bits
     ctx.info["algorithm"] = config.algorithm
     ctx.info["memory_mode"] = CACHED if config.cache else PACKED
