@@ -121,3 +121,9 @@ def test_the_w3_recipe_runs_from_the_cli_and_reloads(tmp_path, capsys):
     assert main(["eval", str(out / "model"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["measured"] == result["recorded"]
+
+
+def test_awq_allocation_counts_its_input_scales(task):
+    model = task.build_model()
+    out, _ = _run(model, task, algorithm="awq", target_bits=4.5, bit_choices=[2, 3, 4, 8])
+    assert bits_per_weight(out) <= 4.5

@@ -149,3 +149,27 @@ def test_cli_writes_an_artifact_as_gguf(tmp_path, capsys):
     assert printed["fallbacks"] == ["token_embd"]  # the float table, written as it is
     assert read(out)["blk.0.ffn_up.weight"][0] == "Q4_1"
     assert main(["gguf", str(artifact), str(out), "--source", source]) == 2  # no overwrite
+
+
+def test_awq_layers_and_biases_go_as_f32_with_their_own_values(tmp_path):
+    model = tiny_llama()
+    layer = model.model.layers[0].mlp.up_proj
+    torch.manual_seed(1)
+    awq = WeightOnlyLinear.from_codes(
+        layer, *_codes(layer.weight * 2.0), bits=4, group_size=32,
+        input_scale=torch.rand(layer.in_features) + 0.5)
+    model.model.layers[0].mlp.up_proj = awq
+    q = model.model.layers[1].self_attn.q_proj
+    q.bias = nn.Parameter(torch.randn(q.out_features))
+    result = export_gguf(model, tmp_path / "m.gguf", source=source_file(tmp_path / "s.gguf"))
+    assert result.types["blk.0.ffn_up"] == "F32" and "blk.0.ffn_up" in result.fallbacks
+    tensors = read(result.path)
+    assert np.array_equal(tensors["blk.0.ffn_up.weight"][1], expected(awq))
+    bias = q.bias.detach().numpy()[_heads_permutation(q.out_features, HEADS)]
+    assert np.array_equal(tensors["blk.1.attn_q.bias"][1], bias)
+
+
+def _codes(weight: torch.Tensor):
+    from slimkit.nn.groupwise import quantize_groups
+
+    return quantize_groups(weight, 4, 32, False)

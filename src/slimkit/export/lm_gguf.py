@@ -9,10 +9,11 @@ Tensors are written in the GGML type that holds slimkit's stored values exactly 
   Q4_0 (x = d * (q - 8): codes shifted so that 8 is their centre), symmetric 8-bit as Q8_0;
 - everything else (other group sizes, asymmetric 8-bit, float Linears, norms) as F32 of the
   weight as slimkit computes with it; each such layer is listed in `fallbacks` (norms aside).
-A GGML block holds fp16 parameters: slimkit's fp16 scales and offsets are written as they are;
-double-quantized ones (`param_bits`) are decoded and rounded to fp16 (relative error at most
-2^-11 per parameter). A head tied to the table is not written: llama.cpp reads `token_embd` for
-the output when `output.weight` is absent, so the tie holds in the file too.
+A GGML block holds fp16 parameters: slimkit's fp16 scales and offsets are written as they are
+(exact); fp32 ones (`scale_dtype: float32`) and double-quantized ones (`param_bits`, decoded)
+are rounded to fp16 (relative error at most 2^-11 per parameter). AWQ layers go as F32. Biases
+are written as F32 `.bias` tensors. A head tied to the table is not written: llama.cpp reads
+`token_embd` for the output when `output.weight` is absent, so the tie holds in the file too.
 
 llama.cpp's rotary embedding rotates neighbouring dimensions of a head, Hugging Face's rotates
 dimension i with i + head_dim/2, so Q and K rows are permuted as llama.cpp's converter does
@@ -41,7 +42,7 @@ PROJECTIONS = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
                "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
                "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
 # Keys written from the model's config, not copied from the source file.
-OWN_KEYS = ("GGUF.", "general.architecture", "general.file_type", "llama.")
+OWN_KEYS = ("GGUF.", "general.architecture", "general.file_type", "general.alignment", "llama.")
 
 
 @dataclasses.dataclass
@@ -58,8 +59,11 @@ def _heads_permutation(rows: int, heads: int) -> np.ndarray:
 
 
 def _packed_form(module: Any) -> str | None:
-    """The exact GGML type for a packed layer, or None when none holds it."""
+    """The exact GGML type for a packed layer, or None when none holds it (an AWQ layer's codes
+    stand for W * s with a per-input scale s that no GGML block carries)."""
     if module.group_size != GROUP or module.dense_shape()[1] % GROUP:
+        return None
+    if getattr(module, "input_scale", None) is not None:
         return None
     if module.bits <= 4:
         return "Q4_0" if module.symmetric else "Q4_1"
@@ -121,6 +125,9 @@ def _config_keys(writer: Any, config: Any) -> None:
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_rope_dimension_count(head_dim)
+    if head_dim != config.hidden_size // config.num_attention_heads:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
     theta = getattr(config, "rope_theta", None)
@@ -151,7 +158,6 @@ def _tensors(model: nn.Module) -> list[tuple[str, nn.Module, int | None]]:
 def export_gguf(model: nn.Module, path: str | Path, *, source: str | Path) -> GGUFExport:
     """Write `model` (a Hugging Face Llama-family causal LM, float or compressed by slimkit) to
     `path` as GGUF, with the tokenizer and general metadata of the GGUF file `source`."""
-    import gguf
 
     config = getattr(model, "config", None)
     if getattr(config, "model_type", None) not in ("llama", "mistral"):
@@ -163,6 +169,20 @@ def export_gguf(model: nn.Module, path: str | Path, *, source: str | Path) -> GG
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
+    try:
+        result = _write(model, config, partial, source)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(path)
+    log.info("GGUF: %s (%s; fallbacks %s)", path, dict(Counter(result.types.values())),
+             result.fallbacks)
+    return GGUFExport(path, result.types, result.fallbacks)
+
+
+def _write(model: nn.Module, config: Any, partial: Path, source: Path) -> GGUFExport:
+    import gguf
+
     writer = gguf.GGUFWriter(str(partial), "llama")
     for name, value, types in _source_fields(source):
         sub = types[1] if len(types) > 1 else None
@@ -186,6 +206,10 @@ def export_gguf(model: nn.Module, path: str | Path, *, source: str | Path) -> GG
             if weight.ndim == 2:
                 fallbacks.append(name)
         types[name] = kind
+        bias = getattr(module, "bias", None)
+        if isinstance(bias, torch.Tensor):
+            values = bias.detach().float().numpy()
+            writer.add_tensor(f"{name}.bias", values[order] if order is not None else values)
     common = Counter(t for t in types.values() if t != "F32").most_common(1)
     file_type = {"Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "Q4_1": gguf.LlamaFileType.MOSTLY_Q4_1,
                  "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}.get(
@@ -195,6 +219,4 @@ def export_gguf(model: nn.Module, path: str | Path, *, source: str | Path) -> GG
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    partial.replace(path)
-    log.info("GGUF: %s (%s; fallbacks %s)", path, dict(Counter(types.values())), fallbacks)
-    return GGUFExport(path, types, fallbacks)
+    return GGUFExport(partial, types, fallbacks)

@@ -82,15 +82,16 @@ def _recomputed_blocks(model: nn.Module, names: Sequence[str]) -> Iterator[None]
 
 def fisher_diagonals(model: nn.Module, task: Task, batches: Sequence[Batch],
                      weights: Mapping[str, nn.Parameter]) -> tuple[dict[str, torch.Tensor], int]:
-    """Sum over calibration rows of each weight's squared loss gradient (bf16, the weight's
-    shape), and the number of rows. Each gradient is folded in and freed as soon as autograd
-    finishes it, so no step holds more than one weight's gradient besides the activations."""
-    fisher = {name: torch.zeros_like(w, dtype=torch.bfloat16) for name, w in weights.items()}
+    """Sum over calibration rows of each weight's squared loss gradient (fp32, the weight's
+    shape: a bf16 sum stops growing once it is 256 times a term), and the number of rows. Each
+    gradient is folded in and freed as soon as autograd finishes it, so no step holds more than
+    one weight's gradient besides the activations."""
+    fisher = {name: torch.zeros_like(w, dtype=torch.float32) for name, w in weights.items()}
     handles = []
     for name, weight in weights.items():
         def fold(p: torch.Tensor, name: str = name) -> None:
             assert p.grad is not None
-            fisher[name] += p.grad.float().square().to(torch.bfloat16)
+            fisher[name].addcmul_(p.grad, p.grad)
             p.grad = None
         handles.append(weight.register_post_accumulate_grad_hook(fold))
     rows = 0
@@ -117,7 +118,7 @@ def sensitivities(weights: Mapping[str, nn.Parameter], fisher: Mapping[str, torc
     but is not reported as nats."""
     options: dict[str, list[Option]] = {}
     for name, weight in weights.items():
-        f = fisher[name].float() / max(rows, 1)
+        f = fisher[name] / max(rows, 1)
         opts = []
         for bits in choices:
             packed = builders[name](bits)
@@ -130,11 +131,14 @@ def sensitivities(weights: Mapping[str, nn.Parameter], fisher: Mapping[str, torc
 
 def allocate_bits(model: nn.Module, task: Task, batches: Sequence[Batch], *,
                   weights: Mapping[str, nn.Parameter], builders: Mapping[str, Builder],
-                  leave_out: frozenset[str], choices: Sequence[int],
-                  target_bits: float) -> tuple[dict[str, int], dict[str, Any]]:
+                  leave_out: frozenset[str], choices: Sequence[int], target_bits: float,
+                  extra_bytes: Mapping[str, int] | None = None
+                  ) -> tuple[dict[str, int], dict[str, Any]]:
     """Widths per unit (name -> bits) so that the whole model stores at most `target_bits` bits
     per logical weight, and a report. `leave_out`: state-dict keys the units replace (their
-    float weights, a tied head's too), which do not count towards the fixed bytes."""
+    float weights, a tied head's too), which do not count towards the fixed bytes;
+    `extra_bytes`: what a unit stores besides its packed form at every width (AWQ's input
+    scales)."""
     was_training = model.training
     model.eval()
     try:
@@ -143,6 +147,8 @@ def allocate_bits(model: nn.Module, task: Task, batches: Sequence[Batch], *,
         model.train(was_training)
     options = sensitivities(weights, fisher, rows, builders, choices)
     del fisher
+    for name, extra in (extra_bytes or {}).items():
+        options[name] = [o._replace(bytes=o.bytes + extra) for o in options[name]]
     fixed = stored_weight_bytes(model, leave_out)
     budget = int(target_bits * logical_parameters(model) / 8) - fixed
     pick = solve_greedy(options, budget)

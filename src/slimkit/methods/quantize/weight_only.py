@@ -309,9 +309,12 @@ def _allocate(model: nn.Module, names: list[str], config: WeightOnly,
     weights: dict[str, nn.Parameter] = {}
     builders: dict[str, Any] = {}
     leave_out: set[str] = set()
+    extra: dict[str, int] = {}
     for name in names:
         linear = model.get_submodule(name)
         weights[name] = linear.weight
+        if config.algorithm == "awq":  # its fp32 input scale, at every width
+            extra[name] = 4 * linear.in_features
         builders[name] = lambda bits, linear=linear: _rtn_linear(linear, config, bits)
         leave_out |= {f"{name}.weight", f"{name}.bias"}
     if config.embedding_bits:
@@ -327,7 +330,7 @@ def _allocate(model: nn.Module, names: list[str], config: WeightOnly,
     batches = task.calibration_batches(config.allocation_batches)
     widths, report = allocate_bits(model, task, batches, weights=weights, builders=builders,
                                    leave_out=frozenset(leave_out), choices=config.bit_choices,
-                                   target_bits=config.target_bits)
+                                   target_bits=config.target_bits, extra_bytes=extra)
     ctx.info["allocation"] = {**report, "widths": widths}
     return widths
 
