@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..core.errors import SlimkitError
+from .lm_onnx_embedding import is_tied_head
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +149,7 @@ def _tensors(model: nn.Module) -> list[tuple[str, nn.Module, int | None]]:
             out.append((f"blk.{i}.{short}", layer.get_submodule(path), heads))
     out.append(("output_norm", inner.norm, None))
     head = model.lm_head
-    tied = getattr(head, "is_tied_to", None)
-    if not ((callable(tied) and tied(inner.embed_tokens))
-            or getattr(head, "weight", None) is getattr(inner.embed_tokens, "weight", False)):
+    if not is_tied_head(head, inner.embed_tokens):
         out.append(("output", head, None))
     return out
 

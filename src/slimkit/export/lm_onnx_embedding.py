@@ -62,7 +62,7 @@ def emit_embedding(g: GraphBuilder, embedding: Any) -> tuple[str, Table]:
 
 def emit_head(g: GraphBuilder, h: str, head: Any, table: Table) -> str:
     """logits [batch, seq, vocab] for hidden h; a head tied to the table reads its initializer."""
-    if table.dense is not None and _tied(head, table.module):
+    if table.dense is not None and is_tied_head(head, table.module):
         # Gemm reads the [vocab, hidden] table transposed: no second, transposed copy.
         hidden = table.module.embedding_dim
         flat = g.op("Reshape", [h, g.const([-1, hidden])], "head_in")
@@ -70,13 +70,14 @@ def emit_head(g: GraphBuilder, h: str, head: Any, table: Table) -> str:
         shape = g.op("Shape", [h], "head_shape", end=2)
         full = g.op("Concat", [shape, g.const([-1])], "logits_shape", axis=0)
         return g.op("Reshape", [logits, full], "logits")
-    if table.codes is not None and _tied(head, table.module):
+    if table.codes is not None and is_tied_head(head, table.module):
         return g.op("Identity", [matmul_nbits(g, h, head, "lm_head", codes=table.codes)],
                     "logits")
     return g.op("Identity", [emit_linear(g, h, head, "lm_head")], "logits")
 
 
-def _tied(head: Any, embedding: Any) -> bool:
+def is_tied_head(head: Any, embedding: Any) -> bool:
+    """Whether `head` reads `embedding`'s table (a float tie, or a TiedLowBitHead's)."""
     if type(head) is nn.Linear:
         return head.weight.data_ptr() == embedding.weight.data_ptr()
     is_tied_to = getattr(head, "is_tied_to", None)
