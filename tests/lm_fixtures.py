@@ -38,3 +38,14 @@ def write_tiny_lm(folder: Path, text_file: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
+
+
+# The task options the tests use with the tiny model: short chunks, few of them.
+TINY_TASK_OPTIONS = {"seq_len": 32, "eval_chunks": 4, "eval_batch": 2, "calibration_rows": 2}
+
+
+def tiny_lm_task(folder: Path, text_file: Path):
+    from slimkit.tasks.registry import make_task
+
+    return make_task("causal-lm", model_path=str(folder), text_file=str(text_file),
+                     **TINY_TASK_OPTIONS)

@@ -8,14 +8,13 @@ import copy
 
 import pytest
 import torch
-from lm_fixtures import write_text, write_tiny_lm
+from lm_fixtures import tiny_lm_task, write_text, write_tiny_lm
 
 import slimkit
 from slimkit.core.errors import ConfigError
 from slimkit.eval.weight_bits import bits_per_weight
 from slimkit.methods.quantize.bit_allocation import single_rows
 from slimkit.nn import WeightOnlyLinear
-from slimkit.tasks.registry import make_task
 
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
@@ -25,9 +24,7 @@ pytest.importorskip("tokenizers")
 def task(tmp_path_factory):
     root = tmp_path_factory.mktemp("alloc")
     text = write_text(root / "text.txt")
-    folder = write_tiny_lm(root / "model", text)
-    return make_task("causal-lm", model_path=str(folder), text_file=str(text), seq_len=32,
-                     eval_chunks=4, eval_batch=2, calibration_rows=2)
+    return tiny_lm_task(write_tiny_lm(root / "model", text), text)
 
 
 def _run(model, task, **options):

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from lm_fixtures import write_text, write_tiny_lm
+from lm_fixtures import tiny_lm_task, write_text, write_tiny_lm
 
 import slimkit
 from slimkit.core.errors import SlimkitError
@@ -28,9 +28,7 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def task(files):
-    folder, text = files
-    return make_task("causal-lm", model_path=str(folder), text_file=str(text), seq_len=32,
-                     eval_chunks=4, eval_batch=2, calibration_rows=2)
+    return tiny_lm_task(*files)
 
 
 def _quantized(model, task, **options):
