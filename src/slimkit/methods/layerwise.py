@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.heap import release_freed_memory
+
 log = logging.getLogger(__name__)
 
 Call = tuple[tuple[Any, ...], dict[str, Any]]
@@ -78,10 +80,13 @@ def block_passes(block: nn.Module, calls: list[Call]) -> list[Callable[[], Any]]
 
 def next_calls(block: nn.Module, calls: list[Call]) -> list[Call]:
     """The next block's calls: the same arguments with the hidden state replaced by this block's
-    output (its first tensor when it returns a tuple)."""
+    output (its first tensor when it returns a tuple). `calls` is emptied as it goes, so the
+    inputs and outputs of all batches are never held at once."""
     out: list[Call] = []
+    calls.reverse()
     with torch.no_grad():
-        for args, kwargs in calls:
+        while calls:
+            args, kwargs = calls.pop()
             result = block(*args, **kwargs)
             hidden = result[0] if isinstance(result, (tuple, list)) else result
             if args:
@@ -209,11 +214,16 @@ def inverse_cholesky(h: torch.Tensor, damp_percent: float) -> torch.Tensor:
     are common."""
     mean_diag = float(torch.diag(h).mean())
     damp = damp_percent * (mean_diag if mean_diag > 0 else 1.0)
-    eye = torch.eye(h.shape[0], dtype=h.dtype)
+    # One n x n temporary at a time (no identity matrix, no sum kept beside the factor): for a
+    # 1536-wide fp64 H each copy is 19 MB, and this ran at a language model's memory peak.
     for _ in range(6):
-        chol, info = torch.linalg.cholesky_ex(h + damp * eye)
+        damped = h.clone()
+        damped.diagonal().add_(damp)
+        chol, info = torch.linalg.cholesky_ex(damped)
+        del damped
         if int(info) == 0:
             inv = torch.cholesky_inverse(chol)
+            del chol
             chol_inv, info = torch.linalg.cholesky_ex(inv, upper=True)
             if int(info) == 0:
                 return chol_inv
@@ -261,8 +271,9 @@ def calibrate_in_order(model: nn.Module, pending: dict[str, nn.Module],
     statistics come from one pass of the unmodified model.
 
     `pending` is consumed: each layer leaves it as it is handled, so nothing here keeps a layer
-    `handle` replaced alive. (Weights loaded from a memory-mapped safetensors file still stay
-    resident while any tensor of the file lives: SmolLM2's compression peak did not move.)"""
+    `handle` replaced alive, and the freed heap goes back to the system after every block (a
+    model loaded from a memory-mapped file keeps its weights resident regardless: the causal-LM
+    loader reads them into memory of their own)."""
 
     def handle_found(found: dict[str, InputGroup]) -> None:
         for name, group in found.items():
@@ -292,6 +303,8 @@ def calibrate_in_order(model: nn.Module, pending: dict[str, nn.Module],
                        block_passes(block, calls))
             if index + 1 < len(layers):
                 calls = next_calls(block, calls)
+            release_freed_memory()  # the replaced layers' weights, and this block's temporaries
         del calls
     run_groups(dict(pending), passes)
+    release_freed_memory()
     return list(pending)

@@ -11,6 +11,7 @@ loaded from GGUF: the weights are copied into a model built from the same config
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -87,10 +88,49 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
 
 def load_causal_lm(path: str | os.PathLike[str] | None = None,
                    attn_implementation: str = "sdpa") -> nn.Module:
-    """A transformers causal LM in fp32 and eval mode, with slimkit_spec set."""
-    model = _transformers().AutoModelForCausalLM.from_pretrained(
-        resolve(path), dtype=torch.float32, attn_implementation=attn_implementation, **_OFFLINE)
+    """A transformers causal LM in fp32 and eval mode, with slimkit_spec set.
+
+    Safetensors weights are read into the process's own memory (pread), not memory-mapped: a
+    tensor of a mapped file keeps the whole file resident while any other tensor of it lives,
+    so a compression that replaces layer after layer never gave their memory back (SmolLM2's
+    w4 GPTQ held every fp32 weight to the end)."""
+    tf = _transformers()
+    folder = resolve(path)
+    state = _read_safetensors(folder)
+    if state is None:
+        model = tf.AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, attn_implementation=attn_implementation, **_OFFLINE)
+        return attach_spec(model.eval())
+    config = tf.AutoConfig.from_pretrained(folder, **_OFFLINE)
+    model_class = tf.AutoModelForCausalLM._model_mapping[type(config)]
+    model = model_class.from_pretrained(None, config=config, state_dict=state,
+                                        dtype=torch.float32,
+                                        attn_implementation=attn_implementation)
+    del state  # tensors of another dtype were converted: their originals go now
+    if (folder / "generation_config.json").is_file():
+        model.generation_config = tf.GenerationConfig.from_pretrained(folder, **_OFFLINE)
     return attach_spec(model.eval())
+
+
+def _read_safetensors(folder: Path) -> dict[str, torch.Tensor] | None:
+    """Every tensor of the folder's safetensors files (one or a sharded set), each in its own
+    allocation; None when the weights are in another format."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted({folder / name for name in
+                        json.loads(index.read_text())["weight_map"].values()})
+    elif (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    else:
+        return None
+    from safetensors import safe_open
+
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        with safe_open(file, framework="pt", backend="pread") as handle:
+            for key in handle.keys():
+                state[key] = handle.get_tensor(key)
+    return state
 
 
 def load_tokenizer(path: str | os.PathLike[str] | None = None) -> Any:
