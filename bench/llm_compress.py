@@ -1,7 +1,9 @@
 """One compression in a fresh process, so its time and peak memory are its own (bench/llm.py runs
 one child per row). The child loads what it compresses, reads VmRSS, resets VmHWM (writing 5 to
 /proc/self/clear_refs), compresses, and reads VmHWM again: the peak while compressing, which
-the parent also reports above the loaded RSS. Saving and exporting come after and are not timed.
+the parent also reports above the loaded RSS (and the child the RSS before the model was loaded:
+the libraries, tokenizer and text, which any Python tool pays). Saving and exporting come
+after and are not timed.
 
     python bench/llm_compress.py slimkit PLAN.yaml OUT_DIR --text T --eval-chunks N --threads K
     python bench/llm_compress.py ort ALGORITHM FP32_ALL.onnx OUT_DIR [--calib CALIB.safetensors]
@@ -49,6 +51,7 @@ def slimkit_row(plan_file: str, out: Path, text: str | None, eval_chunks: int) -
     from slimkit.export.lm_onnx import export_causal_lm
 
     task = slimkit.make_task("causal-lm", text_file=text, eval_chunks=eval_chunks)
+    before_model = proc_status()["VmRSS"]  # torch, transformers, tokenizer and text
     model = task.build_model()
     plan = slimkit.Plan.from_yaml(Path(plan_file).read_text())
     loaded = reset_peak()
@@ -58,8 +61,8 @@ def slimkit_row(plan_file: str, out: Path, text: str | None, eval_chunks: int) -
     peak = proc_status()["VmHWM"]
     slimkit.save(model, out / "artifact", task=task)
     export_causal_lm(model, out / "deploy.onnx", logits="last")
-    return {"seconds": seconds, "loaded_rss": loaded["VmRSS"], "load_peak": loaded["VmHWM"],
-            "compress_peak": peak, "bits": bits_per_weight(model),
+    return {"seconds": seconds, "before_model_rss": before_model, "loaded_rss": loaded["VmRSS"],
+            "load_peak": loaded["VmHWM"], "compress_peak": peak, "bits": bits_per_weight(model),
             "weight_bytes": stored_weight_bytes(model)}
 
 

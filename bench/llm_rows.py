@@ -44,7 +44,8 @@ def child(argv: list[str], python: str = sys.executable) -> dict[str, Any]:
 def compression_fields(result: dict[str, Any]) -> dict[str, Any]:
     return {"compress_s": result["seconds"], "compress_peak_mib": result["compress_peak"],
             "compress_peak_above_mib": result["compress_peak"] - result["loaded_rss"],
-            "loaded_mib": result["loaded_rss"], "load_peak_mib": result["load_peak"]}
+            "loaded_mib": result["loaded_rss"], "load_peak_mib": result["load_peak"],
+            "before_model_mib": result.get("before_model_rss")}
 
 
 def quality(task: Any, model: torch.nn.Module, base: dict[str, float] | None) -> dict[str, Any]:

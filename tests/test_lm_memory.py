@@ -85,6 +85,6 @@ def test_next_calls_consumes_its_inputs_and_keeps_the_other_arguments():
     out = layerwise.next_calls(block, calls)
     assert calls == []  # the caller's list is emptied as outputs are made
     assert [kwargs["flag"] for _, kwargs in out] == [0, 1, 2]
-    for (args, _), x in zip(out, inputs):
+    for (args, _), x in zip(out, inputs, strict=True):
         assert args[1] == "mask"
         torch.testing.assert_close(args[0], block(x, None, 0)[0])
