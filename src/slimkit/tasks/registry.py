@@ -125,5 +125,6 @@ for _name, _factory in (("movielens", "slimkit.tasks.ctr.task:CTRTask.movielens"
                         ("image-folder", "slimkit.tasks.vision.task:VisionTask.image_folder"),
                         ("fashion-mnist", "slimkit.tasks.vision.task:VisionTask.fashion_mnist"),
                         ("text-encoder", "slimkit.tasks.text.task:TextEncoderTask"),
+                        ("two-tower", "slimkit.tasks.retrieval.task:TwoTowerTask.movielens"),
                         ("causal-lm", "slimkit.tasks.lm.task:CausalLMTask")):
     register_task(_name, _factory)
