@@ -57,6 +57,12 @@ METHODS = {
     "quantize.binary": (slimkit.BinaryWeights(kind="xnor", **TRAIN), True),
     "quantize.mixed": (slimkit.MixedPrecision(budget=0.3), True),
     "quantize.embedding_budget": (slimkit.EmbeddingBudget(budget=0.3), True),
+    "quantize.embedding_frequency": (slimkit.EmbeddingFrequency(budget=0.15), True),
+    # The columns' tables have 40-201 rows: min_rows lets the rebuilders at them.
+    "truncate.embedding_hash": (slimkit.EmbeddingHash(budget=0.3, min_rows=32), True),
+    "truncate.embedding_qr": (slimkit.EmbeddingQR(budget=0.4, min_rows=32), True),
+    "truncate.embedding_tt": (slimkit.EmbeddingTT(budget=0.3, min_rows=32, recover="distill",
+                                                  **TRAIN), True),
     "quantize.static_int8": (slimkit.StaticInt8(calibration_batches=4), True),
     "quantize.static_int8.ort": (slimkit.StaticInt8(calibration_batches=4, backend="onnxruntime",
                                                     observer="kl"), True),
@@ -95,6 +101,18 @@ KEEP = {
     # INT8/INT4/INT2 per table by measured sensitivity under 30% of the fp32 bytes: most tables
     # at INT4 or below, the sensitive ones kept wider.
     "quantize.embedding_budget": 0.85,
+    # Each row at 8/4/2 bits by how often training reads it, rows training never read sharing
+    # one default row, within 15% of the fp32 bytes (id map included).
+    "quantize.embedding_frequency": 0.7,
+    # A table rebuilt with 30% (QR: 40%, its floor on 40 rows is 2 sqrt(40)) of its bytes,
+    # post-training: hashing keeps the hottest rows exact and shares the rest by buckets
+    # (count-weighted means); QR composes each row from two small tables fitted by least
+    # squares. Rows are lost, not rounded: half the margin.
+    "truncate.embedding_hash": 0.5,
+    "truncate.embedding_qr": 0.5,
+    # Tensor-train cores at 30% of the bytes from TT-SVD of rows that are not low-rank in id
+    # order, then an epoch of distillation.
+    "truncate.embedding_tt": 0.5,
     # INT4 round-to-nearest in groups of 16 inputs, every Linear including the output layer.
     "quantize.weight_only": 0.85,
     # INT3 (8 levels) in groups of 32; GPTQ compensates each rounding error on the inputs not
@@ -134,6 +152,13 @@ NOT_APPLICABLE = {
                                     "the CNN has no embedding tables"),
     ("quantize.embedding_budget", "cnn"): (r"match no Embedding/EmbeddingBag module",
                                            "the CNN has no embedding tables"),
+    **{(m, "cnn"): (r"match no Embedding/EmbeddingBag module", "the CNN has no embedding tables")
+       for m in ("quantize.embedding_frequency", "truncate.embedding_hash",
+                 "truncate.embedding_qr", "truncate.embedding_tt")},
+    **{(m, "transformer"): (r"match no Embedding/EmbeddingBag module",
+                            "the tiny Llama's only table is tied to its head")
+       for m in ("quantize.embedding_frequency", "truncate.embedding_hash",
+                 "truncate.embedding_qr", "truncate.embedding_tt")},
     ("truncate.layers", "cnn"): (r"^container: ",
                                  "the CNN's layers are attributes, not a Sequential/ModuleList "
                                  "of blocks"),

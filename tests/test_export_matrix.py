@@ -23,6 +23,11 @@ QUANTIZERS = {
                                                      calibration_batches=2),
     "quantize.binary": slimkit.BinaryWeights(kind="ternary"),
     "quantize.mixed": slimkit.MixedPrecision(budget=0.3),
+    "quantize.embedding_frequency": slimkit.EmbeddingFrequency(budget=0.15),
+    # Table rebuilders (truncate.*), listed here because they too swap in layers ONNX must run.
+    "truncate.embedding_hash": slimkit.EmbeddingHash(budget=0.3, min_rows=32),
+    "truncate.embedding_qr": slimkit.EmbeddingQR(budget=0.4, min_rows=32),
+    "truncate.embedding_tt": slimkit.EmbeddingTT(budget=0.3, min_rows=32),
 }
 
 

@@ -30,7 +30,11 @@ from .methods import (
     Cluster,
     DynamicInt8,
     EmbeddingBudget,
+    EmbeddingFrequency,
+    EmbeddingHash,
+    EmbeddingQR,
     EmbeddingQuant,
+    EmbeddingTT,
     EncoderKD,
     Finetune,
     Layers,
@@ -51,7 +55,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "QAT", "Artifact", "ArtifactError", "BinaryWeights", "Cluster", "ConfigError", "Context",
-    "DynamicInt8", "EmbeddingBudget", "EmbeddingQuant", "MixedPrecision", "StaticInt8",
+    "DynamicInt8", "EmbeddingBudget", "EmbeddingFrequency", "EmbeddingHash", "EmbeddingQR",
+    "EmbeddingQuant", "EmbeddingTT", "MixedPrecision", "StaticInt8",
     "SparseGPT", "Structured", "Vocab", "Wanda", "WeightOnly", "EncoderKD",
     "Finetune", "Layers", "LogitsKD", "Magnitude", "MethodConfig", "Plan", "Record",
     "SlimkitError", "Targets", "Task", "compress_", "evaluate", "load", "make_task",

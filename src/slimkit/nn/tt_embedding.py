@@ -1,10 +1,12 @@
 """An embedding table stored as a tensor train (Oseledets 2011, "Tensor-Train Decomposition";
 TT-Rec, Yin et al. 2021, "TT-Rec: Tensor Train Compression for Deep Learning Recommendation Model
 Embeddings"): the [rows, dim] table is read as a tensor of shape (n_1 d_1, ..., n_K d_K) with
-rows = prod n_k (padded up) and dim = prod d_k, and held as K cores G_k [r_{k-1}, n_k, d_k, r_k]
-(r_0 = r_K = 1). Row i, with mixed-radix digits (i_1, ..., i_K), is the product
-G_1[:, i_1] G_2[:, i_2] ... G_K[:, i_K], computed only for the rows looked up: a batch costs
-K-1 small batched matrix products and no row of the full table is ever materialised."""
+rows = prod n_k (padded up) and dim = prod d_k, and held as K cores G_k, stored [n_k, r_{k-1},
+d_k, r_k] so a digit's slice is one contiguous gather (r_0 = r_K = 1). Row i, with mixed-radix
+digits (i_1, ..., i_K), is the product G_1[i_1] G_2[i_2] ... G_K[i_K], computed only for the
+rows looked up: a batch costs
+K-1 small batched matrix products and no row of the full table is ever materialised. Each
+distinct id of a call is computed once (ids are Zipf-distributed: a batch repeats its hot ids)."""
 
 from __future__ import annotations
 
@@ -76,7 +78,7 @@ class TTEmbedding(nn.Module):
         self.ranks, self.mode, self.padding_idx = list(ranks), mode, padding_idx
         full = [1, *ranks, 1]
         self.cores = nn.ParameterList(
-            nn.Parameter(torch.zeros(full[k], n, d, full[k + 1]))
+            nn.Parameter(torch.zeros(n, full[k], d, full[k + 1]))
             for k, (n, d) in enumerate(zip(row_factors, dim_factors, strict=True)))
         # Place values of each digit (most significant first), for the mixed-radix split.
         places = [math.prod(row_factors[k + 1:]) for k in range(len(row_factors))]
@@ -90,22 +92,29 @@ class TTEmbedding(nn.Module):
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         """Rows for `index` of any shape -> [*index.shape, dim]."""
         flat = index.reshape(-1).long()
-        out = None
-        for core, place, n in zip(self.cores, self.places, self.row_factors, strict=True):
-            digit = torch.remainder(torch.div(flat, place, rounding_mode="floor"), n)
-            # [r_{k-1}, B, d_k, r_k] -> [B, r_{k-1}, d_k * r_k]
-            g = core.index_select(1, digit).permute(1, 0, 2, 3)
-            g = g.reshape(g.shape[0], g.shape[1], -1)
-            if out is None:
-                out = g.reshape(g.shape[0], -1, core.shape[3])  # r_0 = 1: [B, d_1, r_1]
-                continue
-            # [B, D, r_{k-1}] x [B, r_{k-1}, d_k r_k] -> [B, D d_k, r_k]
-            out = torch.bmm(out, g).reshape(flat.shape[0], -1, core.shape[3])
-        assert out is not None
-        rows = out.reshape(flat.shape[0], self.embedding_dim)
+        if torch.onnx.is_in_onnx_export():
+            rows = self._product(flat)
+        else:
+            ids, inverse = torch.unique(flat, return_inverse=True)
+            rows = self._product(ids)[inverse]
         if self.padding_idx is not None:
             rows = rows * (flat != self.padding_idx).unsqueeze(-1).to(rows.dtype)
         return rows.reshape(*index.shape, self.embedding_dim)
+
+    def _product(self, ids: torch.Tensor) -> torch.Tensor:
+        """[len(ids), dim]: the cores' slices for each id's digits, multiplied out."""
+        out = None
+        for core, place, n in zip(self.cores, self.places, self.row_factors, strict=True):
+            digit = torch.remainder(torch.div(ids, place, rounding_mode="floor"), n)
+            g = core[digit]  # [B, r_{k-1}, d_k, r_k]
+            if out is None:
+                out = g.reshape(ids.shape[0], -1, core.shape[3])  # r_0 = 1: [B, d_1, r_1]
+                continue
+            # [B, D, r_{k-1}] x [B, r_{k-1}, d_k r_k] -> [B, D d_k, r_k]
+            out = torch.bmm(out, g.reshape(ids.shape[0], core.shape[1], -1))
+            out = out.reshape(ids.shape[0], -1, core.shape[3])
+        assert out is not None
+        return out.reshape(ids.shape[0], self.embedding_dim)
 
     def forward(self, index: torch.Tensor) -> torch.Tensor:
         rows = self.rows(index)
@@ -127,7 +136,7 @@ class TTEmbedding(nn.Module):
 
 def tt_svd(weight: torch.Tensor, row_factors: list[int], dim_factors: list[int],
            max_rank: int) -> list[torch.Tensor]:
-    """Cores [r_{k-1}, n_k, d_k, r_k] of `weight` [rows, dim] by sequential truncated SVD
+    """Cores [n_k, r_{k-1}, d_k, r_k] of `weight` [rows, dim] by sequential truncated SVD
     (TT-SVD, Oseledets 2011): the best rank-r cut at each step, ranks at most `max_rank`.
     Rows beyond `weight`'s are zeros."""
     k_count = len(row_factors)
@@ -143,8 +152,8 @@ def tt_svd(weight: torch.Tensor, row_factors: list[int], dim_factors: list[int],
         matrix = rest.reshape(rank * n * d, -1)
         u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
         new_rank = max(1, min(max_rank, int((s > s[0] * 1e-12).sum()) if s.numel() else 1))
-        cores.append(u[:, :new_rank].reshape(rank, n, d, new_rank).float())
+        cores.append(u[:, :new_rank].reshape(rank, n, d, new_rank).transpose(0, 1).float())
         rest = s[:new_rank, None] * vh[:new_rank]
         rank = new_rank
-    cores.append(rest.reshape(rank, row_factors[-1], dim_factors[-1], 1).float())
+    cores.append(rest.reshape(rank, row_factors[-1], dim_factors[-1], 1).transpose(0, 1).float())
     return cores

@@ -116,6 +116,9 @@ def apply_embedding_tt(model: nn.Module, config: EmbeddingTT, ctx: Context) -> n
                         "relative_error": round(relative_error(new, table.weight), 6)}
         swap_module(model, name, new, new.spec())
         done.append(name)
+    if not done:
+        raise SlimkitError(f"{config.method}: no table has min_rows={config.min_rows} rows and "
+                           f"min_dim={config.min_dim} columns (left alone: {', '.join(skipped)})")
     ctx.info.update(replaced=done, skipped_small=skipped, tables=report)
     recover(model, config, ctx, desc=f"{config.method}: {config.recover}")
     return model

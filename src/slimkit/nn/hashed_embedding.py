@@ -1,0 +1,126 @@
+"""An embedding table with fewer rows than ids: the hottest ids keep their own row, every other id
+shares one of `buckets` rows chosen by a fixed hash (the hashing trick, Weinberger et al. 2009;
+HashedNets, Chen et al. 2015). Also the bag reduction and id-map helpers qr_embedding shares.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.module_types import register_module_type
+
+MODES = ("none", "sum", "mean")
+# h(i) = ((i * A + salt) mod P) mod buckets: A < 2^32 and ids < 2^31 keep i * A inside int64,
+# and every op is one ONNX Runtime runs on int64 (Mul, Add, Mod).
+HASH_A = 2654435761
+HASH_P = 2147483647
+
+
+def hash_rows(index: torch.Tensor, buckets: int, salt: int) -> torch.Tensor:
+    return ((index.long() * HASH_A + salt) % HASH_P) % buckets
+
+
+def slot_dtype(rows: int) -> torch.dtype:
+    """The id map's integer type: int16 while every row (and -1) fits, else int32."""
+    return torch.int16 if rows <= torch.iinfo(torch.int16).max else torch.int32
+
+
+def stored_bytes(module: nn.Module) -> int:
+    """Every byte the module stores (its state dict), id maps and padding row included."""
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+def check_mode(name: str, mode: str, padding_idx: int | None, num_embeddings: int) -> None:
+    if mode not in MODES:
+        raise ValueError(f"{name}: mode={mode!r} unsupported (one of {MODES})")
+    if padding_idx is not None and not 0 <= padding_idx < num_embeddings:
+        raise ValueError(f"{name}: padding_idx={padding_idx!r} outside [0, {num_embeddings})")
+
+
+def reduce_bags(vectors: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor | None,
+                mode: str, padding_idx: int | None) -> torch.Tensor:
+    """nn.EmbeddingBag's sum/mean of per-id `vectors` ([*index.shape, D]) over 2-D bags or over
+    1-D ids cut by `offsets`; padding ids are left out of the sum and the count, and an empty
+    bag gives zeros, as nn.EmbeddingBag does. Offsets run in torch only: ONNX export takes the
+    2-D form (searchsorted has no ONNX op)."""
+    keep = torch.ones(index.shape, dtype=vectors.dtype, device=vectors.device)
+    if padding_idx is not None:
+        keep = (index != padding_idx).to(vectors.dtype)
+    if offsets is None:
+        if index.dim() != 2:
+            raise ValueError("bags take 2-D input [batch, bag_len], or 1-D input and offsets")
+        total = (vectors * keep.unsqueeze(-1)).sum(dim=1)
+        count = keep.sum(dim=1, keepdim=True)
+    else:
+        if index.dim() != 1:
+            raise ValueError("with offsets the input must be 1-D")
+        # Bag of each position: the last offset at or before it.
+        bag = torch.searchsorted(offsets, torch.arange(index.numel(), device=index.device),
+                                 right=True) - 1
+        total = vectors.new_zeros(offsets.numel(), vectors.shape[-1]).index_add_(
+            0, bag, vectors * keep.unsqueeze(-1))
+        count = keep.new_zeros(offsets.numel()).index_add_(0, bag, keep).unsqueeze(-1)
+    return total / count.clamp(min=1) if mode == "mean" else total
+
+
+@register_module_type
+class HashedEmbedding(nn.Module):
+    """Rows 0..hot-1 of `table` are the hot ids' own rows, rows hot.. the shared buckets.
+
+    With hot > 0 the id -> row map is stored (`slot`, int16 while rows fit); with hot == 0 the
+    row is the hash itself and nothing per id is stored. The padding id reads `pad_row` (mode
+    "none") or is left out of bags. `mode` "sum"/"mean" behaves as nn.EmbeddingBag."""
+
+    slot: torch.Tensor
+    pad_row: torch.Tensor
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, hot: int, buckets: int,
+                 mode: str = "none", padding_idx: int | None = None, salt: int = 0) -> None:
+        super().__init__()
+        check_mode("HashedEmbedding", mode, padding_idx, num_embeddings)
+        if buckets < 1 or hot < 0:
+            raise ValueError(f"HashedEmbedding: buckets={buckets!r} hot={hot!r} (need >= 1, >= 0)")
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.hot = hot
+        self.buckets = buckets
+        self.mode = mode
+        self.padding_idx = padding_idx
+        self.salt = salt
+        # A plain nn.Embedding, so quantize.embedding can quantize the shared rows afterwards.
+        self.table = nn.Embedding(hot + buckets, embedding_dim)
+        if hot > 0:
+            self.register_buffer("slot", torch.zeros(num_embeddings,
+                                                     dtype=slot_dtype(hot + buckets)))
+        if padding_idx is not None:
+            self.register_buffer("pad_row", torch.zeros(embedding_dim))
+
+    def spec(self) -> dict[str, Any]:
+        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim,
+                "hot": self.hot, "buckets": self.buckets, "mode": self.mode,
+                "padding_idx": self.padding_idx, "salt": self.salt}
+
+    def row_of(self, index: torch.Tensor) -> torch.Tensor:
+        """The stored row each id reads."""
+        if self.hot > 0:
+            return self.slot[index].long()
+        return hash_rows(index, self.buckets, self.salt)
+
+    def vectors(self, index: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.table(self.row_of(index))
+        if self.padding_idx is not None and self.mode == "none":
+            out = torch.where((index == self.padding_idx).unsqueeze(-1), self.pad_row, out)
+        return out
+
+    def forward(self, index: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        vectors = self.vectors(index)
+        if self.mode == "none":
+            return vectors
+        return reduce_bags(vectors, index, offsets, self.mode, self.padding_idx)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_embeddings} ids -> {self.hot} hot + {self.buckets} buckets, "
+                f"{self.embedding_dim}, mode={self.mode}")
