@@ -17,9 +17,9 @@ from slimkit.eval.sensitivity import module_bytes
 from slimkit.methods.quantize.embedding_frequency import (
     EmbeddingFrequency,
     apply_embedding_frequency,
-    count_lookups,
     fisher_columns,
 )
+from slimkit.methods.row_reads import count_row_reads
 from slimkit.nn.frequency_embedding import FrequencyEmbedding, NarrowEmbedding
 from slimkit.tasks.ctr import CTRTask
 
@@ -88,7 +88,7 @@ def test_fisher_weights_tables_by_their_loss_gradient(model, task) -> None:
 
 def test_hot_rows_get_more_bits_and_unseen_rows_share_the_default(model, task) -> None:
     small, info = _compress(model, task, budget=0.1, batches=3)
-    counts = count_lookups(model, [("embeddings.0", model.embeddings[0])], task,
+    counts = count_row_reads(model, [("embeddings.0", model.embeddings[0])], task,
                            batch_size=256, batches=3, seed=0)["embeddings.0"]
     table = small.embeddings[0]
     bits = table.bits_per_row().double()

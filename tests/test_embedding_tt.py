@@ -63,6 +63,8 @@ def test_bags_and_padding_match_embedding_bag(mode):
     ids = torch.randint(0, 50, (9, 5))
     ids[0] = 0  # an all-padding bag gives zeros
     torch.testing.assert_close(tt(ids), bag(ids), atol=1e-5, rtol=0)
+    flat, offsets = ids[1:].reshape(-1), torch.tensor([0, 3, 3, 11, 20])  # one bag empty
+    torch.testing.assert_close(tt(flat, offsets), bag(flat, offsets), atol=1e-5, rtol=0)
 
 
 def test_rank_fits_the_budget():

@@ -1,6 +1,6 @@
 """An embedding table with fewer rows than ids: the hottest ids keep their own row, every other id
 shares one of `buckets` rows chosen by a fixed hash (the hashing trick, Weinberger et al. 2009;
-HashedNets, Chen et al. 2015). Also the bag reduction and id-map helpers qr_embedding shares.
+HashedNets, Chen et al. 2015). Also the id-map helpers qr_embedding shares.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ..core.module_types import register_module_type
+from .bags import MODES, bag_lookup
 
-MODES = ("none", "sum", "mean")
 # h(i) = ((i * A + salt) mod P) mod buckets: A < 2^32 and ids < 2^31 keep i * A inside int64,
 # and every op is one ONNX Runtime runs on int64 (Mul, Add, Mod).
 HASH_A = 2654435761
@@ -38,32 +38,6 @@ def check_mode(name: str, mode: str, padding_idx: int | None, num_embeddings: in
         raise ValueError(f"{name}: mode={mode!r} unsupported (one of {MODES})")
     if padding_idx is not None and not 0 <= padding_idx < num_embeddings:
         raise ValueError(f"{name}: padding_idx={padding_idx!r} outside [0, {num_embeddings})")
-
-
-def reduce_bags(vectors: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor | None,
-                mode: str, padding_idx: int | None) -> torch.Tensor:
-    """nn.EmbeddingBag's sum/mean of per-id `vectors` ([*index.shape, D]) over 2-D bags or over
-    1-D ids cut by `offsets`; padding ids are left out of the sum and the count, and an empty
-    bag gives zeros, as nn.EmbeddingBag does. Offsets run in torch only: ONNX export takes the
-    2-D form (searchsorted has no ONNX op)."""
-    keep = torch.ones(index.shape, dtype=vectors.dtype, device=vectors.device)
-    if padding_idx is not None:
-        keep = (index != padding_idx).to(vectors.dtype)
-    if offsets is None:
-        if index.dim() != 2:
-            raise ValueError("bags take 2-D input [batch, bag_len], or 1-D input and offsets")
-        total = (vectors * keep.unsqueeze(-1)).sum(dim=1)
-        count = keep.sum(dim=1, keepdim=True)
-    else:
-        if index.dim() != 1:
-            raise ValueError("with offsets the input must be 1-D")
-        # Bag of each position: the last offset at or before it.
-        bag = torch.searchsorted(offsets, torch.arange(index.numel(), device=index.device),
-                                 right=True) - 1
-        total = vectors.new_zeros(offsets.numel(), vectors.shape[-1]).index_add_(
-            0, bag, vectors * keep.unsqueeze(-1))
-        count = keep.new_zeros(offsets.numel()).index_add_(0, bag, keep).unsqueeze(-1)
-    return total / count.clamp(min=1) if mode == "mean" else total
 
 
 @register_module_type
@@ -116,10 +90,8 @@ class HashedEmbedding(nn.Module):
         return out
 
     def forward(self, index: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
-        vectors = self.vectors(index)
-        if self.mode == "none":
-            return vectors
-        return reduce_bags(vectors, index, offsets, self.mode, self.padding_idx)
+        return bag_lookup(self.vectors, index, offsets, None, dim=self.embedding_dim,
+                          mode=self.mode, padding_idx=self.padding_idx, include_last_offset=False)
 
     def extra_repr(self) -> str:
         return (f"{self.num_embeddings} ids -> {self.hot} hot + {self.buckets} buckets, "

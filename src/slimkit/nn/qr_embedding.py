@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from ..core.module_types import register_module_type
-from .hashed_embedding import check_mode, reduce_bags, slot_dtype
+from .bags import bag_lookup
+from .hashed_embedding import check_mode, slot_dtype
 
 OPS = ("mult", "add")
 
@@ -70,10 +71,8 @@ class QREmbedding(nn.Module):
         return out
 
     def forward(self, index: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
-        vectors = self.vectors(index)
-        if self.mode == "none":
-            return vectors
-        return reduce_bags(vectors, index, offsets, self.mode, self.padding_idx)
+        return bag_lookup(self.vectors, index, offsets, None, dim=self.embedding_dim,
+                          mode=self.mode, padding_idx=self.padding_idx, include_last_offset=False)
 
     def extra_repr(self) -> str:
         return (f"{self.num_embeddings} ids -> {self.q.num_embeddings} x {self.r.num_embeddings} "

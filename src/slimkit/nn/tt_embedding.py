@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from ..core.module_types import register_module_type
-
-MODES = ("none", "sum", "mean")
+from .bags import MODES, bag_lookup
 
 
 def balanced_factors(value: int, count: int) -> list[int]:
@@ -59,8 +58,8 @@ def core_bytes(row_factors: list[int], dim_factors: list[int], ranks: list[int])
 
 @register_module_type
 class TTEmbedding(nn.Module):
-    """`mode="none"` behaves as nn.Embedding; "sum"/"mean" as nn.EmbeddingBag on 2-D bags. The
-    padding row reads zeros (as a trained table's padding row is)."""
+    """`mode="none"` behaves as nn.Embedding; "sum"/"mean" as nn.EmbeddingBag (2-D bags, or 1-D
+    ids and offsets). The padding row reads zeros (as a trained table's padding row is)."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, row_factors: list[int],
                  dim_factors: list[int], ranks: list[int], mode: str = "none",
@@ -116,18 +115,9 @@ class TTEmbedding(nn.Module):
         assert out is not None
         return out.reshape(ids.shape[0], self.embedding_dim)
 
-    def forward(self, index: torch.Tensor) -> torch.Tensor:
-        rows = self.rows(index)
-        if self.mode == "none":
-            return rows
-        if index.dim() != 2:
-            raise ValueError("TTEmbedding bags take 2-D input [batch, bag_len]")
-        keep = torch.ones(index.shape, dtype=rows.dtype)
-        if self.padding_idx is not None:
-            keep = (index != self.padding_idx).to(rows.dtype)
-        if self.mode == "mean":  # empty bags give zeros, as nn.EmbeddingBag does
-            keep = keep / keep.sum(dim=1, keepdim=True).clamp(min=1)
-        return (rows * keep.unsqueeze(-1)).sum(dim=1)
+    def forward(self, index: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        return bag_lookup(self.rows, index, offsets, None, dim=self.embedding_dim, mode=self.mode,
+                          padding_idx=self.padding_idx, include_last_offset=False)
 
     def extra_repr(self) -> str:
         return (f"{self.num_embeddings}, {self.embedding_dim}, rows={self.row_factors}, "

@@ -32,6 +32,7 @@ from ...eval.sensitivity import module_bytes
 from ...graph import swap_module
 from ...nn.frequency_embedding import FrequencyEmbedding, NarrowEmbedding, map_dtype
 from ...nn.rowwise import dequantize, quantize_rows
+from ..row_reads import count_row_reads
 
 log = logging.getLogger(__name__)
 
@@ -90,38 +91,6 @@ class Table(NamedTuple):
     errors: torch.Tensor
     cost: torch.Tensor
     narrow: bool
-
-
-def count_lookups(model: nn.Module, tables: list[tuple[str, EmbeddingTable]], task: Task, *,
-                  batch_size: int, batches: int, seed: int) -> dict[str, torch.Tensor]:
-    """How often each row of each table is read over the training batches (bag padding ids
-    are not reads: EmbeddingBag skips them)."""
-    counts = {n: torch.zeros(t.num_embeddings, dtype=torch.float64) for n, t in tables}
-
-    def hook(name: str, table: EmbeddingTable) -> Any:
-        skip = table.padding_idx if isinstance(table, nn.EmbeddingBag) else None
-
-        def count(_module: nn.Module, args: tuple[Any, ...]) -> None:
-            ids = args[0].reshape(-1).cpu()
-            if skip is not None:
-                ids = ids[ids != skip]
-            counts[name] += torch.bincount(ids, minlength=len(counts[name])).double()
-        return count
-
-    handles = [t.register_forward_pre_hook(hook(n, t)) for n, t in tables]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for i, batch in enumerate(task.train_batches(batch_size, seed=seed)):
-                if batches and i >= batches:
-                    break
-                model(*task.inputs(batch))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return counts
 
 
 def fisher_columns(model: nn.Module, tables: list[tuple[str, EmbeddingTable]], task: Task, *,
@@ -325,8 +294,8 @@ def apply_embedding_frequency(model: nn.Module, config: EmbeddingFrequency,
                               f"{table.mode!r}")
         if table.max_norm is not None:  # torch renormalises rows on lookup; codes cannot
             raise ConfigError("targets", name, "a table without max_norm")
-    counts = count_lookups(model, chosen, task, batch_size=config.batch_size,
-                           batches=config.batches, seed=ctx.seed)
+    counts = count_row_reads(model, chosen, task, batch_size=config.batch_size,
+                             batches=config.batches, seed=ctx.seed)
     bits = tuple(config.bits)
     columns = {n: torch.ones(t.embedding_dim) for n, t in chosen}
     if config.sensitivity == "fisher":

@@ -19,6 +19,7 @@ from ...core.errors import ConfigError, SlimkitError
 from ...graph import swap_module
 from ...nn.hashed_embedding import slot_dtype, stored_bytes
 from ..distill.logits import distill
+from ..row_reads import count_row_reads
 
 log = logging.getLogger(__name__)
 
@@ -97,34 +98,12 @@ def bag_mode(table: Table) -> str:
 
 def access_counts(model: nn.Module, tables: list[tuple[str, Table]], ctx: Context,
                   config: TableShrink) -> dict[str, torch.Tensor]:
-    """How many times training reads each row of each table (padding excluded): forward hooks
-    record the ids while the model runs `count_epochs` of the task's training batches."""
+    """How many times `count_epochs` of training read each row of each table (padding
+    excluded)."""
     task = ctx.require_task(config.method)
-    counts = {name: torch.zeros(t.num_embeddings, dtype=torch.long) for name, t in tables}
-
-    def hook(name: str, table: Table) -> Callable[..., None]:
-        def record(_module: nn.Module, args: tuple[Any, ...]) -> None:
-            ids = args[0].detach().reshape(-1).long().cpu()
-            if table.padding_idx is not None:
-                ids = ids[ids != table.padding_idx]
-            counts[name] += torch.bincount(ids, minlength=table.num_embeddings)
-        return record
-
-    handles = [t.register_forward_pre_hook(hook(n, t)) for n, t in tables]
-    was_training = model.training
-    model.eval()
     total = max(1, round(config.count_epochs * task.num_train_batches(config.batch_size)))
-    try:
-        with torch.no_grad():
-            for step, batch in enumerate(task.train_batches(config.batch_size, seed=ctx.seed)):
-                if step >= total:
-                    break
-                model(*task.inputs(batch))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return counts
+    return count_row_reads(model, tables, task, batch_size=config.batch_size, batches=total,
+                           seed=ctx.seed)
 
 
 def row_weights(counts: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
