@@ -29,6 +29,9 @@ from verdicts import noise_line, speed_cell  # noqa: E402
 
 from slimkit.eval.cost import DEFAULT_ROUNDS, latency_interleaved  # noqa: E402
 from slimkit.export.runtime import available_cores  # noqa: E402
+from slimkit.methods.truncate.embedding_hash import EmbeddingHash, hash_table  # noqa: E402
+from slimkit.methods.truncate.embedding_qr import EmbeddingQR, qr_table  # noqa: E402
+from slimkit.nn.frequency_embedding import FrequencyEmbedding  # noqa: E402
 from slimkit.nn.quantized_embedding import QuantizedEmbedding  # noqa: E402
 from slimkit.nn.tt_embedding import TTEmbedding, balanced_factors, exact_factors  # noqa: E402
 
@@ -69,14 +72,37 @@ def tt_bag(table: nn.EmbeddingBag, rank: int) -> TTEmbedding:
     return new
 
 
+def frequency_bag(table: nn.EmbeddingBag, counts: torch.Tensor) -> FrequencyEmbedding:
+    """Rows by read count: the top 5% at 8 bits, the next 25% at 4, the other rows read at 2,
+    the rows never read share the default row (their mean)."""
+    order = torch.argsort(counts, descending=True, stable=True)
+    n = len(order)
+    widths = torch.full((n,), 2, dtype=torch.long)
+    widths[order[:n // 20]] = 8
+    widths[order[n // 20:n * 3 // 10]] = 4
+    unseen = counts == 0
+    widths[unseen & (widths == 2)] = 0
+    default = table.weight[unseen].mean(0) if bool(unseen.any()) else table.weight.mean(0)
+    return FrequencyEmbedding.build(table.weight, widths, default, mode=table.mode)
+
+
+def shrunk(module: nn.Module | str) -> nn.Module:
+    if isinstance(module, str):
+        raise SystemExit(f"table cannot be rebuilt: {module}")
+    return module
+
+
 def builders(args: argparse.Namespace) -> dict[str, Callable[..., nn.Module]]:
     """name -> build(fp32 bag, training counts); each type slimkit offers for tables."""
-    out: dict[str, Callable[..., nn.Module]] = {
+    return {
         "fbgemm int8 rows": lambda t, c: QuantizedEmbedding.from_float(t, 8),
         "fbgemm int4 rows": lambda t, c: QuantizedEmbedding.from_float(t, 4),
+        "frequency 8/4/2 + default": frequency_bag,
+        "hash 1/8 (half hot)": lambda t, c: shrunk(hash_table(t, c, EmbeddingHash(budget=0.125))),
+        "QR 1/8 (mult)": lambda t, c: shrunk(qr_table(t, c, EmbeddingQR(budget=0.125,
+                                                                         iterations=2))),
         f"TT rank {args.tt_rank}": lambda t, c: tt_bag(t, args.tt_rank),
     }
-    return out
 
 
 def run_size(rows: int, args: argparse.Namespace) -> list[str]:
