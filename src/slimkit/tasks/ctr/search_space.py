@@ -2,7 +2,8 @@
 recipes/search-ctr.yaml by a test; copy that file to extend it).
 
 The slots follow the demo plan's order (sparsify while training, drop tower blocks, distill,
-quantize last) and each is optional, so the search also tries leaving a step out. Sensitivity
+rebuild the embedding tables with fewer rows (hashing, hot rows kept), quantize last) and each
+is optional, so the search also tries leaving a step out. Sensitivity
 probes narrow the two per-layer steps before the first trial.
 """
 
@@ -26,6 +27,11 @@ steps:
     temperature: {choice: [1.0, 2.0, 4.0]}
     epochs: {choice: [1.0, 2.0]}
   fixed: {alpha: 0.5, lr: 0.0003}
+- method: truncate.embedding_hash
+  optional: true
+  params:
+    budget: {float: [0.25, 0.75]}
+  fixed: {hot: 0.5}
 - method: quantize.dynamic_int8
   optional: true
 - method: quantize.embedding
