@@ -270,3 +270,24 @@ def test_max_bags_and_missing_task_are_refused(task) -> None:
     with pytest.raises(SlimkitError):
         apply_embedding_frequency(nn.Sequential(nn.Embedding(10, 4)), EmbeddingFrequency(),
                                   Context())
+
+
+def test_shipped_recipe_puts_every_read_row_at_two_bits(model, task) -> None:
+    from pathlib import Path
+
+    plan = slimkit.Plan.load(Path(__file__).parents[1] / "recipes" / "ctr-embeddings.yaml")
+    out = copy.deepcopy(model)
+    slimkit.compress_(out, plan, Context(task=task, seed=0))
+    fp32 = _table_bytes(model)
+    wide = [m for m in out.modules() if isinstance(m, FrequencyEmbedding)]
+    narrow = [m for m in out.modules() if isinstance(m, NarrowEmbedding)]
+    assert wide and narrow
+    reads = count_row_reads(model, [("embeddings.0", model.embeddings[0])], task,
+                            batch_size=1024, batches=0, seed=0)["embeddings.0"]
+    for table in wide:  # 2 bits, or the shared default row (unread rows, then the coldest)
+        assert set(table.bits_per_row().tolist()) <= {0, 2}
+    bits = out.embeddings[0].bits_per_row()
+    hot = reads.argsort(descending=True)[:len(reads) // 4]
+    assert bool((bits[hot] == 2).all()) and bool((bits[reads == 0][1:] == 0).all())
+    assert all(t.bits == 2 for t in narrow)
+    assert _table_bytes(out) <= 0.125 * fp32
