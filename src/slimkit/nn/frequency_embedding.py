@@ -101,7 +101,7 @@ class FrequencyEmbedding(nn.Module):
             return (codes.float() * self.scale[index].float().unsqueeze(-1)
                     + self.offset[index].float().unsqueeze(-1))
         slot = self.slot[index].long()
-        if unpacked is None and not torch.jit.is_tracing():
+        if unpacked is None:  # eager (the ONNX export passes the unpacked tables)
             return self._rows_by_group(slot).reshape(*index.shape, self.embedding_dim)
         out = self.default.float().expand(*index.shape, self.embedding_dim)
         at = slot.clamp(max=max(self.default_slot - 1, 0))  # scale of the default: any row

@@ -102,8 +102,9 @@ class TTEmbedding(nn.Module):
 
     def _product(self, ids: torch.Tensor) -> torch.Tensor:
         """[len(ids), dim]: the cores' slices for each id's digits, multiplied out."""
-        out = None
-        for core, place, n in zip(self.cores, self.places, self.row_factors, strict=True):
+        out: torch.Tensor | None = None
+        cores: list[torch.Tensor] = list(self.cores)
+        for core, place, n in zip(cores, self.places, self.row_factors, strict=True):
             digit = torch.remainder(torch.div(ids, place, rounding_mode="floor"), n)
             g = core[digit]  # [B, r_{k-1}, d_k, r_k]
             if out is None:

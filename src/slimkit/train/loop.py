@@ -88,6 +88,7 @@ def fit(model: nn.Module, task: Task, ctx: Context, *, epochs: float, lr: float,
 # Tables from this many rows up train with sparse gradients and lazy Adam (moments of the rows a
 # batch touched): a dense gradient and Adam step over a 10M x 16 table move 3 GB per step, so a
 # synthetic CTR epoch at that scale ran for hours. Smaller tables keep dense Adam, as before.
+# SparseAdam has no weight decay: a recipe's weight_decay applies to the other parameters only.
 SPARSE_TABLE_ROWS = 1 << 18
 
 
