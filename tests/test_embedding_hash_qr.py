@@ -260,3 +260,21 @@ def test_hash_is_pinned() -> None:
     ids = torch.tensor([0, 1, 2, 12345, 2**31 - 2])
     assert hash_rows(ids, 1000, 0).tolist() == [0, 114, 228, 972, 533]
     assert hash_rows(torch.tensor([5]), 97, 3).tolist() == [61]
+
+
+@pytest.mark.parametrize("op", ["mult", "add"])
+def test_fits_by_blocks_of_rows_equal_one_block(op, monkeypatch) -> None:
+    """QR's fit and the bucket means pass over the table a block of rows at a time (a 10M-row
+    table in fp64 would not fit twice): the block size must not change the result."""
+    from slimkit.methods.truncate import embedding_hash, embedding_qr
+
+    torch.manual_seed(1)
+    weight, w = torch.randn(1003, 6), torch.rand(1003) + 0.1
+    whole = fit_qr(weight, w, 17, op, iterations=12)
+    means = bucket_means(weight, torch.arange(1003) % 50, 50, w)
+    monkeypatch.setattr(embedding_qr, "BLOCK_ROWS", 7 * 17 + 3)  # 7 Q rows a block, the last short
+    monkeypatch.setattr(embedding_hash, "BLOCK_ROWS", 101)
+    blocked = fit_qr(weight, w, 17, op, iterations=12)
+    for a, b in zip(whole, blocked, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bucket_means(weight, torch.arange(1003) % 50, 50, w), means)

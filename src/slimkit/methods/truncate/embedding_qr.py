@@ -2,13 +2,15 @@
 2020, KDD, "Compositional Embeddings Using Complementary Partitions for Memory-Efficient
 Recommendation Systems"): row i ~ Q(i // m) op R(i % m), op = multiply or add, post-training.
 Q and R are fitted to the trained rows by count-weighted least squares (alternating updates; for
-the product one rank-1 problem per dimension, started from its SVD), so the rows training reads
-most are reproduced best; the hottest ids can keep an exact row of their own."""
+the product one rank-1 problem per dimension, started from its leading singular pair), so the
+rows training reads most are reproduced best; the hottest ids can keep an exact row of their
+own."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -52,51 +54,106 @@ class EmbeddingQR(TableShrink):
         check_range("iterations", self.iterations, 0, 10_000)
 
 
+# Table rows per pass of the fit: its fp64 working copies are per block, never the whole table
+# (a 10M x 64 table is 5 GB per fp64 copy).
+BLOCK_ROWS = 1 << 18
+POWER_STEPS = 8
+TINY = 1e-30
+
+Block = tuple[int, int, torch.Tensor, torch.Tensor]
+
+
+def _blocks(weight: torch.Tensor, w: torch.Tensor, m: int) -> Iterator[Block]:
+    """(a0, a1, E [a1 - a0, m, D], mass [a1 - a0, m, 1]) in fp64 for Q rows [a0, a1); the rows
+    past the table's end are zeros of zero mass."""
+    n, dim = weight.shape
+    nq = -(-n // m)
+    per = max(1, BLOCK_ROWS // m)
+    for a0 in range(0, nq, per):
+        a1 = min(nq, a0 + per)
+        lo, hi = a0 * m, min(n, a1 * m)
+        grid = torch.zeros((a1 - a0) * m, dim, dtype=torch.float64)
+        grid[:hi - lo] = weight[lo:hi].double()
+        mass = torch.zeros((a1 - a0) * m, dtype=torch.float64)
+        mass[:hi - lo] = w[lo:hi].double()
+        yield a0, a1, grid.view(a1 - a0, m, dim), mass.view(a1 - a0, m, 1)
+
+
+def _rank1_start(weight: torch.Tensor, w: torch.Tensor, m: int, nq: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per dimension d the [nq, m] matrix E[:, d] as a rank-1 q_d r_d^T: the leading singular
+    pair of the sqrt-weighted matrix A_d, by power iteration over blocks (an exact rank-1 matrix
+    needs one step)."""
+    dim = weight.shape[1]
+    v = torch.ones(m, dim, dtype=torch.float64) / math.sqrt(m)
+    for _ in range(POWER_STEPS):
+        nxt = torch.zeros(m, dim, dtype=torch.float64)
+        for _a0, _a1, grid, mass in _blocks(weight, w, m):
+            a = mass.sqrt() * grid
+            nxt += (a * (a * v).sum(1, keepdim=True)).sum(0)  # A^T A v
+        v = nxt / nxt.norm(dim=0, keepdim=True).clamp(min=TINY)
+    u = torch.zeros(nq, dim, dtype=torch.float64)
+    for a0, a1, grid, mass in _blocks(weight, w, m):
+        u[a0:a1] = (mass.sqrt() * grid * v).sum(1)  # A v = s u_unit
+    root = u.norm(dim=0).sqrt()  # sqrt(s)
+    return u / root.clamp(min=TINY), v * root
+
+
 def fit_qr(weight: torch.Tensor, w: torch.Tensor, collisions: int, op: str,
            iterations: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
     """(Q [ceil(N / m), D], R [m, D]) minimising sum_i w_i ||E_i - Q[i // m] op R[i % m]||^2,
-    by at most `iterations` alternating updates (stopping once the residual stops falling)."""
+    by at most `iterations` alternating updates (stopping once the residual stops falling).
+    Each update is a pass over the table a block of rows at a time (fp64 sums)."""
     n, dim = weight.shape
     m = collisions
     nq = -(-n // m)
-    grid = torch.zeros(nq * m, dim, dtype=torch.float64)
-    grid[:n] = weight.double()
-    mass = torch.zeros(nq * m, dtype=torch.float64)
-    mass[:n] = w.double()
-    grid, mass = grid.view(nq, m, dim), mass.view(nq, m, 1)
-    tiny = 1e-30
+    weight, w = weight.detach(), w.detach()
 
-    def add_step(q: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        q = (mass * (grid - r)).sum(1) / mass.sum(1).clamp(min=tiny)
-        r = (mass * (grid - q.unsqueeze(1))).sum(0) / mass.sum(0).clamp(min=tiny)
-        return q, r
+    def q_step(r: torch.Tensor) -> torch.Tensor:
+        q = torch.zeros(nq, dim, dtype=torch.float64)
+        for a0, a1, grid, mass in _blocks(weight, w, m):
+            if op == "add":
+                q[a0:a1] = (mass * (grid - r)).sum(1) / mass.sum(1).clamp(min=TINY)
+            else:
+                q[a0:a1] = (mass * grid * r).sum(1) / (mass * r * r).sum(1).clamp(min=TINY)
+        return q
 
-    def mult_step(q: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        q = (mass * grid * r).sum(1) / (mass * r * r).sum(1).clamp(min=tiny)
-        qq = q.unsqueeze(1)
-        r = (mass * grid * qq).sum(0) / (mass * qq * qq).sum(0).clamp(min=tiny)
-        return q, r
+    def r_step(q: torch.Tensor) -> torch.Tensor:
+        num = torch.zeros(m, dim, dtype=torch.float64)
+        den = torch.zeros(m, 1 if op == "add" else dim, dtype=torch.float64)
+        for a0, a1, grid, mass in _blocks(weight, w, m):
+            qq = q[a0:a1].unsqueeze(1)
+            if op == "add":
+                num += (mass * (grid - qq)).sum(0)
+                den += mass.sum(0)
+            else:
+                num += (mass * grid * qq).sum(0)
+                den += (mass * qq * qq).sum(0)
+        return num / den.clamp(min=TINY)
+
+    def loss(q: torch.Tensor, r: torch.Tensor) -> float:
+        total = 0.0
+        for a0, a1, grid, mass in _blocks(weight, w, m):
+            qq = q[a0:a1].unsqueeze(1)
+            both = qq + r if op == "add" else qq * r
+            total += float((mass * (grid - both).pow(2)).sum())
+        return total
 
     if op == "add":
-        step = add_step
-        q, r = add_step(torch.zeros(nq, dim, dtype=torch.float64),
-                        torch.zeros(m, dim, dtype=torch.float64))
+        r = torch.zeros(m, dim, dtype=torch.float64)
+        q = q_step(r)
+        r = r_step(q)
     else:
-        # Per dimension d, the [nq, m] matrix E[:, d] is a rank-1 q_d r_d^T: the SVD of the
-        # sqrt-weighted matrix starts it, alternating weighted least squares finishes it.
-        step = mult_step
-        u, s, vh = torch.linalg.svd((mass.sqrt() * grid).permute(2, 0, 1), full_matrices=False)
-        root = s[:, :1].sqrt()
-        q, r = (u[:, :, 0] * root).T, (vh[:, 0, :] * root).T  # [nq, D], [m, D]
+        q, r = _rank1_start(weight, w, m, nq)
     last = math.inf
     for i in range(iterations):
-        q, r = step(q, r)
+        q = q_step(r)
+        r = r_step(q)
         if i % 10 == 9:
-            both = q.unsqueeze(1) + r if op == "add" else q.unsqueeze(1) * r
-            loss = float((mass * (grid - both).pow(2)).sum())
-            if last - loss <= 1e-6 * loss:
+            now = loss(q, r)
+            if last - now <= 1e-6 * now:
                 break
-            last = loss
+            last = now
     return q.to(weight.dtype), r.to(weight.dtype)
 
 
