@@ -44,9 +44,10 @@ def fit(model: nn.Module, task: Task, ctx: Context, *, epochs: float, lr: float,
     params = [p for p in model.parameters() if p.requires_grad and p.is_floating_point()]
     tables = large_tables(model, params)
     lazy = {id(t.weight) for t in tables}
-    optimizers: list[torch.optim.Optimizer] = [torch.optim.Adam(
-        [*(p for p in params if id(p) not in lazy), *extra_params], lr=lr,
-        weight_decay=weight_decay)]
+    dense = [*(p for p in params if id(p) not in lazy), *extra_params]
+    optimizers: list[torch.optim.Optimizer] = []
+    if dense or not tables:  # (no parameter at all: Adam's own error names the problem)
+        optimizers.append(torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay))
     if tables:
         optimizers.append(torch.optim.SparseAdam([t.weight for t in tables], lr=lr))
     per_epoch = task.num_train_batches(batch_size)
@@ -70,6 +71,7 @@ def fit(model: nn.Module, task: Task, ctx: Context, *, epochs: float, lr: float,
                 for optimizer in optimizers:
                     optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                decay_touched_rows(tables, weight_decay)
                 for optimizer, scheduler in zip(optimizers, schedulers, strict=True):
                     optimizer.step()
                     scheduler.step()
@@ -88,7 +90,8 @@ def fit(model: nn.Module, task: Task, ctx: Context, *, epochs: float, lr: float,
 # Tables from this many rows up train with sparse gradients and lazy Adam (moments of the rows a
 # batch touched): a dense gradient and Adam step over a 10M x 16 table move 3 GB per step, so a
 # synthetic CTR epoch at that scale ran for hours. Smaller tables keep dense Adam, as before.
-# SparseAdam has no weight decay: a recipe's weight_decay applies to the other parameters only.
+# SparseAdam has no weight decay: the L2 term is added to the rows a batch touched (lazily, as
+# the moments are), which is Adam's weight_decay restricted to those rows.
 SPARSE_TABLE_ROWS = 1 << 18
 
 
@@ -98,10 +101,36 @@ def large_tables(model: nn.Module, params: Sequence[nn.Parameter],
     a pruning mask: lazy Adam would leave masked rows' moments stale)."""
     rows = SPARSE_TABLE_ROWS if rows is None else rows
     trained = {id(p) for p in params}
+    # A weight another module also holds (a head tied to the table) gets a dense gradient too.
+    holders: dict[int, int] = {}
+    for module in model.modules():
+        for p in module._parameters.values():
+            if p is not None:
+                holders[id(p)] = holders.get(id(p), 0) + 1
     return [m for m in model.modules()
             if type(m) in (nn.Embedding, nn.EmbeddingBag) and m.num_embeddings >= rows
-            and id(m.weight) in trained and MASK not in m._buffers and not is_masked(m)
+            and id(m.weight) in trained and holders[id(m.weight)] == 1
+            and MASK not in m._buffers and not is_masked(m)
             and (not isinstance(m, nn.EmbeddingBag) or m.mode in ("sum", "mean"))]
+
+
+def decay_touched_rows(tables: Sequence[nn.Embedding | nn.EmbeddingBag], decay: float) -> None:
+    """L2 weight decay on the rows each sparse gradient touched. A gradient that came out
+    dense (the weight was also read outside the table's own forward) cannot go to SparseAdam:
+    refused with the table's size."""
+    for table in tables:
+        grad = table.weight.grad
+        if grad is None:
+            continue
+        if not grad.is_sparse:
+            raise SlimkitError(f"train: the {table.num_embeddings}-row table's weight got a dense "
+                               "gradient (it is read outside its own lookup); large tables train "
+                               "with sparse gradients only")
+        if decay:
+            grad = grad.coalesce()
+            rows = grad.indices()[0]
+            values = grad.values() + decay * table.weight.detach()[rows]
+            table.weight.grad = torch.sparse_coo_tensor(grad.indices(), values, grad.shape)
 
 
 @contextlib.contextmanager
