@@ -27,7 +27,8 @@ def count_row_reads(model: nn.Module, tables: Sequence[tuple[str, Table]], task:
             ids = args[0].detach().reshape(-1).long().cpu()
             if table.padding_idx is not None:
                 ids = ids[ids != table.padding_idx]
-            counts[name] += torch.bincount(ids, minlength=table.num_embeddings).double()
+            # Only the ids seen: a full-length bincount per batch costs rows x batches.
+            counts[name].index_add_(0, ids, torch.ones(ids.shape[0], dtype=torch.float64))
         return count
 
     handles = [t.register_forward_pre_hook(hook(n, t)) for n, t in tables]

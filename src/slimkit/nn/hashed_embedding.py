@@ -89,8 +89,9 @@ class HashedEmbedding(nn.Module):
             out = torch.where((index == self.padding_idx).unsqueeze(-1), self.pad_row, out)
         return out
 
-    def forward(self, index: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
-        return bag_lookup(self.vectors, index, offsets, None, dim=self.embedding_dim,
+    def forward(self, index: torch.Tensor, offsets: torch.Tensor | None = None,
+                per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+        return bag_lookup(self.vectors, index, offsets, per_sample_weights, dim=self.embedding_dim,
                           mode=self.mode, padding_idx=self.padding_idx, include_last_offset=False)
 
     def extra_repr(self) -> str:

@@ -102,6 +102,8 @@ class TTEmbedding(nn.Module):
 
     def _product(self, ids: torch.Tensor) -> torch.Tensor:
         """[len(ids), dim]: the cores' slices for each id's digits, multiplied out."""
+        if ids.numel() == 0:
+            return torch.zeros(0, self.embedding_dim, device=ids.device)
         out: torch.Tensor | None = None
         cores: list[torch.Tensor] = list(self.cores)
         for core, place, n in zip(cores, self.places, self.row_factors, strict=True):
@@ -116,9 +118,10 @@ class TTEmbedding(nn.Module):
         assert out is not None
         return out.reshape(ids.shape[0], self.embedding_dim)
 
-    def forward(self, index: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
-        return bag_lookup(self.rows, index, offsets, None, dim=self.embedding_dim, mode=self.mode,
-                          padding_idx=self.padding_idx, include_last_offset=False)
+    def forward(self, index: torch.Tensor, offsets: torch.Tensor | None = None,
+                per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+        return bag_lookup(self.rows, index, offsets, per_sample_weights, dim=self.embedding_dim,
+                          mode=self.mode, padding_idx=self.padding_idx, include_last_offset=False)
 
     def extra_repr(self) -> str:
         return (f"{self.num_embeddings}, {self.embedding_dim}, rows={self.row_factors}, "

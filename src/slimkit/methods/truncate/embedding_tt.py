@@ -106,12 +106,19 @@ def apply_embedding_tt(model: nn.Module, config: EmbeddingTT, ctx: Context) -> n
         if table.weight.shape[0] < config.min_rows or table.weight.shape[1] < config.min_dim:
             skipped.append(name)
             continue
-        if isinstance(table, nn.EmbeddingBag) and table.mode not in ("sum", "mean"):
+        if isinstance(table, nn.EmbeddingBag) and (table.mode not in ("sum", "mean")
+                                                   or table.include_last_offset):
             raise SlimkitError(f"{config.method}: {name} is an EmbeddingBag in mode "
-                               f"{table.mode!r}; only sum and mean are supported")
+                               f"{table.mode!r} (include_last_offset={table.include_last_offset})"
+                               "; only sum and mean without a last offset are supported")
+        if table.max_norm is not None:
+            raise SlimkitError(f"{config.method}: {name} has max_norm={table.max_norm!r}: torch "
+                               "renormalises its rows on lookup, TT rows would not be")
         new = tt_table(table, config)
         if new is None:
             raise ConfigError("budget", config.budget, f"enough for rank-1 cores of {name}")
+        if sum(c.numel() for c in new.cores) >= table.weight.numel():
+            raise ConfigError("rank", config.rank, f"cores smaller than {name}'s rows")
         report[name] = {"rank": max(new.ranks), "bytes": 4 * sum(c.numel() for c in new.cores),
                         "relative_error": round(relative_error(new, table.weight), 6)}
         swap_module(model, name, new, new.spec())

@@ -87,6 +87,8 @@ def select_tables(model: nn.Module, config: TableShrink) -> tuple[list[tuple[str
         elif isinstance(table, nn.EmbeddingBag) and (
                 table.mode not in ("sum", "mean") or table.include_last_offset):
             skipped[name] = f"EmbeddingBag mode={table.mode!r} (sum or mean, no last offset)"
+        elif table.max_norm is not None:  # torch renormalises rows on lookup; rebuilt rows not
+            skipped[name] = f"max_norm={table.max_norm!r} (rows renormalised on lookup)"
         else:
             tables.append((name, table))
     return tables, skipped
@@ -153,12 +155,16 @@ def budget_error(budget: float, name: str, need: str) -> ConfigError:
 def init_error(table: Table, new: nn.Module, w: torch.Tensor) -> float:
     """sum_i w_i ||E_i - E'_i||^2 / sum_i w_i ||E_i||^2 over every id: 0 is exact, 1 is no
     better than zeros."""
-    with torch.no_grad():
-        ids = torch.arange(table.num_embeddings, device=table.weight.device)
-        approx = new.vectors(ids).double().cpu()  # type: ignore[operator]
-    weight = table.weight.detach().double().cpu()
-    err = (w * (weight - approx).pow(2).sum(1)).sum()
-    return float(err / (w * weight.pow(2).sum(1)).sum().clamp(min=1e-30))
+    err = total = 0.0
+    with torch.no_grad():  # a block of rows at a time: fp64 copies of a 10M-row table are GBs
+        for start in range(0, table.num_embeddings, 1 << 16):
+            ids = torch.arange(start, min(start + (1 << 16), table.num_embeddings),
+                               device=table.weight.device)
+            approx = new.vectors(ids).double().cpu()  # type: ignore[operator]
+            weight = table.weight[ids].detach().double().cpu()
+            err += float((w[ids.cpu()] * (weight - approx).pow(2).sum(1)).sum())
+            total += float((w[ids.cpu()] * weight.pow(2).sum(1)).sum())
+    return err / max(total, 1e-30)
 
 
 Builder = Callable[[str, Table, torch.Tensor], nn.Module | str]
@@ -178,6 +184,9 @@ def rebuild_tables(model: nn.Module, config: TableShrink, ctx: Context,
             skipped[name] = new
             continue
         before, after = stored_bytes(table), stored_bytes(new)
+        if after >= before:  # explicit buckets/collisions on a small or narrow table
+            skipped[name] = f"rebuilt it would store {after} bytes, not fewer than {before}"
+            continue
         error = init_error(table, new, row_weights(counts[name], table.padding_idx))
         swap_module(model, name, new, new.spec())  # type: ignore[operator]
         report[name] = {"rows": table.num_embeddings, "bytes_before": before,
