@@ -61,6 +61,7 @@ METHODS = {
     # The columns' tables have 40-201 rows: min_rows lets the rebuilders at them.
     "truncate.embedding_hash": (slimkit.EmbeddingHash(budget=0.3, min_rows=32), True),
     "truncate.embedding_qr": (slimkit.EmbeddingQR(budget=0.4, min_rows=32), True),
+    "truncate.embedding_mixed_dim": (slimkit.EmbeddingMixedDim(budget=0.4, min_rows=64), True),
     "truncate.embedding_tt": (slimkit.EmbeddingTT(budget=0.3, min_rows=32, recover="distill",
                                                   **TRAIN), True),
     "quantize.static_int8": (slimkit.StaticInt8(calibration_batches=4), True),
@@ -110,6 +111,9 @@ KEEP = {
     # squares. Rows are lost, not rounded: half the margin.
     "truncate.embedding_hash": 0.5,
     "truncate.embedding_qr": 0.5,
+    # Rows by read count in blocks of narrower widths (count-weighted PCA per block) within 40%
+    # of the bytes, id map included: rows keep their own values, only their tails are cut.
+    "truncate.embedding_mixed_dim": 0.5,
     # Tensor-train cores at 30% of the bytes from TT-SVD of rows that are not low-rank in id
     # order, then an epoch of distillation.
     "truncate.embedding_tt": 0.5,
@@ -154,11 +158,17 @@ NOT_APPLICABLE = {
                                            "the CNN has no embedding tables"),
     **{(m, "cnn"): (r"match no Embedding/EmbeddingBag module", "the CNN has no embedding tables")
        for m in ("quantize.embedding_frequency", "truncate.embedding_hash",
-                 "truncate.embedding_qr", "truncate.embedding_tt")},
+                 "truncate.embedding_qr", "truncate.embedding_tt",
+                 "truncate.embedding_mixed_dim")},
     **{(m, "transformer"): (r"match no Embedding/EmbeddingBag module",
                             "the tiny Llama's only table is tied to its head")
        for m in ("quantize.embedding_frequency", "truncate.embedding_hash",
-                 "truncate.embedding_qr", "truncate.embedding_tt")},
+                 "truncate.embedding_qr", "truncate.embedding_tt",
+                 "truncate.embedding_mixed_dim")},
+    ("truncate.embedding_mixed_dim", "user"): (
+        r"no table rebuilt .*rows < min_rows",
+        "its one table has 40 rows: per-block projections and tensor headers outweigh the bytes "
+        "40 narrower rows save, so min_rows leaves it alone"),
     ("truncate.layers", "cnn"): (r"^container: ",
                                  "the CNN's layers are attributes, not a Sequential/ModuleList "
                                  "of blocks"),

@@ -28,6 +28,7 @@ QUANTIZERS = {
     "truncate.embedding_hash": slimkit.EmbeddingHash(budget=0.3, min_rows=32),
     "truncate.embedding_qr": slimkit.EmbeddingQR(budget=0.4, min_rows=32),
     "truncate.embedding_tt": slimkit.EmbeddingTT(budget=0.3, min_rows=32),
+    "truncate.embedding_mixed_dim": slimkit.EmbeddingMixedDim(budget=0.3, min_rows=32),
 }
 
 

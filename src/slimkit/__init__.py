@@ -32,6 +32,7 @@ from .methods import (
     EmbeddingBudget,
     EmbeddingFrequency,
     EmbeddingHash,
+    EmbeddingMixedDim,
     EmbeddingQR,
     EmbeddingQuant,
     EmbeddingTT,
@@ -55,8 +56,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "QAT", "Artifact", "ArtifactError", "BinaryWeights", "Cluster", "ConfigError", "Context",
-    "DynamicInt8", "EmbeddingBudget", "EmbeddingFrequency", "EmbeddingHash", "EmbeddingQR",
-    "EmbeddingQuant", "EmbeddingTT", "MixedPrecision", "StaticInt8",
+    "DynamicInt8", "EmbeddingBudget", "EmbeddingFrequency", "EmbeddingHash", "EmbeddingMixedDim",
+    "EmbeddingQR", "EmbeddingQuant", "EmbeddingTT", "MixedPrecision", "StaticInt8",
     "SparseGPT", "Structured", "Vocab", "Wanda", "WeightOnly", "EncoderKD",
     "Finetune", "Layers", "LogitsKD", "Magnitude", "MethodConfig", "Plan", "Record",
     "SlimkitError", "Targets", "Task", "compress_", "evaluate", "load", "make_task",

@@ -18,6 +18,7 @@ from .quantize.qat import QAT
 from .quantize.static_int8 import StaticInt8
 from .quantize.weight_only import WeightOnly
 from .truncate.embedding_hash import EmbeddingHash
+from .truncate.embedding_mixed_dim import EmbeddingMixedDim
 from .truncate.embedding_qr import EmbeddingQR
 from .truncate.embedding_tt import EmbeddingTT
 from .truncate.layers import Layers
@@ -26,4 +27,5 @@ from .truncate.vocab import Vocab
 __all__ = ["QAT", "BinaryWeights", "Cluster", "DynamicInt8", "EmbeddingBudget", "EmbeddingQuant",
            "Finetune", "Layers", "LogitsKD", "Magnitude", "MixedPrecision", "StaticInt8",
            "Structured", "Vocab", "WeightOnly", "EncoderKD", "SparseGPT", "Wanda",
-           "EmbeddingFrequency", "EmbeddingHash", "EmbeddingQR", "EmbeddingTT"]
+           "EmbeddingFrequency", "EmbeddingHash", "EmbeddingMixedDim", "EmbeddingQR",
+           "EmbeddingTT"]
