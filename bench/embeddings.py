@@ -94,17 +94,15 @@ def shrunk(module: nn.Module | str) -> nn.Module:
     return module
 
 
-def builders(args: argparse.Namespace) -> dict[str, Callable[..., nn.Module | None]]:
-    """name -> build(fp32 bag, training counts) (None: not built at this size); each type
-    slimkit offers for tables."""
+def builders(args: argparse.Namespace) -> dict[str, Callable[..., nn.Module]]:
+    """name -> build(fp32 bag, training counts); each type slimkit offers for tables."""
     return {
         "fbgemm int8 rows": lambda t, c: QuantizedEmbedding.from_float(t, 8),
         "fbgemm int4 rows": lambda t, c: QuantizedEmbedding.from_float(t, 4),
         "frequency 8/4/2 + default": frequency_bag,
         "hash 1/8 (half hot)": lambda t, c: shrunk(hash_table(t, c, EmbeddingHash(budget=0.125))),
         "QR 1/8 (mult)": lambda t, c: shrunk(qr_table(t, c, EmbeddingQR(budget=0.125,
-                                                                         iterations=2)))
-        if t.num_embeddings <= args.qr_rows else None,
+                                                                         iterations=2))),
         f"TT rank {args.tt_rank}": lambda t, c: tt_bag(t, args.tt_rank),
     }
 
@@ -116,14 +114,9 @@ def run_size(rows: int, args: argparse.Namespace) -> list[str]:
     zipf = ZipfIds(rows, args.zipf)
     counts = torch.bincount(zipf.sample((args.train_ids,), seed=1), minlength=rows)
     models: dict[str, nn.Module] = {REFERENCE: table.eval()}
-    skipped = []
     for name, build in builders(args).items():
         with torch.no_grad():
-            built_model = build(table, counts)
-        if built_model is None:
-            skipped.append(name)
-        else:
-            models[name] = built_model.eval()
+            models[name] = build(table, counts).eval()
     inputs = {b: (zipf.sample((b, args.bag), seed=100 + b),) for b in args.batches}
     with torch.no_grad():
         for model in models.values():  # every type runs once on the ids before timing
@@ -144,9 +137,6 @@ def run_size(rows: int, args: argparse.Namespace) -> list[str]:
             rate = b * args.bag / ms / 1e3
             cells.append(f"{ms:.3f}, {rate:.1f}, {speed_cell(timed, name, REFERENCE, b, probe)}")
         lines.append(f"| {name} | {stored_bytes(model) / 1e6:.1f} | " + " | ".join(cells) + " |")
-    if skipped:
-        lines.append(f"not built at {rows:,} rows: {', '.join(skipped)} (QR's least-squares fit "
-                     f"holds fp64 copies of the whole table; --qr-rows raises the limit)")
     del models, table, timed
     return lines
 
@@ -160,7 +150,6 @@ def main() -> None:
     parser.add_argument("--zipf", type=float, default=1.05)
     parser.add_argument("--tt-rank", type=int, default=16)
     parser.add_argument("--train-ids", type=int, default=20_000_000)
-    parser.add_argument("--qr-rows", type=int, default=2_000_000)
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
     parser.add_argument("--threads", type=int, default=available_cores())
     args = parser.parse_args()
