@@ -99,6 +99,9 @@ def builders(args: argparse.Namespace) -> dict[str, Callable[..., nn.Module]]:
     return {
         "fbgemm int8 rows": lambda t, c: QuantizedEmbedding.from_float(t, 8),
         "fbgemm int4 rows": lambda t, c: QuantizedEmbedding.from_float(t, 4),
+        "2 bits, one width (fbgemm)": lambda t, c: FrequencyEmbedding.build(
+            t.weight, torch.full((t.num_embeddings,), 2), torch.zeros(t.embedding_dim),
+            mode=t.mode),
         "frequency 8/4/2 + default": frequency_bag,
         "hash 1/8 (half hot)": lambda t, c: shrunk(hash_table(t, c, EmbeddingHash(budget=0.125))),
         "QR 1/8 (mult)": lambda t, c: shrunk(qr_table(t, c, EmbeddingQR(budget=0.125,
