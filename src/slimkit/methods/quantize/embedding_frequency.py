@@ -251,13 +251,32 @@ def solve_rows(tables: list[Table], budget: int, method: str) -> list[torch.Tens
             moves.append((gain / max(extra, 1e-9), i, r, int(q[r])))
     moves.sort(reverse=True)
     total = _total(tables, picks)
+    # Each table's bytes from its option histogram and cost sum (table_bytes' terms), updated
+    # per move: recomputing them from the picks made the fill quadratic in rows.
+    hists = [torch.bincount(p, minlength=len(t.cost)) for t, p in zip(tables, picks, strict=True)]
+    sums = [int(t.cost[p].sum()) for t, p in zip(tables, picks, strict=True)]
     for _, i, r, option in moves:
-        trial = picks[i].clone()
-        trial[r] = option
-        grown = total - table_bytes(tables[i], picks[i]) + table_bytes(tables[i], trial)
+        t, old = tables[i], int(picks[i][r])
+        hist = hists[i].clone()
+        hist[old] -= 1
+        hist[option] += 1
+        cost = sums[i] - int(t.cost[old]) + int(t.cost[option])
+        grown = total - _bytes_of(t, hists[i], sums[i]) + _bytes_of(t, hist, cost)
         if grown <= budget:
-            picks[i], total = trial, grown
+            picks[i][r], hists[i], sums[i], total = option, hist, cost, grown
     return picks
+
+
+def _bytes_of(table: Table, hist: torch.Tensor, cost: int) -> int:
+    """table_bytes from the count of rows at each option and their summed cost."""
+    if table.narrow:
+        return cost
+    rows, dim = table.errors.shape[0], table.module.weight.shape[1]
+    kept = rows - int(hist[0])
+    if kept == rows and int((hist > 0).sum()) == 1:
+        return cost  # one width for every id: no map, no default row
+    slot_bytes = torch.empty(0, dtype=map_dtype(kept + 1)).element_size()
+    return cost + rows * slot_bytes + 2 * dim
 
 
 def default_row(weight: torch.Tensor, count: torch.Tensor, chosen: torch.Tensor,
