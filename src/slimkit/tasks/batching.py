@@ -25,16 +25,19 @@ def calibration_order(rows: int, n: int, batch_size: int) -> tuple[torch.Tensor,
 
 
 def run_eval(model: nn.Module, chunks: Iterable[tuple[torch.Tensor, ...]],
-             post: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Concatenated `post(model(*chunk))` in eval mode on the model's device, under
+             post: Callable[[torch.Tensor], torch.Tensor],
+             call: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+    """Concatenated `post(call(*chunk))` (`call` defaults to the model itself; a bound method
+    such as a tower's encoder otherwise) in eval mode on the model's device, under
     inference_mode; the model's train/eval mode is restored afterwards."""
+    call = model if call is None else call
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            outs = [post(model(*(t.to(device) for t in chunk))).float().cpu()
+            outs = [post(call(*(t.to(device) for t in chunk))).float().cpu()
                     for chunk in chunks]
     finally:
         model.train(was_training)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ...core.errors import SlimkitError
-from ..widedeep import widedeep_data_dir
+from ..widedeep import movielens_frames
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +70,7 @@ def load_movielens() -> CTRData:
 
     from .features import encode_frame  # it imports CTRData from this module
 
-    folder = widedeep_data_dir()
-    paths = {k: folder / f"MovieLens100k_{k}.parquet.brotli" for k in ("data", "users", "items")}
-    for path in paths.values():
-        if not path.exists():
-            raise SlimkitError(f"MovieLens file: not found at {path}")
-    ratings = pd.read_parquet(paths["data"])
-    users = pd.read_parquet(paths["users"])
-    items = pd.read_parquet(paths["items"])
+    ratings, users, items = movielens_frames()
     genre_cols = list(items.columns[5:])  # 19 genre flags after id, title, dates and URL
     if len(genre_cols) != 19:
         raise SlimkitError(f"MovieLens items: expected 19 genre columns, got {genre_cols}")

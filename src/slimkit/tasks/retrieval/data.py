@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ...core.errors import SlimkitError
-from ..widedeep import widedeep_data_dir
+from ..widedeep import movielens_frames
 
 # MovieLens-1M's age groups, applied to the exact ages in the 100k release.
 AGE_EDGES = (18, 25, 35, 45, 50, 56)
@@ -122,14 +122,8 @@ def load_movielens(*, min_rating: int = 0, history: int = 20) -> RetrievalData:
     user features gender, age group, occupation and zip region; item genres (19 flags)."""
     import pandas as pd  # optional dependency ("data" extra): imported only when used
 
-    folder = widedeep_data_dir()
-    paths = {k: folder / f"MovieLens100k_{k}.parquet.brotli" for k in ("data", "users", "items")}
-    for path in paths.values():
-        if not path.exists():
-            raise SlimkitError(f"MovieLens file: not found at {path}")
-    ratings = pd.read_parquet(paths["data"])
-    users = pd.read_parquet(paths["users"]).sort_values("user_id")
-    items = pd.read_parquet(paths["items"]).sort_values("movie_id")
+    ratings, users, items = movielens_frames()
+    users, items = users.sort_values("user_id"), items.sort_values("movie_id")
     ratings = ratings[ratings["rating"] >= min_rating]
     n_users, n_items = int(users["user_id"].max()), int(items["movie_id"].max())
 

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from ...core.errors import SlimkitError
 from ...core.task import Batch
 from ...train.teacher import TeacherRecipe
-from ..batching import calibration_order, epoch_order
+from ..batching import calibration_order, epoch_order, run_eval
 from .data import SPLITS, RetrievalData, load_movielens, synthetic
 from .metrics import KS, ranking_metrics, top_k
 from .model import TwoTower
@@ -176,16 +176,7 @@ def _encode(model: nn.Module, method: str, chunks: Any) -> torch.Tensor:
     if fn is None:
         raise SlimkitError(f"model: {type(model).__name__} has no {method}(); the two-tower "
                            "task needs a model with encode_users and encode_items")
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            outs = [fn(*(t.to(device) for t in chunk)).float().cpu() for chunk in chunks]
-    finally:
-        model.train(was_training)
-    return torch.cat(outs)
+    return run_eval(model, chunks, lambda out: out, call=fn)
 
 
 # Chosen on MovieLens-100k's valid split (8.5 s on one thread): the best epoch was the 5th-6th;
