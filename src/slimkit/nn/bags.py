@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
 MODES = ("none", "sum", "mean")
 
@@ -51,3 +52,28 @@ def bag_lookup(rows: Callable[[torch.Tensor], torch.Tensor], index: torch.Tensor
         count = torch.zeros(bags, device=index.device).scatter_add(0, bag, present)
         out = out / count.clamp(min=1).unsqueeze(-1)
     return out
+
+
+class RowTable(nn.Module):
+    """Base of the tables rebuilt with fewer stored values (hashed, QR, mixed-dimension): a
+    subclass computes `rows_of(index)`; here the padding id reads its stored `pad_row` in a
+    plain lookup, and bags follow nn.EmbeddingBag (padding left out)."""
+
+    embedding_dim: int
+    mode: str
+    padding_idx: int | None
+    pad_row: torch.Tensor
+
+    def rows_of(self, index: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def vectors(self, index: torch.Tensor) -> torch.Tensor:
+        out = self.rows_of(index)
+        if self.padding_idx is not None and self.mode == "none":
+            out = torch.where((index == self.padding_idx).unsqueeze(-1), self.pad_row, out)
+        return out
+
+    def forward(self, index: torch.Tensor, offsets: torch.Tensor | None = None,
+                per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+        return bag_lookup(self.vectors, index, offsets, per_sample_weights, dim=self.embedding_dim,
+                          mode=self.mode, padding_idx=self.padding_idx, include_last_offset=False)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..core.module_types import register_module_type
-from .bags import MODES, bag_lookup
+from .bags import MODES, RowTable
 
 # h(i) = ((i * A + salt) mod P) mod buckets: A < 2^32 and ids < 2^31 keep i * A inside int64,
 # and every op is one ONNX Runtime runs on int64 (Mul, Add, Mod).
@@ -41,7 +41,7 @@ def check_mode(name: str, mode: str, padding_idx: int | None, num_embeddings: in
 
 
 @register_module_type
-class HashedEmbedding(nn.Module):
+class HashedEmbedding(RowTable):
     """Rows 0..hot-1 of `table` are the hot ids' own rows, rows hot.. the shared buckets.
 
     With hot > 0 the id -> row map is stored (`slot`, int16 while rows fit); with hot == 0 the
@@ -83,16 +83,9 @@ class HashedEmbedding(nn.Module):
             return self.slot[index].long()
         return hash_rows(index, self.buckets, self.salt)
 
-    def vectors(self, index: torch.Tensor) -> torch.Tensor:
+    def rows_of(self, index: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.table(self.row_of(index))
-        if self.padding_idx is not None and self.mode == "none":
-            out = torch.where((index == self.padding_idx).unsqueeze(-1), self.pad_row, out)
         return out
-
-    def forward(self, index: torch.Tensor, offsets: torch.Tensor | None = None,
-                per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
-        return bag_lookup(self.vectors, index, offsets, per_sample_weights, dim=self.embedding_dim,
-                          mode=self.mode, padding_idx=self.padding_idx, include_last_offset=False)
 
     def extra_repr(self) -> str:
         return (f"{self.num_embeddings} ids -> {self.hot} hot + {self.buckets} buckets, "

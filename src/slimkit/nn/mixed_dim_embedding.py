@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 from ..core.module_types import register_module_type
-from .bags import MODES, bag_lookup
+from .bags import MODES, RowTable
 from .hashed_embedding import slot_dtype
 
 
 @register_module_type
-class MixedDimEmbedding(nn.Module):
+class MixedDimEmbedding(RowTable):
     """`sizes[k]` rows of width `widths[k]` per block; `slot[i]` is id i's position in the
     blocks laid end to end. `mode` "none" is nn.Embedding, "sum"/"mean" nn.EmbeddingBag; the
     padding row is stored as it is."""
@@ -51,7 +51,7 @@ class MixedDimEmbedding(nn.Module):
                 "sizes": self.sizes, "widths": self.widths, "mode": self.mode,
                 "padding_idx": self.padding_idx}
 
-    def vectors(self, index: torch.Tensor) -> torch.Tensor:
+    def rows_of(self, index: torch.Tensor) -> torch.Tensor:
         """Rows for ids of any shape -> [*index.shape, dim]. Each block projects the row at a
         clamped position and a select keeps the block the id belongs to (one static graph,
         which ONNX exports)."""
@@ -65,14 +65,7 @@ class MixedDimEmbedding(nn.Module):
             inside = ((slot >= start) & (slot < start + n)).unsqueeze(-1)
             out = torch.where(inside, value, out)
             start += n
-        if self.padding_idx is not None and self.mode == "none":
-            out = torch.where((index == self.padding_idx).unsqueeze(-1), self.pad_row, out)
         return out
-
-    def forward(self, index: torch.Tensor, offsets: torch.Tensor | None = None,
-                per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
-        return bag_lookup(self.vectors, index, offsets, per_sample_weights, dim=self.embedding_dim,
-                          mode=self.mode, padding_idx=self.padding_idx, include_last_offset=False)
 
     def extra_repr(self) -> str:
         return (f"{self.num_embeddings}, {self.embedding_dim}, blocks={self.sizes}, "

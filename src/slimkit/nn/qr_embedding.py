@@ -12,14 +12,14 @@ import torch
 from torch import nn
 
 from ..core.module_types import register_module_type
-from .bags import bag_lookup
+from .bags import RowTable
 from .hashed_embedding import check_mode, slot_dtype
 
 OPS = ("mult", "add")
 
 
 @register_module_type
-class QREmbedding(nn.Module):
+class QREmbedding(RowTable):
     """`q` (ceil(N / m) rows) and `r` (m rows) combined by `op`; with hot > 0, `slot` maps each
     id to its exact row in `exact` (-1: composed). The padding id reads `pad_row` (mode "none")
     or is left out of bags. `mode` "sum"/"mean" behaves as nn.EmbeddingBag."""
@@ -57,7 +57,7 @@ class QREmbedding(nn.Module):
                 "collisions": self.collisions, "op": self.op, "hot": self.hot,
                 "mode": self.mode, "padding_idx": self.padding_idx}
 
-    def vectors(self, index: torch.Tensor) -> torch.Tensor:
+    def rows_of(self, index: torch.Tensor) -> torch.Tensor:
         index = index.long()
         quotient: torch.Tensor = self.q(torch.div(index, self.collisions, rounding_mode="floor"))
         remainder: torch.Tensor = self.r(torch.remainder(index, self.collisions))
@@ -66,14 +66,7 @@ class QREmbedding(nn.Module):
             slot = self.slot[index].long()
             exact: torch.Tensor = self.exact(slot.clamp(min=0))
             out = torch.where((slot >= 0).unsqueeze(-1), exact, out)
-        if self.padding_idx is not None and self.mode == "none":
-            out = torch.where((index == self.padding_idx).unsqueeze(-1), self.pad_row, out)
         return out
-
-    def forward(self, index: torch.Tensor, offsets: torch.Tensor | None = None,
-                per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
-        return bag_lookup(self.vectors, index, offsets, per_sample_weights, dim=self.embedding_dim,
-                          mode=self.mode, padding_idx=self.padding_idx, include_last_offset=False)
 
     def extra_repr(self) -> str:
         return (f"{self.num_embeddings} ids -> {self.q.num_embeddings} x {self.r.num_embeddings} "
