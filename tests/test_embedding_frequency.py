@@ -325,3 +325,31 @@ def bag_lookup_reference(table: FrequencyEmbedding, ids: torch.Tensor) -> torch.
 
     return bag_lookup(table.rows, ids, None, None, dim=table.embedding_dim, mode=table.mode,
                       padding_idx=table.padding_idx, include_last_offset=False)
+
+
+def test_shipped_recovery_recipe_trains_tt_cores_beside_two_bit_rows(model, task) -> None:
+    """recipes/ctr-embeddings-recover.yaml as shipped, with its row threshold and epochs scaled
+    to the tiny task: large tables become TT cores, the rest 2-bit rows, and the distillation
+    then trains the cores (the rows stay as quantized)."""
+    import dataclasses
+    from pathlib import Path
+
+    from slimkit.nn.tt_embedding import TTEmbedding
+
+    plan = slimkit.Plan.load(Path(__file__).parents[1] / "recipes" / "ctr-embeddings-recover.yaml")
+    tt, rows, kd = plan.steps
+    assert (tt.method, rows.method, kd.method) == (
+        "truncate.embedding_tt", "quantize.embedding_frequency", "distill.logits")
+    steps = (dataclasses.replace(tt, min_rows=300), rows, dataclasses.replace(kd, epochs=0.5))
+    cut, full = copy.deepcopy(model), copy.deepcopy(model)
+    slimkit.compress_(cut, slimkit.Plan(steps=steps[:2]), Context(task=task, seed=0, teacher=model))
+    slimkit.compress_(full, slimkit.Plan(steps=steps), Context(task=task, seed=0, teacher=model))
+    assert isinstance(full.embeddings[0], TTEmbedding)
+    assert not any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for m in full.modules())
+    for table in full.modules():
+        if isinstance(table, FrequencyEmbedding):
+            assert set(table.bits_per_row().tolist()) <= {0, 2}
+    before = [c.detach() for c in cut.embeddings[0].cores]
+    after = [c.detach() for c in full.embeddings[0].cores]
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert torch.equal(cut.embeddings[1].scale, full.embeddings[1].scale)
