@@ -74,6 +74,37 @@ def test_agreement_metrics() -> None:
 
 # -- data -------------------------------------------------------------------------------------
 @needs_data
+def test_probe_accuracy_and_title_retrieval_by_hand() -> None:
+    from slimkit.tasks.text.metrics import probe_accuracy, title_retrieval
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(300) % 3
+    x = torch.randn(300, 4, generator=gen) * 0.1
+    x[torch.arange(300), y] += 1.0  # class k lies along axis k
+    assert probe_accuracy(x[:200], y[:200], x[200:], y[200:]) == 1.0
+    noise = torch.randn(300, 4, generator=gen)
+    assert probe_accuracy(noise[:200], y[:200], noise[200:], y[200:]) < 0.6
+    docs = torch.eye(4)
+    owner = torch.tensor([0, 0, 1, 1])
+    queries = torch.tensor([[1.0, 0.5, 0, 0], [1.0, 0.0, 0.1, 0]])  # the second finds doc 0
+    found = title_retrieval(queries, docs, owner, k=2)
+    assert found["p1"] == 0.5  # query 0's top document is its own; query 1's is not
+    assert found["r2"] == pytest.approx((1.0 + 0.5) / 2)
+
+
+@needs_data
+def test_wikipedia_held_out_text_is_disjoint_from_general_text() -> None:
+    from slimkit.tasks.text.data import WIKI_MIN_CHARS, wiki_general, wiki_heldout
+
+    titles, paragraphs, owner = wiki_heldout()
+    general = wiki_general()
+    assert len(titles) > 40 and len(paragraphs) > 300 and len(general) > 1000
+    assert owner.tolist() == sorted(owner.tolist()) and int(owner.max()) == len(titles) - 1
+    assert all(len(p) >= WIKI_MIN_CHARS for p in paragraphs)
+    assert not set(paragraphs) & set(general)
+    assert "Aristotle" in titles
+
+
 def test_lee_data_and_random_ndcg_baseline() -> None:
     from slimkit.tasks.text.data import lee_background, lee_documents, lee_similarity
 
@@ -190,10 +221,12 @@ def test_embed_matches_the_reference_recipe(task, tiny) -> None:
 @needs_data
 def test_evaluate_on_tiny_bert(task, tiny) -> None:
     result = task.evaluate(tiny)
-    assert set(result) == {"lee_spearman", "lee_pearson", "lee_ndcg10", "probe_auc"}
+    assert set(result) == {"lee_spearman", "lee_pearson", "lee_ndcg10", "probe_auc",
+                           "topic_acc", "wiki_title_p1", "wiki_title_r10"}
     assert all(math.isfinite(v) for v in result.values())
     assert all(-1 <= result[k] <= 1 for k in ("lee_spearman", "lee_pearson"))
     assert 0 < result["lee_ndcg10"] <= 1 and 0 <= result["probe_auc"] <= 1
+    assert all(0 <= result[k] <= 1 for k in ("topic_acc", "wiki_title_p1", "wiki_title_r10"))
     assert task.evaluate(tiny) == result and not tiny.training
     assert task.evaluate(tiny, "valid")["probe_auc"] != result["probe_auc"]
     with pytest.raises(SlimkitError, match="split"):
@@ -202,9 +235,12 @@ def test_evaluate_on_tiny_bert(task, tiny) -> None:
     try:
         same = task.evaluate(tiny)
         assert same["cosine"] == pytest.approx(1.0, abs=1e-5) and same["top10_overlap"] == 1.0
+        assert same["wiki_cosine"] == pytest.approx(1.0, abs=1e-5)
+        assert same["wiki_top10_overlap"] == 1.0
         assert same["lee_spearman"] == result["lee_spearman"]
         other = task.evaluate(task.build_model("tiny-bert", seed=1))
         assert other["cosine"] < 0.999 and other["top10_overlap"] < 1.0
+        assert other["wiki_cosine"] < 0.999 and other["wiki_top10_overlap"] < 1.0
     finally:
         task.set_reference(None)
     assert "cosine" not in task.evaluate(tiny)

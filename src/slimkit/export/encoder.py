@@ -31,7 +31,8 @@ _NORMALIZE = "2_Normalize"
 def plain_encoder(model: nn.Module) -> tuple[nn.Module, torch.Tensor | None]:
     """A deep copy of a (compressed) BertModel rebuilt as a stock BertModel whose config
     describes its tensors, and the kept original token ids (row order) if the vocabulary was
-    pruned, else None. Raises SlimkitError for what a BertConfig cannot express."""
+    pruned to them, else None (a vocabulary that spells dropped tokens from kept pieces comes
+    back whole). Raises SlimkitError for what a BertConfig cannot express."""
     from ..models.hf import _transformers, attach_spec
 
     if type(model).__name__ != "BertModel":
@@ -40,7 +41,14 @@ def plain_encoder(model: nn.Module) -> tuple[nn.Module, torch.Tensor | None]:
     work = copy.deepcopy(model).eval()
     table = work.get_submodule(WORD_EMBEDDINGS)
     kept: torch.Tensor | None = None
-    if isinstance(table, RemappedEmbedding):
+    if isinstance(table, RemappedEmbedding) and table.compose:
+        # Dropped tokens spelled from kept pieces have no row of their own: a BertModel holds
+        # every original id's row (exact, with the original tokenizer, but not smaller).
+        plain = nn.Embedding(table.vocab_size, table.embedding_dim)
+        with torch.no_grad():
+            plain.weight.copy_(table.full_table())
+        work.embeddings.word_embeddings = plain
+    elif isinstance(table, RemappedEmbedding):
         kept = table.kept_ids.clone()
         plain = nn.Embedding(len(kept), table.embedding_dim, padding_idx=table.padding_idx)
         with torch.no_grad():

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..core.module_types import register_module_type
+from ..nn.remapped_embedding import RemappedEmbedding
 from .encoder import plain_encoder, remap_tokenizer
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,10 @@ class PooledEncoder(nn.Module):
         return mean_pool(hidden, attention_mask)
 
 
+def _composes(model: nn.Module) -> bool:
+    return any(isinstance(m, RemappedEmbedding) and m.compose for m in model.modules())
+
+
 def export_encoder_onnx(model: nn.Module, path: str | Path, *, tokenizer: Any = None,
                         quantize: Literal["none", "dynamic_int8"] = "none",
                         max_length: int = 128, exact_vocab: bool = True) -> Path:
@@ -49,8 +54,9 @@ def export_encoder_onnx(model: nn.Module, path: str | Path, *, tokenizer: Any = 
     output embedding [batch, hidden]), the tokenizer files and encoder.json; returns the .onnx.
 
     A pruned vocabulary (RemappedEmbedding) becomes a plain table and, with `tokenizer`, a
-    remapped tokenizer whose ids are its rows; without one the graph keeps the id map and takes
-    the original ids. `quantize="dynamic_int8"` applies ONNX Runtime's quantize_dynamic with
+    remapped tokenizer whose ids are its rows; without one, or when dropped tokens are spelled
+    from kept pieces, the graph keeps the id map and takes the original ids.
+    `quantize="dynamic_int8"` applies ONNX Runtime's quantize_dynamic with
     per-channel INT8 weights (the word-embedding Gather included). `exact_vocab`: see
     slimkit.export.encoder.remap_tokenizer.
     """
@@ -60,7 +66,12 @@ def export_encoder_onnx(model: nn.Module, path: str | Path, *, tokenizer: Any = 
         raise ConfigError("quantize", quantize, "'none' or 'dynamic_int8'")
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    if tokenizer is not None:
+    if tokenizer is not None and _composes(model):
+        # The graph keeps the id map and the spelling of dropped tokens (a plain table would
+        # need every original row) and takes the original tokenizer's ids.
+        tokenizer.save_pretrained(str(folder))
+        plain = copy.deepcopy(model).eval()
+    elif tokenizer is not None:
         plain, kept = plain_encoder(model)
         if kept is not None:
             remap_tokenizer(tokenizer, kept, folder, exact=exact_vocab)

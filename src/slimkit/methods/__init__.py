@@ -2,6 +2,7 @@
 
 from .distill.encoder import EncoderKD
 from .distill.logits import LogitsKD
+from .distill.static import StaticKD
 from .finetune import Finetune
 from .prune.magnitude import Magnitude
 from .prune.sparsegpt import SparseGPT
@@ -28,4 +29,4 @@ __all__ = ["QAT", "BinaryWeights", "Cluster", "DynamicInt8", "EmbeddingBudget", 
            "Finetune", "Layers", "LogitsKD", "Magnitude", "MixedPrecision", "StaticInt8",
            "Structured", "Vocab", "WeightOnly", "EncoderKD", "SparseGPT", "Wanda",
            "EmbeddingFrequency", "EmbeddingHash", "EmbeddingMixedDim", "EmbeddingQR",
-           "EmbeddingTT"]
+           "EmbeddingTT", "StaticKD"]

@@ -1,6 +1,7 @@
 """How often training reads each row of embedding tables, for the methods that treat rows by
-their frequency (quantize.embedding_frequency, truncate.embedding_hash / embedding_qr): ids are
-Zipf-distributed, so a few rows take most lookups and many are never read."""
+their frequency (quantize.embedding_frequency, truncate.embedding_hash / embedding_qr,
+truncate.vocab, distill.static): ids are Zipf-distributed, so a few rows take most lookups and
+many are never read."""
 
 from __future__ import annotations
 
@@ -44,4 +45,17 @@ def count_row_reads(model: nn.Module, tables: Sequence[tuple[str, Table]], task:
         for h in handles:
             h.remove()
         model.train(was_training)
+    return counts
+
+
+def token_counts(task: Any, vocab_size: int, epochs: float, batch_size: int,
+                 seed: int) -> torch.Tensor:
+    """How often each id occurs (padding excluded) in `epochs` of the task's training batches."""
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    total = max(1, round(epochs * task.num_train_batches(batch_size)))
+    for step, batch in enumerate(task.train_batches(batch_size, seed=seed)):
+        if step >= total:
+            break
+        ids, mask = task.inputs(batch)[:2]
+        counts += torch.bincount(ids[mask.bool()].flatten(), minlength=vocab_size)[:vocab_size]
     return counts

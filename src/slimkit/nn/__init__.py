@@ -21,12 +21,14 @@ from .qr_embedding import QREmbedding
 from .quantized_embedding import QuantizedEmbedding
 from .remapped_embedding import RemappedEmbedding
 from .runtime_memory import memory_report
+from .static_encoder import StaticEncoder
 from .static_modules import StaticInt8Conv2d, StaticInt8Linear
 from .tt_embedding import TTEmbedding
 
 __all__ = ["BinaryLinear", "ClusteredLayer", "DynamicInt8Linear", "FakeSignLinear",
            "FrequencyEmbedding", "HashedEmbedding", "MeanBag", "MixedDimEmbedding",
            "NarrowEmbedding", "QREmbedding",
-           "QuantizedEmbedding", "RemappedEmbedding", "StaticInt8Conv2d", "StaticInt8Linear",
+           "QuantizedEmbedding", "RemappedEmbedding", "StaticEncoder", "StaticInt8Conv2d",
+           "StaticInt8Linear",
            "TernaryLinear", "TTEmbedding", "TiedLowBitHead", "WeightOnlyEmbedding",
            "WeightOnlyLinear", "memory_report"]

@@ -20,8 +20,9 @@ from ...core.errors import SlimkitError
 from ...core.task import Batch
 from ...models.hf import first_tensor
 from ..batching import epoch_order
+from ..wiki import wiki_pages
 from . import metrics
-from .data import SPLITS, lee_background, split_documents, text_documents, wiki_pages
+from .data import SPLITS, lee_background, split_documents, text_documents
 from .defaults import LM_PLAN_YAML, LM_SPACE_YAML
 
 log = logging.getLogger(__name__)

