@@ -109,6 +109,34 @@ def test_encoder_distillation_brings_a_truncated_student_closer(weights) -> None
         "proj" in n for n, _ in student.named_parameters())  # projections are not kept
 
 
+def test_cached_teacher_embeddings_train_the_same_student_running_the_teacher_once() -> None:
+    teacher = tiny_model("bert", 0, **DEEP)
+    task = InputsTask(_batches(6, seed=1))
+    start = copy.deepcopy(teacher)
+    slimkit.compress_(start, slimkit.Plan([slimkit.Layers(container="encoder.layer",
+                                                          indices=(0, 2), recover="none")]),
+                      slimkit.Context(task=task))
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    students, infos = [], []
+    for cache in (True, False):
+        student = copy.deepcopy(start)
+        rec = slimkit.compress_(student, slimkit.Plan([slimkit.EncoderKD(
+            epochs=3, lr=1e-3, batch_size=8, cache_teacher=cache)]),
+            slimkit.Context(task=task, teacher=teacher, seed=0))
+        students.append(student)
+        infos.append((rec[0].info, len(calls)))
+        calls.clear()
+    (cached, cached_calls), (plain, plain_calls) = infos
+    rows = 6 * 8  # six batches of eight texts, all distinct
+    assert cached["teacher_cache"] == {"texts": rows, "hits": 2 * rows, "misses": rows}
+    assert "teacher_cache" not in plain
+    assert cached_calls < plain_calls
+    assert cached["final_loss"] == pytest.approx(plain["final_loss"], rel=1e-4)
+    for a, b in zip(students[0].parameters(), students[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_minilm_style_plan_on_the_text_task_end_to_end(tmp_path) -> None:
     """truncate.layers -> truncate.vocab -> distill.encoder on the real review/news text with a
     tiny BERT (MiniLM's tokenizer), then ONNX INT8 with the id map, evaluated like the bench."""

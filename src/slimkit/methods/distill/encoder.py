@@ -28,7 +28,12 @@ PROJECTIONS = ("query", "key", "value")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EncoderKD(MethodConfig):
-    """loss = w_e * embedding loss + w_h * hidden-state MSE + w_a * attention-relation KL."""
+    """loss = w_e * embedding loss + w_h * hidden-state MSE + w_a * attention-relation KL.
+
+    With the embedding loss alone and `cache_teacher`, the teacher embeds each training text
+    once (the first time a batch holds it) and later epochs reuse its embedding, so an epoch
+    after the first costs the student's passes only (hidden states and attention relations are
+    per token and are not cached)."""
 
     method = "distill.encoder"
     embedding_loss: Literal["cosine", "mse"] = "cosine"
@@ -41,6 +46,7 @@ class EncoderKD(MethodConfig):
     lr: float = 1e-4
     batch_size: int = 32
     schedule: Literal["constant", "linear"] = "linear"
+    cache_teacher: bool = True
 
     def requires(self) -> frozenset[str]:
         return DATA_AND_TEACHER
@@ -105,12 +111,19 @@ def encoder_loss_fn(teacher: nn.Module, student: nn.Module, task: Any, config: E
     t_rel = _Relations(_layers(teacher)[-1]) if use_attn else None
     s_rel = _Relations(_layers(student)[-1]) if use_attn else None
 
+    cache = TeacherCache() if config.cache_teacher and config.hidden_weight == 0 and \
+        not use_attn else None
+
     def loss_fn(model: nn.Module, batch: Batch) -> torch.Tensor:
         mask = task.inputs(batch)[1]
-        with torch.no_grad():
-            t_hidden = _hidden(teacher, batch, task)
         s_hidden = _hidden(model, batch, task)
-        t_emb, s_emb = masked_mean_pool(t_hidden[-1], mask), masked_mean_pool(s_hidden[-1], mask)
+        s_emb = masked_mean_pool(s_hidden[-1], mask)
+        if cache is not None:
+            t_emb = cache.embeddings(teacher, batch, task)
+        else:
+            with torch.no_grad():
+                t_hidden = _hidden(teacher, batch, task)
+            t_emb = masked_mean_pool(t_hidden[-1], mask)
         if config.embedding_loss == "cosine":
             loss = config.embedding_weight * (1 - F.cosine_similarity(s_emb, t_emb)).mean()
         else:
@@ -128,7 +141,33 @@ def encoder_loss_fn(teacher: nn.Module, student: nn.Module, task: Any, config: E
         return loss
 
     loss_fn.cleanup = lambda: [r.remove() for r in (t_rel, s_rel) if r is not None]  # type: ignore[attr-defined]
+    loss_fn.cache = cache  # type: ignore[attr-defined]
     return loss_fn
+
+
+class TeacherCache:
+    """The teacher's sentence embedding of each text seen, keyed by its unpadded token ids."""
+
+    def __init__(self) -> None:
+        self.rows: dict[bytes, torch.Tensor] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def embeddings(self, teacher: nn.Module, batch: Batch, task: Any) -> torch.Tensor:
+        ids, mask = task.inputs(batch)[:2]
+        keys = [row[m.bool()].numpy().tobytes() for row, m in zip(ids, mask, strict=True)]
+        missing = [i for i, k in enumerate(keys) if k not in self.rows]
+        if missing:
+            sub = {k: v[missing] if isinstance(v, torch.Tensor) and v.dim() and
+                   v.shape[0] == len(keys) else v for k, v in batch.items()}
+            with torch.no_grad():
+                hidden = _hidden(teacher, sub, task)[-1]
+                emb = masked_mean_pool(hidden, task.inputs(sub)[1]).detach()
+            for j, i in enumerate(missing):
+                self.rows[keys[i]] = emb[j].clone()
+        self.misses += len(missing)
+        self.hits += len(keys) - len(missing)
+        return torch.stack([self.rows[k] for k in keys])
 
 
 @register(EncoderKD)
@@ -159,4 +198,7 @@ def apply_encoder_kd(model: nn.Module, config: EncoderKD, ctx: Context) -> nn.Mo
         fn.cleanup()  # type: ignore[attr-defined]
     ctx.info.update({"layer_map": mapping, "steps": len(losses),
                      "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 6)})
+    if (cache := fn.cache) is not None:  # type: ignore[attr-defined]
+        ctx.info["teacher_cache"] = {"texts": len(cache.rows), "hits": cache.hits,
+                                     "misses": cache.misses}
     return model

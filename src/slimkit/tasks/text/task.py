@@ -92,11 +92,11 @@ class TextEncoderTask:
     tensor [batch, seq, dim] or an object with `last_hidden_state`. No labels: compress with
     distillation steps. Metrics: Lee Spearman (primary) and Pearson, Lee nDCG@10, linear-probe
     AUC on the reviews' Recommended label and, after `set_reference`, agreement with a
-    reference model ("cosine", "top10_overlap") on the review corpus. Beside them, checks on
-    what compression never sees: a topic probe (the reviews' department, "topic_acc"), and
-    held-out Wikipedia articles, out of the review domain: their titles as short queries for
-    their own paragraphs ("wiki_title_p1", "wiki_title_r10") and, with a reference,
-    agreement on the paragraphs ("wiki_cosine", "wiki_top10_overlap")."""
+    reference model ("cosine" when the widths agree, "top10_overlap") on the review corpus.
+    Beside them, checks on what compression never sees: a topic probe (the reviews'
+    department, "topic_acc"), and held-out Wikipedia articles, out of the review domain: their
+    titles as short queries for their own paragraphs ("wiki_title_p1", "wiki_title_r10") and,
+    with a reference, agreement on the paragraphs ("wiki_cosine", "wiki_top10_overlap")."""
 
     name = "text-encoder"
     primary_metric = "lee_spearman"
@@ -226,7 +226,8 @@ class TextEncoderTask:
             emb[n + len(tr):][dept_te], self.departments[te][dept_te])
         result.update(self._wiki_checks(model, split))
         if agree and (ref := self.reference) is not None:
-            result["cosine"] = metrics.mean_cosine(emb[:n], ref)
+            if ref.shape[1] == emb.shape[1]:  # a narrower student has neighbours, no cosine
+                result["cosine"] = metrics.mean_cosine(emb[:n], ref)
             result["top10_overlap"] = metrics.neighbour_overlap(emb[:n], ref, self.queries)
         log.info("text-encoder evaluate (%s, %d reviews): %.1f s", split, len(unique),
                  time.perf_counter() - start)
@@ -244,7 +245,8 @@ class TextEncoderTask:
         found = metrics.title_retrieval(titles, wiki, self.wiki_owner)
         out = {"wiki_title_p1": found["p1"], "wiki_title_r10": found["r10"]}
         if split == "test" and (ref := self.reference_wiki) is not None:
-            out["wiki_cosine"] = metrics.mean_cosine(wiki, ref)
+            if ref.shape[1] == wiki.shape[1]:
+                out["wiki_cosine"] = metrics.mean_cosine(wiki, ref)
             out["wiki_top10_overlap"] = metrics.neighbour_overlap(
                 wiki, ref, torch.arange(len(wiki)))
         return out
