@@ -137,6 +137,33 @@ def test_cached_teacher_embeddings_train_the_same_student_running_the_teacher_on
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+def test_matryoshka_loss_trains_the_prefix_to_carry_the_similarities() -> None:
+    from slimkit.methods.distill.encoder import matryoshka_loss
+
+    teacher = tiny_model("bert", 0, **DEEP)
+    task = InputsTask(_batches(6, seed=1))
+    x = _batches(1, seed=9)[0]
+
+    def prefix_error(m) -> float:
+        with torch.no_grad():
+            s = m(*x).last_hidden_state.mean(1)
+            t = teacher(*x).last_hidden_state.mean(1)
+        return float(matryoshka_loss(s, t, (8,)))
+
+    errors = {}
+    for widths in ((), (8,)):
+        student = copy.deepcopy(teacher)
+        slimkit.compress_(student, slimkit.Plan([
+            slimkit.Layers(container="encoder.layer", indices=(0, 2), recover="none"),
+            slimkit.EncoderKD(epochs=8, lr=1e-3, batch_size=8, matryoshka=widths,
+                              matryoshka_weight=10.0)]),
+            slimkit.Context(task=task, teacher=teacher, seed=0))
+        errors[widths] = prefix_error(student)
+    assert errors[(8,)] < 0.75 * errors[()], errors
+    with pytest.raises(slimkit.ConfigError, match="matryoshka"):
+        slimkit.EncoderKD(matryoshka=(0,))
+
+
 def test_minilm_style_plan_on_the_text_task_end_to_end(tmp_path) -> None:
     """truncate.layers -> truncate.vocab -> distill.encoder on the real review/news text with a
     tiny BERT (MiniLM's tokenizer), then ONNX INT8 with the id map, evaluated like the bench."""

@@ -33,7 +33,12 @@ class EncoderKD(MethodConfig):
     With the embedding loss alone and `cache_teacher`, the teacher embeds each training text
     once (the first time a batch holds it) and later epochs reuse its embedding, so an epoch
     after the first costs the student's passes only (hidden states and attention relations are
-    per token and are not cached)."""
+    per token and are not cached).
+
+    `matryoshka` (widths such as (64, 128)): each prefix of the student's embedding, renormalised,
+    is also trained so that its in-batch cosine similarities match the teacher's (MSE), as
+    Matryoshka representation learning (Kusupati et al. 2022) does with a similarity loss, so an
+    index may keep only the first dimensions; the teacher may have any width."""
 
     method = "distill.encoder"
     embedding_loss: Literal["cosine", "mse"] = "cosine"
@@ -47,6 +52,8 @@ class EncoderKD(MethodConfig):
     batch_size: int = 32
     schedule: Literal["constant", "linear"] = "linear"
     cache_teacher: bool = True
+    matryoshka: tuple[int, ...] = ()
+    matryoshka_weight: float = 1.0
 
     def requires(self) -> frozenset[str]:
         return DATA_AND_TEACHER
@@ -58,6 +65,9 @@ class EncoderKD(MethodConfig):
             raise ConfigError("embedding_weight", self.embedding_weight,
                               "a positive weight on at least one loss")
         check_range("relation_heads", self.relation_heads, 1, 1024)
+        for d in self.matryoshka:
+            check_range("matryoshka", d, 1, 1 << 16)
+        check_range("matryoshka_weight", self.matryoshka_weight, 0.0, 1000.0)
         for i in self.layer_map:
             check_range("layer_map", i, 0, 1024)
         check_training(self)
@@ -128,6 +138,9 @@ def encoder_loss_fn(teacher: nn.Module, student: nn.Module, task: Any, config: E
             loss = config.embedding_weight * (1 - F.cosine_similarity(s_emb, t_emb)).mean()
         else:
             loss = config.embedding_weight * F.mse_loss(s_emb, t_emb)
+        if config.matryoshka:
+            loss = loss + config.matryoshka_weight * matryoshka_loss(s_emb, t_emb,
+                                                                     config.matryoshka)
         if config.hidden_weight > 0:
             keep = mask.unsqueeze(-1).to(s_hidden[-1].dtype)
             for i, t in enumerate(mapping):
@@ -143,6 +156,19 @@ def encoder_loss_fn(teacher: nn.Module, student: nn.Module, task: Any, config: E
     loss_fn.cleanup = lambda: [r.remove() for r in (t_rel, s_rel) if r is not None]  # type: ignore[attr-defined]
     loss_fn.cache = cache  # type: ignore[attr-defined]
     return loss_fn
+
+
+def matryoshka_loss(student: torch.Tensor, teacher: torch.Tensor,
+                    widths: tuple[int, ...]) -> torch.Tensor:
+    """Mean over `widths` of the MSE between the in-batch cosine-similarity matrix of the
+    student's first d dimensions and the teacher's full one."""
+    target = F.normalize(teacher, dim=-1)
+    target = target @ target.T
+    losses = []
+    for d in widths:
+        prefix = F.normalize(student[:, :d], dim=-1)
+        losses.append(F.mse_loss(prefix @ prefix.T, target))
+    return torch.stack(losses).mean()
 
 
 class TeacherCache:
