@@ -371,6 +371,13 @@ def replace_dir(src: Path, dst: Path) -> None:
     gap. A `dst` holding anything but an artifact's own files is never removed."""
     if dst.exists():
         _check_replaceable(dst)
+    swap_dir(src, dst)
+
+
+def swap_dir(src: Path, dst: Path) -> None:
+    """Move directory `src` to `dst`; an existing `dst` is moved aside first and removed only
+    after `src` is in place, so a reader never finds `dst` missing for longer than a rename."""
+    if dst.exists():
         old = dst.with_name(f".{dst.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(dst, old)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +18,7 @@ from torch import nn
 
 from ..core.errors import SlimkitError
 from ..nn.remapped_embedding import RemappedEmbedding
+from .artifact import swap_dir
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +160,7 @@ def save_sentence_transformers(model: nn.Module, tokenizer: Any, path: str | Pat
             tokenizer.save_pretrained(str(tmp))
         plain.save_pretrained(str(tmp), safe_serialization=True)
         write_st_config(tmp, int(plain.config.hidden_size), max_seq_length)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        swap_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..core.errors import SlimkitError
 from ..nn.static_encoder import StaticEncoder
+from .artifact import swap_dir
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +93,7 @@ def write_static_embedding_folder(model: nn.Module, tokenizer: Any, path: str | 
             {"module_input_name": "sentence_embedding",
              "module_output_name": "sentence_embedding"}, indent=2))
         _make_readable(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        swap_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
