@@ -27,6 +27,7 @@ from .data import (
     lee_similarity,
     review_departments,
     review_split,
+    wiki_general,
     wiki_heldout,
 )
 from .defaults import ENCODER_SPACE_YAML, MINILM_PLAN_YAML
@@ -106,6 +107,7 @@ class TextEncoderTask:
                  latency_length: int = LATENCY_LENGTH, corpus_size: int = EVAL_POOL,
                  probe_train: int | None = None, probe_test: int | None = None,
                  queries: int = 2000, train_size: int | None = None,
+                 general_text: bool = False,
                  eval_batch: int = 64) -> None:
         if tokenizer is None:
             from ...models import minilm_tokenizer
@@ -124,7 +126,9 @@ class TextEncoderTask:
         self.probes = {k: (tr[:probe_train], te[:probe_test])
                        for k, (tr, te) in self.split.probes.items()}
         self.queries = torch.arange(min(queries, corpus_size))
-        self.train_texts = domain_corpus(train_size)
+        # general_text adds the even Wikipedia articles' paragraphs to the training text, so
+        # distillation also sees text outside the review domain (evaluation reads the odd ones).
+        self.train_texts = domain_corpus(train_size) + (wiki_general() if general_text else [])
         self._ids: dict[int, list[int]] = {}  # review row -> token ids (tokenized once)
         self._lee = self._tokenize(lee_documents())
         self.departments = review_departments()[1]
