@@ -10,8 +10,8 @@ steps:
   recover: none
 - method: truncate.vocab
 - method: distill.encoder
-  epochs: 1.5
-  lr: 0.0002
+  epochs: 3.0
+  lr: 0.0003
   batch_size: 32
 """
 
