@@ -17,12 +17,13 @@ WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz
 MIN_DOCUMENT_CHARS = 200  # stubs and leftover list fragments carry little running text
 
 
-def gensim_data(name: str) -> Path:
-    """A file of gensim's test data, found without importing gensim (its deps are not needed)."""
+def gensim_data(name: str, hint: str = "") -> Path:
+    """A file of gensim's test data, found without importing gensim (its deps are not needed).
+    `hint` ends the error when gensim is missing (say, another way to give the text)."""
     spec = importlib.util.find_spec("gensim")
     if spec is None or not spec.submodule_search_locations:
-        raise SlimkitError("text_file: the default text ships inside gensim (pip install "
-                           "--no-deps gensim==4.4.0); or pass text_file=PATH")
+        raise SlimkitError("gensim: not installed; the default texts ship inside it (pip "
+                           f"install --no-deps gensim==4.4.0){hint}")
     return Path(spec.submodule_search_locations[0]) / "test" / "test_data" / name
 
 

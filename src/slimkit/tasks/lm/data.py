@@ -13,6 +13,7 @@ from ..wiki import gensim_data
 
 LEE_BACKGROUND = "lee_background.cor"
 SPLITS = ("train", "valid", "test")
+TEXT_FILE_HINT = "; or pass text_file=PATH"
 
 
 def text_documents(path: str | Path) -> list[str]:
@@ -39,7 +40,7 @@ def text_documents(path: str | Path) -> list[str]:
 
 def lee_background() -> list[str]:
     """300 news documents (gensim's Lee background corpus, latin-1): a second, different text."""
-    lines = gensim_data(LEE_BACKGROUND).read_text(encoding="latin-1").splitlines()
+    lines = gensim_data(LEE_BACKGROUND, TEXT_FILE_HINT).read_text(encoding="latin-1").splitlines()
     return [ln.strip() for ln in lines if ln.strip()]
 
 

@@ -20,9 +20,9 @@ from ...core.errors import SlimkitError
 from ...core.task import Batch
 from ...models.hf import first_tensor
 from ..batching import epoch_order
-from ..wiki import wiki_pages
+from ..wiki import WIKI_FILE, gensim_data, wiki_pages
 from . import metrics
-from .data import SPLITS, lee_background, split_documents, text_documents
+from .data import SPLITS, TEXT_FILE_HINT, lee_background, split_documents, text_documents
 from .defaults import LM_PLAN_YAML, LM_SPACE_YAML
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class CausalLMTask:
     @staticmethod
     def _documents(text_file: str | None) -> list[str]:
         if text_file is None:
+            gensim_data(WIKI_FILE, TEXT_FILE_HINT)  # without gensim: say how else to give text
             return wiki_pages()
         if text_file in SECOND_TEXTS:
             return lee_background()

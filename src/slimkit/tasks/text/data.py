@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ...core.errors import SlimkitError
 from ..widedeep import widedeep_data_dir
-from ..wiki import wiki_articles
+from ..wiki import gensim_data, wiki_articles
 
 REVIEWS_FILE = "WomensClothingE-CommerceReviews.parquet.brotli"
 # The review split (see `review_split`): sizes of the evaluation pool and its probe parts.
@@ -29,18 +27,8 @@ WIKI_PARAGRAPHS = 8
 WIKI_MIN_CHARS = 100
 
 
-def gensim_data_dir() -> Path:
-    """gensim's test_data folder, found without importing gensim (only its data files are read:
-    importing it would need scipy and smart_open)."""
-    spec = importlib.util.find_spec("gensim")
-    if spec is None or not spec.submodule_search_locations:
-        raise SlimkitError("gensim: not installed; run `pip install --no-deps gensim==4.4.0` "
-                           "for the Lee benchmark files")
-    return Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data"
-
-
 def _lines(name: str) -> list[str]:
-    path = gensim_data_dir() / name
+    path = gensim_data(name)
     if not path.is_file():
         raise SlimkitError(f"Lee file: not found at {path}")
     # The files are latin-1 (a few accented names); one document a line.
