@@ -36,6 +36,7 @@ from slimkit.tasks.retrieval.task import RECIPE, TwoTowerTask
 from slimkit.train.teacher import train_best_on_valid
 
 PROJECTED_ITEMS = 1_000_000
+PLAIN_BITS: dict[str, Any] = {"center": False, "query": "bits"}  # signs, Hamming search
 BUILDERS = {
     "float": lambda x: FlatIndex.build(x),
     "int8 per-dim": lambda x: Int8Index.build(x, per="dim"),
@@ -44,12 +45,18 @@ BUILDERS = {
     "pq m=16": lambda x: PQIndex.build(x, m=16),
     "pq m=32": lambda x: PQIndex.build(x, m=32),
     "pq m=16 fp16 books": lambda x: PQIndex.build(x, m=16, codebook_dtype="float16"),
-    "binary (hamming)": lambda x: BinaryIndex.build(x),
-    "binary + binary rescore x4": lambda x: BinaryIndex.build(x, rescore="binary", multiplier=4),
+    "binary (hamming)": lambda x: BinaryIndex.build(x, **PLAIN_BITS),
+    "binary + binary rescore x4": lambda x: BinaryIndex.build(x, rescore="binary", multiplier=4,
+                                                              **PLAIN_BITS),
     "binary + binary rescore x10": lambda x: BinaryIndex.build(x, rescore="binary",
-                                                               multiplier=10),
-    "binary + int8 rescore x4": lambda x: BinaryIndex.build(x, rescore="int8", multiplier=4),
-    "binary + int8 rescore x10": lambda x: BinaryIndex.build(x, rescore="int8", multiplier=10),
+                                                               multiplier=10, **PLAIN_BITS),
+    "binary + int8 rescore x4": lambda x: BinaryIndex.build(x, rescore="int8", multiplier=4,
+                                                            **PLAIN_BITS),
+    "binary + int8 rescore x10": lambda x: BinaryIndex.build(x, rescore="int8", multiplier=10,
+                                                             **PLAIN_BITS),
+    "binary centred, float query": lambda x: BinaryIndex.build(x),
+    "binary centred + int8 rescore x10": lambda x: BinaryIndex.build(x, rescore="int8",
+                                                                     multiplier=10),
 }
 
 

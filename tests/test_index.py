@@ -75,19 +75,62 @@ def test_binary_bits_hamming_and_rescoring(data) -> None:
     assert bits.tolist() == [[0b10101101, 0b10000000]]
     assert torch.equal(unpack_signs(bits, 10), torch.sign(x))
     assert hamming(bits, pack_signs(-x)).tolist() == [[10]]
-    plain = BinaryIndex.build(items)
+    plain = BinaryIndex.build(items, center=False, query="bits")
     assert plain.nbytes == plain.search_bytes == N * D // 8
     signs = torch.sign(items)
     assert torch.equal(plain.search(queries, 5)[0],
                        torch.topk(torch.sign(queries) @ signs.T, 5, dim=1).values)
     r_plain = recall(plain.search(queries, 10)[1], truth)
-    r_binary = recall(BinaryIndex.build(items, rescore="binary").search(queries, 10)[1], truth)
-    int8 = BinaryIndex.build(items, rescore="int8", multiplier=4)
+    plain_kw = {"center": False, "query": "bits"}
+    r_binary = recall(BinaryIndex.build(items, rescore="binary", **plain_kw)
+                      .search(queries, 10)[1], truth)
+    int8 = BinaryIndex.build(items, rescore="int8", multiplier=4, **plain_kw)
     assert int8.search_bytes == N * D // 8 and int8.nbytes == N * D // 8 + N * D + 2 * D * 4
     r_int8 = recall(int8.search(queries, 10)[1], truth)
-    r_float = recall(BinaryIndex.build(items, rescore="float").search(queries, 10)[1], truth)
+    r_float = recall(BinaryIndex.build(items, rescore="float", **plain_kw)
+                     .search(queries, 10)[1], truth)
     assert r_plain < r_binary < r_int8 <= r_float, (r_plain, r_binary, r_int8, r_float)
     assert r_float > 0.9
+
+
+def shifted(n: int, seed: int) -> torch.Tensor:
+    """Clustered vectors sharing one large common direction, as sentence embeddings do: most
+    signs agree on every item, so plain sign bits say little."""
+    common = F.normalize(torch.ones(D), dim=0)
+    return F.normalize(clustered(n, seed) + 1.5 * common, dim=1)
+
+
+def test_centred_bits_and_the_float_query_beat_plain_signs() -> None:
+    items, queries = shifted(N, 0), shifted(Q, 1)
+    truth = torch.topk(queries @ items.T, 10, dim=1).indices
+    plain = BinaryIndex.build(items, center=False, query="bits")
+    centred = BinaryIndex.build(items, query="bits")
+    asym = BinaryIndex.build(items)
+    assert asym.search_bytes == N * D // 8 + D * 4  # the bits and the centre
+    mean = items.mean(0)
+    assert torch.allclose(centred.center, mean)
+    assert torch.equal(centred.bits, pack_signs(items - mean))
+    # The float query's first pass is the centred query against the items' +-1 vectors.
+    expect = torch.topk((queries - mean) @ torch.sign(items - mean).T, 5, dim=1).values
+    assert torch.allclose(asym.search(queries, 5)[0], expect, atol=1e-5)
+    r = [recall(ix.search(queries, 10)[1], truth) for ix in (plain, centred, asym)]
+    assert r[0] < r[1] < r[2], r
+    rescored = BinaryIndex.build(items, rescore="float", multiplier=8)
+    assert recall(rescored.search(queries, 10)[1], truth) > max(r[2], 0.9)
+
+
+def test_old_files_without_centre_search_as_plain_bits(data, tmp_path) -> None:
+    items, queries, _ = data
+    plain = BinaryIndex.build(items, center=False, query="bits")
+    tensors, config = plain.tensors(), plain.config()
+    del config["query"]  # as written before the float query existed
+    back = BinaryIndex.from_tensors(tensors, config)
+    assert back.query == "bits" and back.center is None
+    assert torch.equal(back.search(queries, 10)[1], plain.search(queries, 10)[1])
+    with pytest.raises(ValueError, match="query"):
+        BinaryIndex(plain.bits, D, query="hamming")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="center"):
+        BinaryIndex(plain.bits, D, center=torch.zeros(D + 1))
 
 
 def test_binary_rescoring_never_returns_excluded_items(data) -> None:
@@ -134,17 +177,36 @@ def test_pq_adc_equals_reconstruction_and_beats_random(data) -> None:
     lambda x: Int8Index.build(x, per="vector"), lambda x: BinaryIndex.build(x),
     lambda x: BinaryIndex.build(x, rescore="int8", multiplier=3),
     lambda x: BinaryIndex.build(x, rescore="float"),
+    lambda x: BinaryIndex.build(x, center=False, query="bits"),
     lambda x: PQIndex.build(x, m=4, nbits=6, iters=5)])
-def test_save_load_round_trip(data, tmp_path, make) -> None:
+@pytest.mark.parametrize("mmap", [False, True])
+def test_save_load_round_trip(data, tmp_path, make, mmap: bool) -> None:
     items, queries, _ = data
     index = make(items)
     path = save_index(index, tmp_path / "index.safetensors")
-    back = load_index(path)
+    written = path.read_bytes()
+    back = load_index(path, mmap=mmap)
     assert type(back) is type(index) and back.config() == index.config()
     assert back.nbytes == index.nbytes
     for a, b in zip(index.search(queries, 10), back.search(queries, 10), strict=True):
         assert torch.equal(a, b)
     assert not list(tmp_path.glob("*.partial"))
+    assert path.read_bytes() == written  # a mapped index never writes to its file
+
+
+def test_mapped_tensors_are_views_of_the_file(data, tmp_path) -> None:
+    from slimkit.index.io import mapped_tensors
+
+    items, queries, _ = data
+    index = BinaryIndex.build(items, rescore="float", multiplier=4)
+    path = save_index(index, tmp_path / "index.safetensors")
+    meta, tensors = mapped_tensors(path)
+    assert "slimkit_index" in meta and set(tensors) == {"bits", "center", "float"}
+    assert torch.equal(tensors["float"], items) and torch.equal(tensors["bits"], index.bits)
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(SlimkitError, match="do not fit the file"):
+        load_index(truncated, mmap=True)
 
 
 def test_load_refuses_files_that_are_not_indexes(data, tmp_path) -> None:

@@ -1,13 +1,21 @@
 """Saving and loading indexes: one safetensors file whose header metadata holds a JSON record
 (kind, config, format version). Loading looks the kind up in a fixed table, never imports a
-name from the file, and rebuilds through each class's checks; nothing is unpickled."""
+name from the file, and rebuilds through each class's checks; nothing is unpickled.
+
+`load_index(path, mmap=True)` maps the tensors from the file instead of reading them: pages are
+read when touched, so a binary index with a rescoring store keeps only the bits it scans in
+memory and reads the store's rows of each query's candidates from disk."""
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 from ..core.errors import SlimkitError
 from .binary import BinaryIndex
@@ -18,6 +26,8 @@ from .pq import PQIndex
 FORMAT = 1
 KEY = "slimkit_index"
 INDEX_TYPES: dict[str, Any] = {c.kind: c for c in (FlatIndex, Int8Index, BinaryIndex, PQIndex)}
+NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "U8": np.uint8, "I8": np.int8,
+                "I32": np.int32, "I64": np.int64}
 
 
 def save_index(index: Any, path: str | os.PathLike[str]) -> Path:
@@ -37,15 +47,19 @@ def save_index(index: Any, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def load_index(path: str | os.PathLike[str]) -> Any:
-    """The index saved at `path`; SlimkitError naming the problem for a file that is not one."""
+def load_index(path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
+    """The index saved at `path` (its tensors memory-mapped with `mmap`); SlimkitError naming
+    the problem for a file that is not one."""
     from safetensors import SafetensorError, safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
-    except (OSError, SafetensorError) as exc:
+        if mmap:
+            meta, tensors = mapped_tensors(path)
+        else:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (no iter)
+    except (OSError, SafetensorError, ValueError) as exc:
         raise SlimkitError(f"index: cannot read {path} ({exc})") from None
     try:
         record = json.loads(meta[KEY])
@@ -63,3 +77,33 @@ def load_index(path: str | os.PathLike[str]) -> Any:
         raise SlimkitError(f"index: {path}: header says {record.get('items')} x "
                            f"{record.get('dim')}, tensors hold {len(index)} x {index.dim}")
     return index
+
+
+def mapped_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file, each tensor a copy-on-write memory map of its
+    bytes in the file (the file is never written). ValueError for a malformed header."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError("shorter than a safetensors header")
+        (length,) = struct.unpack("<Q", head)
+        if length > size - 8:
+            raise ValueError(f"header length {length} exceeds the file")
+        header = json.loads(f.read(length))
+    meta = header.pop("__metadata__", None) or {}
+    tensors = {}
+    for name, info in header.items():
+        dtype = NUMPY_DTYPES.get(info.get("dtype"))
+        start, end = info["data_offsets"]
+        shape = tuple(int(n) for n in info["shape"])
+        if dtype is None or 8 + length + end > size or \
+                end - start != int(np.prod(shape)) * np.dtype(dtype).itemsize:
+            raise ValueError(f"tensor {name!r}: dtype {info.get('dtype')!r}, shape {shape} "
+                             f"and offsets {start}..{end} do not fit the file")
+        if end == start:
+            tensors[name] = torch.from_numpy(np.zeros(shape, dtype))
+            continue
+        array = np.memmap(path, dtype=dtype, mode="c", offset=8 + length + start, shape=shape)
+        tensors[name] = torch.from_numpy(array)
+    return meta, tensors
