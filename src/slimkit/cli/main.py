@@ -12,6 +12,7 @@ from .. import __version__
 from ..core.errors import SlimkitError
 from . import commands
 from .auto import add_parser as add_auto_parser
+from .index_cmd import add_parser as add_index_parser
 from .inputs import add_model_args, add_task_args, add_threads_arg
 from .introspect import add_check_parser, add_methods_parser
 from .progress import configure
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     auto = add_auto_parser(add)
     _json_option(auto)
+    _json_option(add_index_parser(add))
     for name, adder in (("methods", add_methods_parser), ("check", add_check_parser)):
         _json_option(adder(add, name))
 

@@ -4,9 +4,11 @@ int8 codes (`Int8Index`), sign bits searched by Hamming distance with optional r
 item, reports the bytes it stores, and saves to safetensors with a JSON header (no pickle)."""
 
 from .binary import BinaryIndex
+from .bundle import write_search_bundle
 from .flat import FlatIndex
 from .int8 import Int8Index
 from .io import load_index, save_index
 from .pq import PQIndex
 
-__all__ = ["BinaryIndex", "FlatIndex", "Int8Index", "PQIndex", "load_index", "save_index"]
+__all__ = ["BinaryIndex", "FlatIndex", "Int8Index", "PQIndex", "load_index", "save_index",
+           "write_search_bundle"]
