@@ -39,7 +39,8 @@ def test_index_from_an_encoder_folder(encoder, tmp_path, capsys) -> None:
     folder, _, _ = encoder
     texts = tmp_path / "docs.txt"
     # A carriage return or a line separator inside a line does not split the document.
-    texts.write_text("\n".join([*DOCS[:-1], DOCS[-1] + "\u2028 with a note"]) + "\n\n")
+    texts.write_text("\r\n".join([*DOCS[:-2], DOCS[-2] + "\r with a note",
+                                   DOCS[-1] + "\u2028 with a note"]) + "\n\n", newline="")
     out = tmp_path / "bundle"
     assert main(["index", str(folder), str(texts), "--out", str(out), "--threads", "1",
                  "--multiplier", "4", "--json"]) == 0

@@ -58,8 +58,11 @@ def read_texts(path: Path) -> list[str]:
     if not path.is_file():
         raise SlimkitError(f"texts: no such file {str(path)!r}")
     docs: list[str] = []
-    # Lines end at "\n" only: str.splitlines would also cut at \r, \x0b or \u2028 inside one.
-    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+    # Lines end at "\n" only (newline="" keeps a stray \r; str.splitlines would also cut at
+    # \x0b or \u2028 inside a document).
+    with open(path, encoding="utf-8", newline="") as f:
+        content = f.read()
+    for number, line in enumerate(content.split("\n"), 1):
         line = line.removesuffix("\r")
         if not line.strip():
             continue
