@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..core.errors import SlimkitError
@@ -22,12 +20,11 @@ from .binary import BinaryIndex
 from .flat import FlatIndex
 from .int8 import Int8Index
 from .pq import PQIndex
+from .standalone import read_safetensors  # the parser search.py uses, torch-free
 
 FORMAT = 1
 KEY = "slimkit_index"
 INDEX_TYPES: dict[str, Any] = {c.kind: c for c in (FlatIndex, Int8Index, BinaryIndex, PQIndex)}
-NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "U8": np.uint8, "I8": np.int8,
-                "I32": np.int32, "I64": np.int64}
 
 
 def save_index(index: Any, path: str | os.PathLike[str]) -> Path:
@@ -82,28 +79,5 @@ def load_index(path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
 def mapped_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """(metadata, tensors) of a safetensors file, each tensor a copy-on-write memory map of its
     bytes in the file (the file is never written). ValueError for a malformed header."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise ValueError("shorter than a safetensors header")
-        (length,) = struct.unpack("<Q", head)
-        if length > size - 8:
-            raise ValueError(f"header length {length} exceeds the file")
-        header = json.loads(f.read(length))
-    meta = header.pop("__metadata__", None) or {}
-    tensors = {}
-    for name, info in header.items():
-        dtype = NUMPY_DTYPES.get(info.get("dtype"))
-        start, end = info["data_offsets"]
-        shape = tuple(int(n) for n in info["shape"])
-        if dtype is None or 8 + length + end > size or \
-                end - start != int(np.prod(shape)) * np.dtype(dtype).itemsize:
-            raise ValueError(f"tensor {name!r}: dtype {info.get('dtype')!r}, shape {shape} "
-                             f"and offsets {start}..{end} do not fit the file")
-        if end == start:
-            tensors[name] = torch.from_numpy(np.zeros(shape, dtype))
-            continue
-        array = np.memmap(path, dtype=dtype, mode="c", offset=8 + length + start, shape=shape)
-        tensors[name] = torch.from_numpy(array)
-    return meta, tensors
+    meta, arrays = read_safetensors(path, mode="c")
+    return meta, {name: torch.from_numpy(a) for name, a in arrays.items()}

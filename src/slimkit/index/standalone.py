@@ -61,9 +61,11 @@ TEXT_PREVIEW = 100  # characters of each hit's text printed by the command line
 # The index file
 
 
-def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, str], dict[str, np.ndarray]]:
-    """(metadata, tensors) of a safetensors file, each tensor a read-only memory map of its bytes.
-    ValueError naming the file for a malformed header."""
+def read_safetensors(path: str | os.PathLike[str], mode: str = "r"
+                     ) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """(metadata, tensors) of a safetensors file, each tensor a memory map of its bytes (read-only,
+    or copy-on-write with mode "c": writable in memory, never written back). ValueError naming
+    the file for a malformed header."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
@@ -94,7 +96,7 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, str], dict
         if end == start:
             tensors[name] = np.zeros(shape, dtype)
         else:
-            tensors[name] = np.memmap(path, dtype=dtype, mode="r", offset=8 + length + start,
+            tensors[name] = np.memmap(path, dtype=dtype, mode=mode, offset=8 + length + start,
                                       shape=shape)
     return meta, tensors
 
