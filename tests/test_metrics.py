@@ -56,3 +56,14 @@ def test_logloss_matches_formula_and_clips() -> None:
     assert math.isfinite(logloss([1, 0], [0.0, 1.0]))
     with pytest.raises(ValueError, match="probs"):
         logloss([0, 1], [0.5, 1.5])
+
+
+def test_cv_probe_accuracy_tests_every_row_once_on_unseen_folds() -> None:
+    from slimkit.tasks.text.metrics import cv_probe_accuracy
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(100) // 50  # two blocks: every fold (row % 5) holds both classes
+    x = torch.randn(100, 8, generator=gen) + 3.0 * y[:, None].float()
+    assert cv_probe_accuracy(x, y) > 0.95
+    noise = torch.randn(100, 8, generator=gen)
+    assert cv_probe_accuracy(noise, y) < 0.8  # nothing to learn: near chance, not memorised

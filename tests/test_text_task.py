@@ -222,11 +222,12 @@ def test_embed_matches_the_reference_recipe(task, tiny) -> None:
 def test_evaluate_on_tiny_bert(task, tiny) -> None:
     result = task.evaluate(tiny)
     assert set(result) == {"lee_spearman", "lee_pearson", "lee_ndcg10", "probe_auc",
-                           "topic_acc", "wiki_title_p1", "wiki_title_r10"}
+                           "topic_acc", "polarity_acc", "wiki_title_p1", "wiki_title_r10"}
     assert all(math.isfinite(v) for v in result.values())
     assert all(-1 <= result[k] <= 1 for k in ("lee_spearman", "lee_pearson"))
     assert 0 < result["lee_ndcg10"] <= 1 and 0 <= result["probe_auc"] <= 1
-    assert all(0 <= result[k] <= 1 for k in ("topic_acc", "wiki_title_p1", "wiki_title_r10"))
+    assert all(0 <= result[k] <= 1 for k in ("topic_acc", "polarity_acc", "wiki_title_p1",
+                                             "wiki_title_r10"))
     assert task.evaluate(tiny) == result and not tiny.training
     assert task.evaluate(tiny, "valid")["probe_auc"] != result["probe_auc"]
     with pytest.raises(SlimkitError, match="split"):

@@ -63,6 +63,21 @@ def lee_background() -> list[str]:
 
 
 @functools.cache
+def movie_polarity() -> tuple[list[str], torch.Tensor]:
+    """Pang & Lee's movie-review sentences with their sentiment (gensim's test data: 100
+    negative then 100 positive, lower-cased and tokenised): a second labelled set, from outside
+    the reviews' domain, for a classification probe no compression step reads."""
+    texts, labels = [], []
+    for line in _lines("pang_lee_polarity.cor"):
+        label, _, text = line.partition(" ")
+        if label not in ("__label__neg", "__label__pos") or not text.strip():
+            raise SlimkitError(f"pang_lee_polarity.cor: unexpected line {line[:60]!r}")
+        texts.append(text.strip())
+        labels.append(int(label == "__label__pos"))
+    return texts, torch.tensor(labels)
+
+
+@functools.cache
 def clothing_reviews() -> tuple[list[str], torch.Tensor]:
     """(review texts, Recommended IND as LongTensor) for the 22,641 rows with a non-empty
     `Review Text`, in file order."""

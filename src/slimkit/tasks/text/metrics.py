@@ -150,6 +150,15 @@ def probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.T
     return float((pred == test_y.reshape(-1)).double().mean())
 
 
+def cv_probe_accuracy(x: torch.Tensor, y: torch.Tensor, folds: int = 5) -> float:
+    """Mean `probe_accuracy` over `folds` folds (row i in fold i % folds): every row is tested
+    once by a probe that never saw it, for a labelled set too small to split once."""
+    rows = torch.arange(len(x))
+    scores = [probe_accuracy(x[rows % folds != f], y[rows % folds != f],
+                             x[rows % folds == f], y[rows % folds == f]) for f in range(folds)]
+    return sum(scores) / folds
+
+
 def title_retrieval(queries: torch.Tensor, docs: torch.Tensor, owner: torch.Tensor,
                     k: int = 10) -> dict[str, float]:
     """Short queries against documents: query i's relevant documents are those with

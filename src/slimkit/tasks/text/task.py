@@ -25,6 +25,7 @@ from .data import (
     domain_corpus,
     lee_documents,
     lee_similarity,
+    movie_polarity,
     review_departments,
     review_split,
     wiki_general,
@@ -95,7 +96,8 @@ class TextEncoderTask:
     AUC on the reviews' Recommended label and, after `set_reference`, agreement with a
     reference model ("cosine" when the widths agree, "top10_overlap") on the review corpus.
     Beside them, checks on what compression never sees: a topic probe (the reviews'
-    department, "topic_acc"), and held-out Wikipedia articles, out of the review domain: their
+    department, "topic_acc"), a sentiment probe on movie-review sentences, out of the review
+    domain (5-fold cross-validated accuracy, "polarity_acc"), and held-out Wikipedia: their
     titles as short queries for their own paragraphs ("wiki_title_p1", "wiki_title_r10") and,
     with a reference, agreement on the paragraphs ("wiki_cosine", "wiki_top10_overlap")."""
 
@@ -132,6 +134,8 @@ class TextEncoderTask:
         self._ids: dict[int, list[int]] = {}  # review row -> token ids (tokenized once)
         self._lee = self._tokenize(lee_documents())
         self.departments = review_departments()[1]
+        polarity, self.polarity_labels = movie_polarity()  # folds i % 5: 20 of each class
+        self._polarity = self._tokenize(polarity)
         titles, paragraphs, self.wiki_owner = wiki_heldout()
         self._wiki_titles, self._wiki = self._tokenize(titles), self._tokenize(paragraphs)
         self._train_ids: list[list[int]] | None = None
@@ -228,6 +232,8 @@ class TextEncoderTask:
         result["topic_acc"] = metrics.probe_accuracy(
             emb[n:n + len(tr)][dept_tr], self.departments[tr][dept_tr],
             emb[n + len(tr):][dept_te], self.departments[te][dept_te])
+        polarity = embed_ids(model, self._polarity, self.pad_id, self.eval_batch)
+        result["polarity_acc"] = metrics.cv_probe_accuracy(polarity, self.polarity_labels)
         result.update(self._wiki_checks(model, split))
         if agree and (ref := self.reference) is not None:
             if ref.shape[1] == emb.shape[1]:  # a narrower student has neighbours, no cosine
