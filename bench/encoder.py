@@ -18,6 +18,7 @@ float search of 2,000 queries.
 
     .venv/bin/python bench/encoder.py [--plan recipes/minilm.yaml] [--student DIR] [--rounds 15]
     .venv/bin/python bench/encoder.py --indexes-only
+    .venv/bin/python bench/encoder.py --student DIR --extra "narrow 256=DIR2"   # more rows
 """
 
 from __future__ import annotations
@@ -118,6 +119,9 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench-encoder")
     parser.add_argument("--threads", type=int, default=available_cores())
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
+    parser.add_argument("--extra", action="append", default=[], metavar="NAME=ARTIFACT",
+                        help="another compressed encoder (an artifact), deployed as ONNX INT8 "
+                        "and measured beside the plan (repeatable)")
     parser.add_argument("--indexes-only", action="store_true",
                         help="only table 3 (embeds the corpus with the fp32 model)")
     args = parser.parse_args()
@@ -171,6 +175,11 @@ def main() -> None:
         "slimkit static, ORT INT8 rows": (OrtEncoder(static_ort8, threads=args.threads),
                                           _mb(static_ort8)),
     }
+    for i, spec in enumerate(args.extra):
+        name, _, path = spec.partition("=")
+        extra = slimkit.load(path).model.eval()
+        onnx = export_encoder_onnx(extra, out / f"extra-{i}-onnx-int8", quantize="dynamic_int8")
+        variants[f"{name}, ORT INT8"] = (OrtEncoder(onnx, threads=args.threads), _mb(onnx))
     inputs = {b: task.example_inputs(b) for b in (1, 32)}
     lat = latency_interleaved({k: v[0] for k, v in variants.items()}, inputs,
                               rounds=args.rounds, repeats=3, probes=["torch fp32", "ORT fp32"],

@@ -188,9 +188,9 @@ COLUMNS = ("deepfm", "dcnv2", "cnn", "transformer", "user")
 
 
 def test_every_packaged_method_has_a_row_and_a_floor() -> None:
-    # Methods for text encoders: their contract runs on a tiny BERT in test_encoder_methods.py
-    # and test_static_encoder.py.
-    text_only = {"distill.encoder", "distill.static", "truncate.vocab"}
+    # Methods for text encoders: their contract runs on a tiny BERT in test_encoder_methods.py,
+    # test_static_encoder.py and test_truncate_hidden.py.
+    text_only = {"distill.encoder", "distill.static", "truncate.vocab", "truncate.hidden"}
     packaged = {getattr(slimkit.methods, n).method for n in slimkit.methods.__all__}
     assert packaged - text_only <= {config.method for config, _ in METHODS.values()}
     assert set(KEEP) == set(METHODS)

@@ -41,7 +41,8 @@ def test_yaml_and_json_round_trip_exactly() -> None:
 def test_every_registered_method_round_trips_with_defaults() -> None:
     for name in slimkit.method_names():
         config_cls, _ = slimkit.core.lookup(name)
-        extra = {"container": "tower", "drop": 1} if name == "truncate.layers" else {}
+        extra = {"truncate.layers": {"container": "tower", "drop": 1},
+                 "truncate.hidden": {"width": 16}}.get(name, {})
         plan = Plan(steps=(config_cls(**extra),))
         assert Plan.from_yaml(plan.to_yaml()) == plan
 
@@ -105,7 +106,7 @@ def _configs_and_choice_fields():
                 yield cls, field
 
 
-REQUIRED = {"truncate.layers": {"container": "tower"}}
+REQUIRED = {"truncate.layers": {"container": "tower"}, "truncate.hidden": {"width": 16}}
 
 
 @pytest.mark.parametrize(("cls", "field"), list(_configs_and_choice_fields()),

@@ -73,22 +73,36 @@ def plain_encoder(model: nn.Module) -> tuple[nn.Module, torch.Tensor | None]:
 
 
 def _describe(model: nn.Module, config: Any) -> None:
-    """Set the config sizes from the actual tensors; refuse per-layer differences."""
+    """Set the config sizes from the actual tensors (a narrower hidden width, as truncate.hidden
+    leaves, becomes hidden_size and num_attention_heads); refuse per-layer differences."""
     layers = list(model.encoder.layer)
     hidden = int(model.embeddings.word_embeddings.embedding_dim)
-    if hidden != int(config.hidden_size):
-        raise SlimkitError(f"encoder export: word embeddings are {hidden} wide but hidden_size "
-                           f"is {config.hidden_size}; a BertConfig cannot express a factorised "
-                           "or narrower embedding")
+    norm = tuple(model.embeddings.LayerNorm.normalized_shape)
+    inputs = {int(layer.attention.self.query.in_features) for layer in layers}
+    if norm != (hidden,) or inputs - {hidden}:
+        raise SlimkitError(f"encoder export: word embeddings are {hidden} wide but the "
+                           f"embedding LayerNorm is {list(norm)} and the layers read "
+                           f"{sorted(inputs)}; a BertConfig cannot express a factorised or "
+                           "narrower embedding")
     heads = {int(layer.attention.self.query.out_features) for layer in layers}
     if heads - {hidden}:
         raise SlimkitError(f"encoder export: attention projections of width {sorted(heads)} "
                            f"in a {hidden}-wide model (pruned attention heads); a BertConfig "
                            "describes only full-width attention with the same heads per layer")
+    head_sizes = {int(layer.attention.self.attention_head_size) for layer in layers}
+    if len(head_sizes) > 1 or any(hidden % size for size in head_sizes):
+        raise SlimkitError(f"encoder export: attention head sizes {sorted(head_sizes)} in a "
+                           f"{hidden}-wide model; a BertConfig has one head size dividing "
+                           "hidden_size")
     widths = [int(layer.intermediate.dense.out_features) for layer in layers]
     if len(set(widths)) > 1:
         raise SlimkitError(f"encoder export: FFN widths differ per layer ({widths}); a "
                            "BertConfig has one intermediate_size for all layers")
+    if head_sizes:
+        config.num_attention_heads = hidden // head_sizes.pop()
+    elif hidden % int(config.num_attention_heads):
+        config.num_attention_heads = 1  # no layer: any count that divides the width
+    config.hidden_size = hidden
     config.num_hidden_layers = len(layers)
     config.vocab_size = int(model.embeddings.word_embeddings.num_embeddings)
     if widths:

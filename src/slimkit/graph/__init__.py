@@ -14,7 +14,8 @@ from .edits import (
 )
 from .modules import get_submodule, set_submodule
 from .resize_rules import register_resize_rule
+from .shrink import cut_tensors
 
-__all__ = ["MASK", "apply_edit", "attach_masks", "detach_masks", "drop_blocks", "get_submodule",
-           "is_masked", "mark_masked", "register_resize_rule", "restore_masks",
+__all__ = ["MASK", "apply_edit", "attach_masks", "cut_tensors", "detach_masks", "drop_blocks",
+           "get_submodule", "is_masked", "mark_masked", "register_resize_rule", "restore_masks",
            "set_submodule", "swap_module", "training_masks"]

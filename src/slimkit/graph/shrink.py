@@ -70,6 +70,37 @@ def shrink(model: nn.Module, analysis: Analysis, keep: Keep,
     return edit
 
 
+def cut_tensors(model: nn.Module, cuts: dict[str, list[tuple[int, torch.Tensor]]],
+                attrs: dict[str, dict[str, Any]], *, log: bool = True) -> dict[str, Any]:
+    """Keep, in place, only the indices `cuts[name]` gives along each listed dimension of every
+    named parameter or buffer (a tensor shared under several names is cut once, by its first
+    name), set the module size attributes `attrs` ({module path: {attr: value}}), and log and
+    return the `resize` edit that `load` replays: for a cut the caller plans itself (a method
+    that knows the layout) rather than one derived from a dependency analysis, as in `shrink`.
+
+    Raises ValueError for a dimension out of range or an index outside it, before anything is
+    changed; an unknown name raises AttributeError (from the model) likewise."""
+    for name, dims in cuts.items():
+        shape = _tensor(model, name).shape
+        for dim, idx in dims:
+            if not 0 <= dim < len(shape):
+                raise ValueError(f"cut_tensors: {name} has {len(shape)} dimensions, not {dim}")
+            if idx.dim() != 1 or idx.dtype not in (torch.int32, torch.int64) or (
+                    idx.numel() and not 0 <= int(idx.min()) <= int(idx.max()) < shape[dim]):
+                raise ValueError(f"cut_tensors: indices for {name} dimension {dim} must be a "
+                                 f"1-d integer tensor in [0, {shape[dim]})")
+    shapes = {name: list(_slice_tensor(model, name, dims).shape) for name, dims in cuts.items()}
+    # Plain JSON values: a tuple (LayerNorm's normalized_shape) is stored as a list; _set_attrs
+    # turns it back into a tuple where the module holds one, here and on replay.
+    plain = {path: {a: list(v) if isinstance(v, tuple) else v for a, v in values.items()}
+             for path, values in attrs.items() if values}
+    _set_attrs(model, plain)
+    edit: dict[str, Any] = {"op": "resize", "tensors": shapes, "attrs": plain}
+    if log:
+        edit_log(model).append(edit)
+    return edit
+
+
 def replay_resize(model: nn.Module, edit: dict[str, Any]) -> None:
     """Give the tensors and attributes of a freshly built model the recorded shapes."""
     for name, shape in edit["tensors"].items():

@@ -22,6 +22,7 @@ from .truncate.embedding_hash import EmbeddingHash
 from .truncate.embedding_mixed_dim import EmbeddingMixedDim
 from .truncate.embedding_qr import EmbeddingQR
 from .truncate.embedding_tt import EmbeddingTT
+from .truncate.hidden import Hidden
 from .truncate.layers import Layers
 from .truncate.vocab import Vocab
 
@@ -29,4 +30,4 @@ __all__ = ["QAT", "BinaryWeights", "Cluster", "DynamicInt8", "EmbeddingBudget", 
            "Finetune", "Layers", "LogitsKD", "Magnitude", "MixedPrecision", "StaticInt8",
            "Structured", "Vocab", "WeightOnly", "EncoderKD", "SparseGPT", "Wanda",
            "EmbeddingFrequency", "EmbeddingHash", "EmbeddingMixedDim", "EmbeddingQR",
-           "EmbeddingTT", "StaticKD"]
+           "EmbeddingTT", "Hidden", "StaticKD"]
