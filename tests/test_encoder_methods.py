@@ -241,3 +241,31 @@ def test_spelled_vocabulary_saves_reloads_and_exports_to_onnx(tmp_path) -> None:
         assert torch.equal(loaded(ids), want)
     path = export_onnx(model, (ids,), tmp_path / "m.onnx")
     assert check_parity(model, path, (ids,), atol=1e-6, rtol=0).passed
+
+
+def test_a_narrower_student_distils_in_its_own_space() -> None:
+    """truncate.hidden then distill.encoder: the 24-wide student's embeddings cannot be compared
+    with the 48-wide teacher's directly; the loss maps them (training only) and matches the
+    in-batch similarities, which get closer to the teacher's than right after the cut."""
+    from slimkit.methods.distill.encoder import matryoshka_loss
+
+    teacher = tiny_model("bert", 0, **DEEP)
+    task = InputsTask(_batches(6, seed=1))
+    x = _batches(1, seed=9)[0]
+
+    def similarity_error(m) -> float:
+        with torch.no_grad():
+            s = m(*x).last_hidden_state.mean(1)
+            t = teacher(*x).last_hidden_state.mean(1)
+        return float(matryoshka_loss(s, t, (s.shape[1],)))
+
+    student = copy.deepcopy(teacher)
+    ctx = slimkit.Context(task=task, teacher=teacher, seed=0)
+    slimkit.compress_(student, slimkit.Plan([slimkit.Hidden(width=24, recover="none")]), ctx)
+    cut = similarity_error(student)
+    rec = slimkit.compress_(student, slimkit.Plan([
+        slimkit.EncoderKD(epochs=8, lr=1e-3, batch_size=8)]), ctx)[0]
+    assert student.embeddings.word_embeddings.embedding_dim == 24
+    assert student(*x).last_hidden_state.shape[-1] == 24  # the map stays in training
+    assert similarity_error(student) < 0.9 * cut, (cut, similarity_error(student))
+    assert rec.info["steps"] == 48
