@@ -159,27 +159,32 @@ def main() -> None:
     export_encoder_onnx(student, out / "deploy-onnx-int8", tokenizer=task.tokenizer,
                         quantize="dynamic_int8")
     slim_st = save_sentence_transformers(student, task.tokenizer, out / "sentence-transformers")
+    def ort(path: Path) -> OrtEncoder:
+        # Idle ONNX Runtime workers sleep at once: spinning, they would take the cores the next
+        # variant in the interleaved timing needs.
+        return OrtEncoder(path, threads=args.threads, spin=False)
+
     variants = {
         "torch fp32": (teacher, _mb(fp32_st / "model.safetensors")),
         "torch quantize_dynamic (per channel)": (torch_int8, torch_int8_mb),
-        "ORT fp32": (OrtEncoder(ort_fp32, threads=args.threads), _mb(ort_fp32)),
-        "ORT quantize_dynamic (per channel)": (OrtEncoder(ort_int8, threads=args.threads),
+        "ORT fp32": (ort(ort_fp32), _mb(ort_fp32)),
+        "ORT quantize_dynamic (per channel)": (ort(ort_int8),
                                                _mb(ort_int8)),
         "slimkit student, torch fp32": (student, artifact_bytes(out / "student") / 1e6
                                         if (out / "student").exists() else float("nan")),
         # Model files only, for every row (tokenizer files are about 1 MB in each case).
-        "slimkit plan, ORT INT8": (OrtEncoder(slim_onnx, threads=args.threads), _mb(slim_onnx)),
+        "slimkit plan, ORT INT8": (ort(slim_onnx), _mb(slim_onnx)),
         "slimkit static, torch fp32": (static, artifact_bytes(out / "static") / 1e6),
-        "slimkit static, ORT fp32": (OrtEncoder(static_ort, threads=args.threads),
+        "slimkit static, ORT fp32": (ort(static_ort),
                                      _mb(static_ort)),
-        "slimkit static, ORT INT8 rows": (OrtEncoder(static_ort8, threads=args.threads),
+        "slimkit static, ORT INT8 rows": (ort(static_ort8),
                                           _mb(static_ort8)),
     }
     for i, spec in enumerate(args.extra):
         name, _, path = spec.partition("=")
         extra = slimkit.load(path).model.eval()
         onnx = export_encoder_onnx(extra, out / f"extra-{i}-onnx-int8", quantize="dynamic_int8")
-        variants[f"{name}, ORT INT8"] = (OrtEncoder(onnx, threads=args.threads), _mb(onnx))
+        variants[f"{name}, ORT INT8"] = (ort(onnx), _mb(onnx))
     inputs = {b: task.example_inputs(b) for b in (1, 32)}
     lat = latency_interleaved({k: v[0] for k, v in variants.items()}, inputs,
                               rounds=args.rounds, repeats=3, probes=["torch fp32", "ORT fp32"],

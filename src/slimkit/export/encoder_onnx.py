@@ -142,14 +142,15 @@ class OrtEncoder:
 
     training = False
 
-    def __init__(self, folder: str | Path, threads: int = 2) -> None:
+    def __init__(self, folder: str | Path, threads: int = 2, *, spin: bool = True) -> None:
         from .runtime import OrtSession
 
         folder = Path(folder)
         if folder.suffix == ".onnx":
             folder = folder.parent
         self.folder = folder
-        self.session = OrtSession(folder / ONNX_FILE, threads=threads)
+        # spin=False for sessions timed side by side (see OrtSession).
+        self.session = OrtSession(folder / ONNX_FILE, threads=threads, spin=spin)
         meta = folder / ENCODER_JSON
         self.max_length = int(json.loads(meta.read_text())["max_length"]) if meta.is_file() \
             else 128
