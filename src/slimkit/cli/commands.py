@@ -189,7 +189,7 @@ def evaluate(args: argparse.Namespace) -> int:
     spec = manifest.get("task_spec")
     task = task_from_args(args, spec if isinstance(spec, dict) else None) if args.task \
         else task_from_spec(spec)
-    artifact = _load_for_eval(Path(args.artifact), manifest, task, args.model)
+    artifact = load_for_eval(Path(args.artifact), manifest, task, args.model)
     measured = task.evaluate(artifact.model, args.split)
     recorded = artifact.manifest.get("metrics", {}).get(args.split, {})
     table = Table(title=f"{args.artifact} on {task.name} ({args.split})")
@@ -214,7 +214,7 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0 if worst <= 1e-6 else 1
 
 
-def _load_for_eval(path: Path, manifest: dict[str, Any], task: Any, model_ref: str | None) -> Any:
+def load_for_eval(path: Path, manifest: dict[str, Any], task: Any, model_ref: str | None) -> Any:
     """The artifact's model: into `--model package.module:factory`'s instance when given, into
     the task's own model when the artifact names the class the task builds, else by name."""
     if model_ref:
@@ -245,7 +245,7 @@ def gguf(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.force:
         raise SlimkitError(f"out: {str(out)!r} exists (--force to replace it)")
-    artifact = _load_for_eval(Path(args.artifact), manifest, task, None)
+    artifact = load_for_eval(Path(args.artifact), manifest, task, None)
     result = export_gguf(artifact.model, out, source=source)
     counts: dict[str, int] = {}
     for kind in result.types.values():

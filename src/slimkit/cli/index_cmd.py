@@ -93,7 +93,7 @@ def _encoder_folder(source: Path, args: argparse.Namespace, work: Path) -> Path:
     from ..export.encoder_onnx import ENCODER_JSON, export_encoder_onnx
     from ..export.static import export_static_onnx
     from ..nn.static_encoder import StaticEncoder
-    from .commands import _load_for_eval
+    from .commands import load_for_eval
 
     manifest = read_manifest(source)
     spec = manifest.get("task_spec")
@@ -102,7 +102,7 @@ def _encoder_folder(source: Path, args: argparse.Namespace, work: Path) -> Path:
     tokenizer = getattr(task, "tokenizer", None)
     if tokenizer is None:
         raise SlimkitError(f"--task: {task.name!r} has no tokenizer; give a text-encoder task")
-    model = _load_for_eval(source, manifest, task, None).model.eval()
+    model = load_for_eval(source, manifest, task, None).model.eval()
     folder = work / "encoder"
     if isinstance(model, StaticEncoder):
         export_static_onnx(model, folder / "model.onnx")

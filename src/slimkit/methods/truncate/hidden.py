@@ -36,6 +36,7 @@ from ...core.task import batches_used
 from ...graph import cut_tensors, get_submodule
 from ...graph.trace import tensors_of
 from ..recovery import Recovery, recover
+from .activation_energy import ActivationEnergy
 
 log = logging.getLogger(__name__)
 
@@ -212,34 +213,12 @@ def _sizes(layout: _Layout, config: Hidden) -> tuple[int, list[int]]:
     return heads, ffn
 
 
-class _Energy:
-    """Sums of squared activations over real tokens, per hooked module input or output."""
-
-    def __init__(self) -> None:
-        self.mask: torch.Tensor | None = None
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}
-
-    def add(self, key: str, x: torch.Tensor) -> None:
-        rows = x.detach().flatten(0, -2)
-        if self.mask is not None and self.mask.shape == x.shape[:-1]:
-            rows = rows[self.mask.reshape(-1).bool()]
-        sq = rows.float().pow(2).sum(0)
-        self.sums[key] = self.sums[key] + sq if key in self.sums else sq
-        self.counts[key] = self.counts.get(key, 0) + int(rows.shape[0])
-
-    def mean(self, key: str) -> torch.Tensor:
-        if key not in self.sums:
-            raise SlimkitError(f"truncate.hidden: {key} never ran on the calibration batches")
-        return self.sums[key] / max(1, self.counts[key])
-
-
 @torch.no_grad()
 def _importance(model: nn.Module, layout: _Layout, batches: list[tuple[torch.Tensor, ...]]
                 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[int]]:
     """Scores of the hidden dimensions, of each layer's heads and FFN neurons, and the shape of
     the model's first output tensor (for the recovery check)."""
-    energy = _Energy()
+    energy = ActivationEnergy()
     handles = []
 
     def output_hook(key: str) -> Callable[..., None]:
