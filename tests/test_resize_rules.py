@@ -132,8 +132,9 @@ def test_a_rule_replaces_the_attribute_search(rules: None, monkeypatch) -> None:
     checks.clear()
     rec = _prune(_model())
     assert rec[0].info["analysis"]["probe_failed"] == []
-    # One trial run per probed group (head group, split group), no attribute search.
-    assert fewest == [] and len(checks) == 2
+    # Both groups (heads, split parts) are fully ruled, so one trial run probes them together;
+    # no attribute search.
+    assert fewest == [] and len(checks) == 1
 
 
 def test_a_failing_rule_refuses_its_group(rules: None) -> None:

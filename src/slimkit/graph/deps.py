@@ -24,6 +24,8 @@ from .op_rules import RULES, args, kwargs
 from .trace import Traced, TraceError, captured_inputs, issuing_module, trace
 
 log = logging.getLogger(__name__)
+# Higher-order operations export leaves around a region run under another grad or autocast mode.
+WRAPPED_REGIONS = ("wrap_with_set_grad_enabled", "wrap_with_autocast")
 
 
 @dataclasses.dataclass
@@ -137,7 +139,8 @@ class Analyser:
     def __init__(self, traced: Traced) -> None:
         self.traced = traced
         self.d = Dims()
-        self.values_of: dict[str, list[list[int]]] = {}
+        # Keyed by node, not name: a wrapped region's subgraph reuses the outer graph's names.
+        self.values_of: dict[torch.fx.Node, list[list[int]]] = {}
         self.slot_module: list[str] = []
         self.param_slots: list[tuple[str, int, int]] = []
         self.head_slots: list[int] = []
@@ -173,28 +176,28 @@ class Analyser:
         return name.split(".")[0]
 
     def has(self, arg: Any) -> bool:
-        return isinstance(arg, torch.fx.Node) and arg.name in self.values_of
+        return isinstance(arg, torch.fx.Node) and arg in self.values_of
 
     def dims(self, arg: Any) -> list[int]:
-        return self.values_of[arg.name][0]
+        return self.values_of[arg][0]
 
     def tensor_args(self, node: torch.fx.Node) -> list[torch.fx.Node]:
         flat = [*args(node), *kwargs(node).values()]
         out = []
         for a in flat:
             for x in (a if isinstance(a, (list, tuple)) else [a]):
-                if self.has(x) and self.values_of[x.name]:
+                if self.has(x) and self.values_of[x]:
                     out.append(x)
         return out
 
     def values(self, node: torch.fx.Node) -> list[list[int]]:
-        if node.name not in self.values_of:
+        if node not in self.values_of:
             val = node.meta.get("val")
             vals = val if isinstance(val, (list, tuple)) else [val]
-            self.values_of[node.name] = [
+            self.values_of[node] = [
                 [self.new_class(int(s)) for s in v.shape] if isinstance(v, torch.Tensor) else []
                 for v in vals]
-        return self.values_of[node.name]
+        return self.values_of[node]
 
     def value(self, node: torch.fx.Node) -> list[int]:
         return self.values(node)[0]
@@ -234,9 +237,44 @@ class Analyser:
                 self.compose(x[gi[0]], "prod", [out[k] for k in gj])
             elif len(gj) == 1:
                 self.compose(out[gj[0]], "prod", [x[k] for k in gi])
-            else:
+            elif not self._refine([x[k] for k in gi], [out[k] for k in gj]):
                 for k in [*[x[k] for k in gi], *[out[k] for k in gj]]:
                     self.lock(k, "reshaped across several dimensions")
+
+    def _refine(self, a: list[int], b: list[int]) -> bool:
+        """Tie two row-major runs of the same total size ([B, E] -> [B*H, hd]) by splitting
+        the larger head of either run into the smaller one times a new remainder class, until
+        the runs match part for part; False (nothing tied) if a size does not divide."""
+        plan: list[tuple[str, int, list[int]]] = []
+        a, b = list(a), list(b)
+        sizes = {s: self.size(s) for s in [*a, *b]}
+        while a and b:
+            x, y = a[0], b[0]
+            if sizes[x] == sizes[y]:
+                plan.append(("tie", x, [y]))
+                a.pop(0)
+                b.pop(0)
+                continue
+            small, large, rest = (x, y, b) if sizes[x] < sizes[y] else (y, x, a)
+            if sizes[large] % sizes[small]:
+                return False
+            remainder = -len(plan) - 1  # a class made only if the whole run factorises
+            sizes[remainder] = sizes[large] // sizes[small]
+            plan.append(("prod", large, [small, remainder]))
+            (a if rest is b else b).pop(0)
+            rest[0] = remainder
+        made: dict[int, int] = {}
+        for kind, target, parts in plan:
+            target = made.get(target, target)
+            for p in parts:
+                if p < 0 and p not in made:
+                    made[p] = self.new_class(sizes[p])
+            parts = [made.get(p, p) for p in parts]
+            if kind == "tie":
+                self.tie(target, parts[0])
+            else:
+                self.compose(target, "prod", parts)
+        return True
 
     # The walk.
 
@@ -250,7 +288,7 @@ class Analyser:
                 self._call(node)
             elif node.op == "output":
                 for arg in args(node)[0]:
-                    for v in (self.values_of.get(arg.name, []) if self.has(arg) else []):
+                    for v in (self.values_of.get(arg, []) if self.has(arg) else []):
                         for d in v:
                             self.lock(d, "model output")
 
@@ -274,12 +312,19 @@ class Analyser:
         name = self.op_name(node)
         if name == "getitem":
             src, idx = args(node)
-            if self.has(src) and isinstance(idx, int) and idx < len(self.values_of[src.name]):
-                self.values_of[node.name] = [self.values_of[src.name][idx]]
+            if self.has(src) and isinstance(idx, int) and idx < len(self.values_of[src]):
+                self.values_of[node] = [self.values_of[src][idx]]
             else:
                 self.value(node)
             return
+        if name in WRAPPED_REGIONS:
+            self._region(node)
+            return
         fn = RULES.get(name)
+        if fn is None and name.endswith("_") and name[:-1] in RULES:
+            # In place: the result is the first argument, changed as the out-of-place form
+            # would change it (out += identity, ReLU6(inplace=True), dropout_).
+            fn = RULES[name[:-1]]
         if fn is None:
             self.unknown[name].append(self.current)
             self.lock_node(node, f"unknown operation {name}")
@@ -290,6 +335,30 @@ class Analyser:
             # A rule meeting an unexpected signature must not guess: lock what it touches.
             self.unknown[f"{name} ({type(exc).__name__})"].append(self.current)
             self.lock_node(node, f"operation {name} not understood here")
+
+    def _region(self, node: torch.fx.Node) -> None:
+        """A no-grad or autocast region: export keeps its operations in a subgraph called with
+        the region's inputs; walk it as if inline (neither mode changes a shape)."""
+        at = next(i for i, a in enumerate(args(node))
+                  if isinstance(a, torch.fx.Node) and a.op == "get_attr")
+        sub = getattr(self.traced.graph.owning_module, str(args(node)[at].target)).graph
+        operands = iter(args(node)[at + 1:])
+        outer = self.current
+        for inner in sub.nodes:
+            self.current = issuing_module(inner) or outer
+            if inner.op == "placeholder":
+                operand = next(operands)
+                if self.has(operand):
+                    self.values_of[inner] = self.values_of[operand]
+                else:
+                    self.value(inner)
+            elif inner.op == "call_function":
+                self._call(inner)
+            elif inner.op == "output":
+                results = args(inner)[0]
+                self.values_of[node] = [self.dims(r) if self.has(r) else []
+                                        for r in results]
+        self.current = outer
 
     def result(self) -> Analysis:
         d = self.d

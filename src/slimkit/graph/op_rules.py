@@ -34,7 +34,7 @@ ELEMENTWISE = (
     "_to_copy clone contiguous masked_fill type_as detach alias ne eq lt gt le ge logical_not "
     "logical_and logical_or __and__ __or__ bitwise_and bitwise_or bitwise_not "
     "sign floor ceil round remainder floor_divide fill feature_dropout alpha_dropout "
-    "native_dropout"
+    "native_dropout zero copy"
 ).split()
 CREATION = ("arange zeros ones full empty zeros_like ones_like full_like empty_like new_ones "
             "new_zeros new_full new_empty scalar_tensor lift_fresh_copy rand randn "
@@ -150,9 +150,21 @@ def conv(an: Analyser, node: torch.fx.Node) -> None:
         an.tie(x[1], out[1])
         an.tie(out[1], w[0])
         an.lock(w[1], "depthwise kernel")
+    elif not transposed:
+        # Grouped: channel = group x position within it, on both sides. The group count stays
+        # (a module attribute and often a config value), so channels are cut evenly within
+        # every group: the same positions of each.
+        count = an.new_class(groups)
+        an.lock(count, f"convolution group count (groups={groups})")
+        per_in = an.new_class(an.size(x[1]) // groups)
+        per_out = an.new_class(an.size(out[1]) // groups)
+        an.compose(x[1], "prod", [count, per_in])
+        an.compose(out[1], "prod", [count, per_out])
+        an.tie(w[0], out[1])
+        an.tie(w[1], per_in)
     else:
         for d in (x[1], out[1], w[0], w[1]):
-            an.lock(d, f"grouped convolution (groups={groups})")
+            an.lock(d, f"grouped transposed convolution (groups={groups})")
     if bias is not None:
         an.tie(out[1], bias[0])
 

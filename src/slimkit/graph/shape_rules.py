@@ -14,7 +14,7 @@ from .op_rules import aligned, args, kwargs, rule
 if TYPE_CHECKING:
     from .deps import Analyser
 
-INDEXING = ("index index_select gather scatter scatter_add index_put take masked_select "
+INDEXING = ("index_select gather scatter scatter_add index_put take masked_select "
             "nonzero embedding_dense_backward").split()
 
 
@@ -127,8 +127,52 @@ def select(an: Analyser, node: torch.fx.Node) -> None:
         an.tie(i, j)
 
 
+@rule("index")
+def index(an: Analyser, node: torch.fx.Node) -> None:
+    """x[idx] with index tensors on a run of consecutive leading-or-inner axes: those axes are
+    looked up (locked); the axes before and after pass through (Swin's bias table[index] keeps
+    its head axis, a class-token lookup keeps the width)."""
+    x, out = an.dims(args(node)[0]), an.value(node)
+    indices = list(args(node)[1])
+    used = [k for k, i in enumerate(indices) if i is not None]
+    if not used or used != list(range(used[0], used[-1] + 1)):
+        an.lock_node(node, "indexed by index")  # scattered index axes move to the front
+        return
+    start, end = used[0], used[-1] + 1
+    for k in range(start, end):
+        an.lock(x[k], "indexed by index")
+    for i in indices:
+        if an.has(i):
+            for d in an.dims(i):
+                an.lock(d, "index tensor")
+    rest = len(x) - end
+    for k in range(start):
+        an.tie(x[k], out[k])
+    for k in range(1, rest + 1):
+        an.tie(x[-k], out[-k])
+    for d in out[start:len(out) - rest]:
+        an.lock(d, "indexed by index")
+
+
 @rule(*INDEXING)
 def indexing(an: Analyser, node: torch.fx.Node) -> None:
     an.lock_node(node, f"indexed by {an.op_name(node)}")
 
 
+
+
+@rule("constant_pad_nd", "pad", "reflection_pad1d", "reflection_pad2d", "replication_pad1d",
+      "replication_pad2d", "reflection_pad3d", "replication_pad3d")
+def pad(an: Analyser, node: torch.fx.Node) -> None:
+    """Padding widens the trailing dimensions it pads (pairs listed from the last dim back);
+    the rest pass through, so a channel dimension under "same" padding of its spatial ones is
+    still cut."""
+    x, out = an.dims(args(node)[0]), an.value(node)
+    widths = list(args(node)[1]) if len(args(node)) > 1 else list(kwargs(node)["pad"])
+    padded = {len(x) - 1 - k // 2 for k, w in enumerate(widths) if w != 0}
+    for k, (i, j) in enumerate(zip(x, out, strict=True)):
+        if k in padded:
+            an.lock(i, "padded")
+            an.lock(j, "padded")
+        else:
+            an.tie(i, j)

@@ -239,6 +239,49 @@ def probe(model: nn.Module, analysis: Analysis, group: Group,
     return needed
 
 
+def probe_all(model: nn.Module, analysis: Analysis, groups: Sequence[Group],
+              inputs: Sequence[torch.Tensor]) -> dict[int, list[AttrFix] | str]:
+    """`probe` for every group, by id. Groups with no size attribute to consider (layers whose
+    resize rules know their sizes: most of a CNN) are probed together on one copy, halving the
+    batch only where it fails, so a model with hundreds of groups costs a few copies."""
+    result: dict[int, list[AttrFix] | str] = {}
+    plain = [g for g in groups if all(_fully_ruled(get_submodule(model, p))
+                                      for p, _, _ in _candidates(model, analysis, g))]
+    for g in groups:
+        if g not in plain:
+            result[g.id] = probe(model, analysis, g, inputs)
+
+    def together(batch: Sequence[Group]) -> None:
+        if len(batch) == 1:
+            result[batch[0].id] = probe(model, analysis, batch[0], inputs)
+            return
+        keep = {g.id: torch.arange(1, g.size) for g in batch}
+        zeroed = copy.deepcopy(model)
+        zero_removed(zeroed, analysis, keep)
+        reference = eval_outputs(zeroed, inputs)
+        try:
+            shrink(zeroed, analysis, keep, log=False)
+            works = _check(zeroed, inputs, reference) is None
+        except ResizeRuleError:
+            works = False
+        if works:
+            result.update({g.id: [] for g in batch})
+            return
+        half = len(batch) // 2
+        together(batch[:half])
+        together(batch[half:])
+
+    if plain:
+        together(plain)
+    return result
+
+
+def _fully_ruled(module: nn.Module) -> bool:
+    """Its resize rule sets every size it has: its type's own rule, or a torch layer's."""
+    return _own_rule(module) or (find_rule(type(module)) is not None
+                                 and type(module).__module__.startswith("torch.nn."))
+
+
 def _own_rule(module: nn.Module) -> bool:
     found = find_rule(type(module))
     return found is not None and found[0] is type(module)

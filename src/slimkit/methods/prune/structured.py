@@ -22,7 +22,7 @@ from ...core import Context, Targets, check_range, register
 from ...core.config import DATA, DATA_AND_TEACHER
 from ...core.errors import SlimkitError
 from ...graph.deps import Analysis, Group, analyse_units
-from ...graph.shrink import AttrFix, Keep, probe, shrink
+from ...graph.shrink import AttrFix, Keep, probe_all, shrink
 from ...graph.trace import eval_outputs
 from ..recovery import Recovery, recover
 from . import importance
@@ -184,8 +184,9 @@ def _scores(model: nn.Module, analysis: Analysis, groups: list[Group], config: S
 def _usable(model: nn.Module, analysis: Analysis, groups: list[Group],
             example: tuple[torch.Tensor, ...]) -> tuple[list[Group], list[AttrFix], list[Any]]:
     usable, fixes, skipped = [], [], []
+    probed = probe_all(model, analysis, groups, example)
     for g in groups:
-        result = probe(model, analysis, g, example)
+        result = probed[g.id]
         if isinstance(result, str):
             skipped.append({"group": g.describe(), "reason": result})
         else:
