@@ -55,7 +55,24 @@ def _gpt2_names(kw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _vision(config: str, model: str, **kw: Any) -> Build:
-    return _hf(config, model, num_labels=10, **kw)
+    build = _hf(config, model, num_labels=10, **kw)
+
+    def scaled() -> nn.Module:
+        # transformers' initialisation for some CNNs (MobileNetV2, EfficientNet) shrinks
+        # activations to 1e-28 or less by the logits, where no comparison means anything: He-normal weights keep them O(1).
+        model = build()
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    fan_in = m.weight[0].numel()
+                    m.weight.copy_(torch.randn(m.weight.shape, generator=gen)
+                                   * (2.0 / fan_in) ** 0.5)
+                elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+                    m.weight.fill_(1.0)  # some inits draw these near 0, as for a Linear
+                    m.bias.zero_()
+        return model
+    return scaled
 
 
 def _ctr(name: str) -> Build:

@@ -168,6 +168,8 @@ class MainOutput(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         extra: dict[str, torch.Tensor] = {}
-        if self.mask_at is not None and len(inputs) <= self.mask_at:
+        # Token ids only: a vision model may accept a mask too, but not one shaped like pixels.
+        if self.mask_at is not None and len(inputs) <= self.mask_at \
+                and not inputs[0].is_floating_point():
             extra["attention_mask"] = torch.ones_like(inputs[0])
         return first_tensor(self.model(*inputs, **extra))
