@@ -58,8 +58,8 @@ def _prune_one(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
     task = InputsTask([inputs_for(name, model, 8, seed=2)])
     pruned = copy.deepcopy(model)
     start = time.perf_counter()
-    records = slimkit.compress_(pruned, slimkit.Plan([slimkit.Structured(ratio=RATIO)]),
-                                slimkit.Context(task=task))
+    config = slimkit.Structured(ratio=RATIO, normalised_widths=not args.exact_only)
+    records = slimkit.compress_(pruned, slimkit.Plan([config]), slimkit.Context(task=task))
     seconds = time.perf_counter() - start
     x = inputs[BATCHES[-1]]
     with torch.no_grad():
@@ -99,6 +99,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=available_cores())
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--exact-only", action="store_true",
+                        help="leave widths under a normalisation whole (normalised_widths=False)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     torch.set_num_threads(args.threads)

@@ -59,7 +59,8 @@ def _vision(config: str, model: str, **kw: Any) -> Build:
 
     def scaled() -> nn.Module:
         # transformers' initialisation for some CNNs (MobileNetV2, EfficientNet) shrinks
-        # activations to 1e-28 or less by the logits, where no comparison means anything: He-normal weights keep them O(1).
+        # activations to 1e-28 or less by the logits, where no comparison means anything;
+        # He-normal weights keep them O(1).
         model = build()
         gen = torch.Generator().manual_seed(0)
         with torch.no_grad():

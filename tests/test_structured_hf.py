@@ -94,3 +94,58 @@ def test_depth_pruning_by_block_influence(arch, container, tmp_path) -> None:
     loaded = slimkit.load(tmp_path / "d").model
     with torch.no_grad():
         assert torch.equal(first_tensor(loaded(*x)), first_tensor(model(*x)))
+
+
+def _headed(arch: str):
+    """A model whose output is not its hidden width: a task head over it."""
+    if arch in ("llama", "qwen2"):
+        return _model(arch)
+    import transformers
+
+    from slimkit.models.hf import attach_spec, tiny_config
+
+    cls = {"bert": transformers.BertForSequenceClassification,
+           "gpt2": transformers.GPT2LMHeadModel}[arch]  # GPT-2: Conv1D layers, tied head
+    torch.manual_seed(0)
+    return attach_spec(cls._from_config(tiny_config(arch, **SMALL, num_labels=2),
+                                        attn_implementation="sdpa").eval())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_hidden_width_under_normalisation_is_cut_on_request(arch, tmp_path) -> None:
+    """normalised_widths=True cuts the residual width every LayerNorm/RMSNorm reads (inexact,
+    so never by default); the model keeps its outputs' shapes, reloads and exports."""
+    model = _headed(arch)
+    width = model.get_input_embeddings().weight.shape[1]
+    exact = copy.deepcopy(model)
+    slimkit.compress_(exact, slimkit.Plan([slimkit.Structured(ratio=0.5)]),
+                      slimkit.Context(task=_task(model)))
+    assert exact.get_input_embeddings().weight.shape[1] == width
+    pruned = copy.deepcopy(model)
+    rec = slimkit.compress_(pruned, slimkit.Plan([slimkit.Structured(
+        ratio=0.5, normalised_widths=True)]), slimkit.Context(task=_task(model)))
+    assert pruned.get_input_embeddings().weight.shape[1] == width // 2
+    norms = [m for m in pruned.modules() if "Norm" in type(m).__name__]
+    assert norms and all(m.weight.shape == (width // 2,) for m in norms)
+    analysis = rec[0].info["analysis"]
+    assert analysis["inexact"] and not any("normalised" in g["reason"]
+                                           for g in analysis["locked"])
+    x = example_inputs(model, batch=3, seq=20, seed=7)
+    with torch.no_grad():
+        out = first_tensor(pruned(*x))
+        assert out.shape == first_tensor(model(*x)).shape and torch.isfinite(out).all()
+        slimkit.save(pruned, tmp_path / "m")
+        loaded = slimkit.load(tmp_path / "m").model
+        assert torch.equal(first_tensor(loaded(*x)), out)
+    onnx = export_onnx(loaded, x, tmp_path / "m.onnx")
+    assert check_parity(loaded, onnx, x, min_cosine=0.9999, atol=1e-3).passed
+
+
+def test_a_tied_head_and_embedding_lose_the_same_width() -> None:
+    model = _model("llama")  # lm_head shares the embedding's tensor
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    slimkit.compress_(model, slimkit.Plan([slimkit.Structured(ratio=0.25,
+                                                              normalised_widths=True)]),
+                      slimkit.Context(task=_task(model)))
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    assert model.lm_head.weight.shape == (120, 36) and model.lm_head.in_features == 36

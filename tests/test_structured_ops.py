@@ -194,3 +194,35 @@ def test_probing_groups_together_finds_what_probing_each_finds() -> None:
     failed = [g.describe() for g in groups if isinstance(alone[g.id], str)]
     assert failed == ["channel group of 12 in gate"]
     assert sum(1 for v in alone.values() if v == []) == 3  # a, c and the 6 wide b -> c
+
+
+class PoolFormerish(nn.Module):
+    """GroupNorm(1, C): a LayerNorm over channels and positions; GroupNorm(4, C) beside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.norm = nn.Conv2d(3, 16, 3), nn.GroupNorm(1, 16)
+        self.b, self.norm4 = nn.Conv2d(16, 16, 3), nn.GroupNorm(4, 16)
+        self.head = nn.Sequential(nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm4(self.b(torch.relu(self.norm(self.a(x)))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_group_norm_of_one_group_is_cut_only_on_request() -> None:
+    import slimkit
+    from slimkit.tasks.inputs import InputsTask
+
+    x = (torch.randn(2, 3, 10, 10),)
+    for inexact_ok, width in ((False, 16), (True, 8)):
+        torch.manual_seed(0)
+        model = PoolFormerish().eval()
+        rec = slimkit.compress_(model, slimkit.Plan([slimkit.Structured(
+            ratio=0.5, normalised_widths=inexact_ok)]), slimkit.Context(task=InputsTask([x])))
+        assert model.norm.num_channels == model.a.out_channels == width
+        assert model.norm4.num_channels == 16  # four groups: its channels stay
+        locked = [g["reason"] for g in rec[0].info["analysis"]["locked"]]
+        assert any("groups=4" in r for r in locked)
+        with torch.no_grad():
+            assert model(*x).shape == (2, 2)

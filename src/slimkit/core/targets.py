@@ -35,19 +35,24 @@ class Targets:
                     except re.error:
                         raise ConfigError(f"{field}[{i}]", pat, "a valid regex") from None
 
-    def select(self, model: nn.Module,
-               default_types: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
+    def select(self, model: nn.Module, default_types: tuple[str, ...], *,
+               subclasses: bool = False, tied_ok: bool = False) -> list[tuple[str, nn.Module]]:
         """Matching (name, module) pairs in definition order; the root module is never selected.
 
         A module whose weight is tied to another module's (a language model's head and its
         input embedding) is left out unless named exactly, and refused then: rewriting one side
         either breaks the tie (a second copy of the table) or changes the other side too
-        (pruning the head zeroes the embedding)."""
+        (pruning the head zeroes the embedding). `tied_ok`: the caller cuts a tied tensor once
+        for both sides (a structured cut of the width they share). `subclasses`: a type also
+        matches its subclasses (FalconLinear is a Linear), for a caller that reads only the
+        tensors, never the module's own forward."""
         types = self.types or default_types
-        tied = _tied(model)
+        tied = {} if tied_ok else _tied(model)
         chosen = []
         for name, module in model.named_modules():
-            if not name or type(module).__name__ not in types:
+            kinds = [c.__name__ for c in type(module).__mro__] if subclasses \
+                else [type(module).__name__]
+            if not name or not set(kinds) & set(types):
                 continue
             if _matches(name, self.names) and not _matches(name, self.exclude):
                 if name in tied:

@@ -47,6 +47,8 @@ class Group:
     modules: set[str]
     classes: set[int]
     head_of: int | None = None  # the query-head class this is a factor of (GQA: kv x group)
+    # Locked only because a normalisation reads the width: cutting it runs but is not exact.
+    inexact: bool = False
 
     def describe(self) -> str:
         params = sorted({m.name.rpartition(".")[0] or m.name for m in self.members})
@@ -76,14 +78,26 @@ class Analysis:
     def prunable(self) -> list[Group]:
         return [g for g in self.groups if g.locked is None]
 
-    def report(self) -> dict[str, Any]:
-        """JSON-friendly summary: counts and the reason each locked group was left alone."""
-        locked = [{"group": g.describe(), "reason": g.locked}
-                  for g in self.groups if g.locked is not None]
-        return {"scope": self.scope or "model", "notes": self.notes,
-                "groups": len(self.groups), "prunable": len(self.prunable),
-                "locked": locked, "unknown_ops": {k: sorted(set(v))[:5]
-                                                  for k, v in self.unknown_ops.items()}}
+    @property
+    def prunable_inexact(self) -> list[Group]:
+        """The prunable groups and those whose cut is only inexact (widths under a norm)."""
+        return [g for g in self.groups if g.locked is None or g.inexact]
+
+    def report(self, inexact_cut: bool = False) -> dict[str, Any]:
+        """JSON-friendly summary: counts and the reason each locked group was left alone
+        (with `inexact_cut`, groups under a normalisation were offered for cutting: listed
+        apart, not as locked)."""
+        locked = [{"group": g.describe(), "reason": g.locked} for g in self.groups
+                  if g.locked is not None and not (inexact_cut and g.inexact)]
+        out = {"scope": self.scope or "model", "notes": self.notes,
+               "groups": len(self.groups),
+               "prunable": len(self.prunable_inexact if inexact_cut else self.prunable),
+               "locked": locked, "unknown_ops": {k: sorted(set(v))[:5]
+                                                 for k, v in self.unknown_ops.items()}}
+        if inexact_cut:
+            out["inexact"] = [{"group": g.describe(), "reason": g.locked}
+                              for g in self.groups if g.inexact]
+        return out
 
 
 def analyse(model: nn.Module, example_inputs: Sequence[Any],
@@ -161,6 +175,9 @@ class Analyser:
 
     def lock(self, slot: int, reason: str) -> None:
         self.d.lock(slot, reason)
+
+    def lock_inexact(self, slot: int, reason: str) -> None:
+        self.d.lock_inexact(slot, reason)
 
     def compose(self, slot: int, kind: str, children: list[int]) -> None:
         self.d.compose(slot, kind, children)
@@ -379,10 +396,12 @@ class Analyser:
             if not members or d.size[leaf] <= 1:
                 continue
             locked = next((d.locks[c] for c in classes if c in d.locks), None)
+            inexact = next((d.inexact[c] for c in classes if c in d.inexact), None)
             modules = {self.slot_module[s] for c in classes for s in by_root[c]}
             groups.append(Group(leaf, d.size[leaf], "head" if leaf in heads else "channel",
-                                sorted(members, key=lambda m: (m.name, m.dim)), locked,
-                                modules, classes, heads.get(leaf)))
+                                sorted(members, key=lambda m: (m.name, m.dim)),
+                                locked or inexact, modules, classes, heads.get(leaf),
+                                inexact=locked is None and inexact is not None))
         groups.sort(key=lambda g: (g.members[0].name, g.id))
         return Analysis(d, groups, dict(self.unknown))
 

@@ -30,6 +30,8 @@ class Dims:
         self.size: list[int] = []
         self.struct: dict[int, Struct] = {}
         self.locks: dict[int, str] = {}
+        # Cuts that run but are not exact (a width LayerNorm normalises): allowed on request.
+        self.inexact: dict[int, str] = {}
 
     def new(self, size: int) -> int:
         self.parent.append(len(self.parent))
@@ -48,6 +50,9 @@ class Dims:
         root = self.find(x)
         self.locks.setdefault(root, reason)
 
+    def lock_inexact(self, x: int, reason: str) -> None:
+        self.inexact.setdefault(self.find(x), reason)
+
     def union(self, a: int, b: int) -> None:
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
@@ -64,6 +69,8 @@ class Dims:
         self.parent[rb] = ra
         if rb in self.locks:
             self.locks.setdefault(ra, self.locks.pop(rb))
+        if rb in self.inexact:
+            self.inexact.setdefault(ra, self.inexact.pop(rb))
         sa, sb = self.struct.get(ra), self.struct.pop(rb, None)
         if sb is None:
             return

@@ -44,6 +44,10 @@ IGNORED = ("_assert_tensor_metadata sym_size sym_numel _assert_async "
 NORMALISING = ("mean var std norm linalg_vector_norm amax amin max min logsumexp prod "
                "argmax argmin").split()
 
+# Statistics over a width whose value shifts smoothly when channels leave: a cut is inexact.
+INEXACT_REDUCTIONS = ("mean", "var", "std", "norm", "linalg_vector_norm")
+
+
 def args(node: torch.fx.Node) -> tuple[Any, ...]:
     """A node's positional arguments, typed loosely: rules check what they use."""
     return tuple(node.args)
@@ -213,11 +217,17 @@ def layer_norm(an: Analyser, node: torch.fx.Node) -> None:
     for i, j in zip(x, out, strict=True):
         an.tie(i, j)
     if "group" in name:
-        an.lock(x[1], f"normalised by {name}")
-        for arg in args(node)[2:4]:
+        # group_norm(x, groups, weight, bias, eps); native_group_norm(x, weight, bias, N, C,
+        # HxW, groups, eps).
+        native = name.startswith("native")
+        groups = int(args(node)[6] if native else args(node)[1])
+        for arg in args(node)[1:3] if native else args(node)[2:4]:
             if isinstance(arg, torch.fx.Node) and an.has(arg):
-                for d in an.dims(arg):
-                    an.lock(d, f"normalised by {name}")
+                an.tie(x[1], an.dims(arg)[0])
+        if groups == 1:  # a LayerNorm over channels and positions (PoolFormer)
+            an.lock_inexact(x[1], f"normalised by {name}")
+        else:
+            an.lock(x[1], f"normalised by {name} (groups={groups})")
         return
     k = len(args(node)[1])
     for arg in args(node)[2:4]:
@@ -225,8 +235,9 @@ def layer_norm(an: Analyser, node: torch.fx.Node) -> None:
             for i, d in enumerate(an.dims(arg)):
                 an.tie(x[len(x) - k + i], d)
     for d in x[len(x) - k:]:
-        # Dropping a channel changes the mean and variance of the rest: not exact.
-        an.lock(d, f"normalised by {name}")
+        # Dropping a channel changes the mean and variance of the rest: not exact, but it
+        # runs, so a caller that recovers afterwards may ask for it (a transformer's width).
+        an.lock_inexact(d, f"normalised by {name}")
 
 
 @rule("embedding")
@@ -313,7 +324,10 @@ def reduction(an: Analyser, node: torch.fx.Node) -> None:
         reduced = list(range(len(x)))
     else:
         reduced = [d % len(x) for d in (dim if isinstance(dim, (list, tuple)) else [dim])]
-    if name != "sum":  # a sum of zeros is zero; a mean or max over fewer channels is not
+    if name in INEXACT_REDUCTIONS:  # a hand-written norm (RMSNorm): mean of squares
+        for d in reduced:
+            an.lock_inexact(x[d], f"{name} over it")
+    elif name != "sum":  # a sum of zeros is zero; a max over fewer channels is not the max
         for d in reduced:
             an.lock(x[d], f"{name} over it")
     for out in outs:

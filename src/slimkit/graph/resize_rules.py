@@ -90,6 +90,9 @@ def find_rule(cls: type) -> tuple[type, ResizeRule] | None:
     for base in cls.__mro__:
         if base in _RULES:
             return base, _RULES[base]
+        named = _BY_NAME.get(f"{base.__module__}.{base.__qualname__}")
+        if named is not None:
+            return base, named
     return None
 
 
@@ -153,8 +156,24 @@ def _layer_norm(module: nn.Module, resize: Resize) -> dict[str, Any]:
     return {} if w is None else {"normalized_shape": list(w.shape)}
 
 
+@register_resize_rule(nn.GroupNorm)
+def _group_norm(module: nn.Module, resize: Resize) -> dict[str, Any]:
+    w: Any = module.weight
+    return {} if w is None else {"num_channels": w.shape[0]}
+
+
 @register_resize_rule(nn.Embedding)
 @register_resize_rule(nn.EmbeddingBag)
 def _embedding(module: nn.Module, resize: Resize) -> dict[str, Any]:
     w: Any = module.weight
     return {"embedding_dim": w.shape[1], "num_embeddings": w.shape[0]}
+
+
+def _conv1d(module: nn.Module, resize: Resize) -> dict[str, Any]:
+    w: Any = module.weight  # [in, out]: a Linear stored transposed (GPT-2's Conv1D)
+    return {"nx": w.shape[0], "nf": w.shape[1]}
+
+
+# Third-party layers whose sizes follow from their weights, matched by qualified name so their
+# package is never imported here.
+_BY_NAME: dict[str, ResizeRule] = {"transformers.pytorch_utils.Conv1D": _conv1d}

@@ -212,7 +212,8 @@ def probe(model: nn.Module, analysis: Analysis, group: Group,
         ruled = shrink(trial, analysis, keep, log=False)["attrs"]
     except ResizeRuleError as exc:
         return str(exc)
-    error = _check(trial, inputs, reference)
+    exact = not group.inexact
+    error = _check(trial, inputs, reference, exact)
     # A module's resize rule knows its sizes: the name search skips what rules already set, and
     # every attribute of a module whose own type has a rule.
     candidates = [(p, a, c) for p, a, c in _candidates(model, analysis, group)
@@ -226,7 +227,7 @@ def probe(model: nn.Module, analysis: Analysis, group: Group,
             setattr(get_submodule(trial, p), a, saved[(p, a)])
         for p, a, c in fixes:
             setattr(get_submodule(trial, p), a, new_size[c])
-        return _check(trial, inputs, reference) is None
+        return _check(trial, inputs, reference, exact) is None
 
     needed = [] if error is None else _fewest(candidates, works)
     if needed is None:
@@ -245,7 +246,7 @@ def probe_all(model: nn.Module, analysis: Analysis, groups: Sequence[Group],
     resize rules know their sizes: most of a CNN) are probed together on one copy, halving the
     batch only where it fails, so a model with hundreds of groups costs a few copies."""
     result: dict[int, list[AttrFix] | str] = {}
-    plain = [g for g in groups if all(_fully_ruled(get_submodule(model, p))
+    plain = [g for g in groups if not g.inexact and all(_fully_ruled(get_submodule(model, p))
                                       for p, _, _ in _candidates(model, analysis, g))]
     for g in groups:
         if g not in plain:
@@ -335,7 +336,8 @@ def _candidates(model: nn.Module, analysis: Analysis, group: Group) -> list[Attr
 def zero_removed(model: nn.Module, analysis: Analysis, keep: Keep) -> None:
     """Zero every tensor slice of the channels `keep` drops (what cutting them removes)."""
     d = analysis.dims
-    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    tensors = {**dict(model.named_parameters(remove_duplicate=False)),
+               **dict(model.named_buffers(remove_duplicate=False))}
     with torch.no_grad():
         for g in analysis.groups:
             if g.id not in keep:
@@ -348,7 +350,10 @@ def zero_removed(model: nn.Module, analysis: Analysis, keep: Keep) -> None:
 
 
 def _check(model: nn.Module, inputs: Sequence[torch.Tensor],
-           reference: list[torch.Tensor]) -> str | None:
+           reference: list[torch.Tensor], exact: bool = True) -> str | None:
+    """Why the cut model fails: it raises, its output shapes change, or (if `exact`) its
+    outputs move beyond float rounding; None if it passes. An inexact cut must still give
+    finite outputs."""
     try:
         outs = eval_outputs(model, inputs)
     except Exception as exc:  # recorded: returned as the group's "not cuttable" reason
@@ -356,6 +361,8 @@ def _check(model: nn.Module, inputs: Sequence[torch.Tensor],
     shapes, ref_shapes = [tuple(t.shape) for t in outs], [tuple(t.shape) for t in reference]
     if shapes != ref_shapes:
         return f"output shapes changed {ref_shapes} -> {shapes}"
+    if not exact:
+        return None if all(bool(torch.isfinite(t).all()) for t in outs) else "non-finite outputs"
     for out, ref in zip(outs, reference, strict=True):
         scale = max(1.0, float(ref.abs().max())) if ref.numel() else 1.0
         diff = float((out - ref).abs().max()) if ref.numel() else 0.0

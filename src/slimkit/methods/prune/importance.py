@@ -135,8 +135,9 @@ def activation(model: nn.Module, analysis: Analysis, group: Group,
 def taylor_accumulate(model: nn.Module, analysis: Analysis, groups: Sequence[Group],
                       totals: dict[int, torch.Tensor]) -> None:
     """Add this batch's (sum over each channel's slices of w * dL/dw)^2 to `totals`."""
-    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
-    params = dict(model.named_parameters())
+    # Every name of a tied tensor: the trace may know it by either.
+    params = dict(model.named_parameters(remove_duplicate=False))
+    grads = {name: p.grad for name, p in params.items() if p.grad is not None}
     for g in groups:
         per = torch.zeros(g.size)
         for m in g.members:

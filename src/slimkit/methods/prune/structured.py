@@ -47,6 +47,9 @@ class Structured(Recovery):
     recover: Literal["none", "finetune", "distill"] = "none"
     epochs: float = 0.0
     calibration_batches: int = 8
+    # Also cut widths a normalisation reads (a transformer's hidden width under LayerNorm or
+    # RMSNorm, the plain consistent cut): runs, but not exact, so recover afterwards.
+    normalised_widths: bool = False
     targets: Targets = Targets()
 
     def requires(self) -> frozenset[str]:
@@ -150,7 +153,7 @@ def _wanted(group: Group, selected: set[str], layers: set[str]) -> bool:
 
 
 def _all_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return Targets().select(model, LAYER_TYPES)
+    return Targets().select(model, LAYER_TYPES, subclasses=True, tied_ok=True)
 
 
 def _output_shapes(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[tuple[int, ...]]:
@@ -204,7 +207,9 @@ def apply_structured(model: nn.Module, config: Structured, ctx: Context) -> nn.M
     except Exception as exc:  # the user's forward may raise anything
         raise SlimkitError(f"prune.structured: the model does not run on the task's example "
                            f"inputs ({type(exc).__name__}: {exc})") from None
-    selected = {name for name, _ in config.targets.select(model, LAYER_TYPES)}
+    # A tied head and embedding share one tensor, cut once along the width they share.
+    selected = {name for name, _ in config.targets.select(model, LAYER_TYPES, subclasses=True,
+                                                          tied_ok=True)}
     layers = {name for name, _ in _all_layers(model)}
     before = sum(p.numel() for p in model.parameters())
     original: dict[tuple[tuple[str, int], ...], int] = {}
@@ -215,7 +220,9 @@ def apply_structured(model: nn.Module, config: Structured, ctx: Context) -> nn.M
         skipped: list[Any] = []
         analyses = analyse_units(model, example)
         for analysis in analyses:
-            groups = [g for g in analysis.prunable
+            candidates = analysis.prunable_inexact if config.normalised_widths \
+                else analysis.prunable
+            groups = [g for g in candidates
                       if _wanted(g, selected, layers) and _ratio(config, g) > 0]
             usable, fixes, failed = _usable(model, analysis, groups, example)
             skipped.extend(failed)
@@ -231,7 +238,7 @@ def apply_structured(model: nn.Module, config: Structured, ctx: Context) -> nn.M
             fallbacks += n_fallback
             cuts.append((analysis, choose(config, usable, scores, targets), fixes))
         if step == 0:
-            reports = [a.report() for a in analyses]
+            reports = [a.report(config.normalised_widths) for a in analyses]
             report = {**(reports[0] if len(reports) == 1 else {"units": reports}),
                       "probe_failed": skipped}
         if not cuts:
