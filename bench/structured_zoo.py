@@ -1,4 +1,5 @@
-"""Benchmark: structured pruning at ratio 0.3 (channels and heads) on the public zoo of
+"""Benchmark: structured pruning at ratio 0.3 (channels and heads, widths rounded to multiples
+of 8, hidden widths under normalisation included) on the public zoo of
 third-party architectures (bench/zoo_models.py: Hugging Face text and vision families and two
 recommendation models, built from configs with random weights).
 
@@ -58,7 +59,8 @@ def _prune_one(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
     task = InputsTask([inputs_for(name, model, 8, seed=2)])
     pruned = copy.deepcopy(model)
     start = time.perf_counter()
-    config = slimkit.Structured(ratio=RATIO, normalised_widths=not args.exact_only)
+    config = slimkit.Structured(ratio=RATIO, normalised_widths=not args.exact_only,
+                                round_to=args.round_to)
     records = slimkit.compress_(pruned, slimkit.Plan([config]), slimkit.Context(task=task))
     seconds = time.perf_counter() - start
     x = inputs[BATCHES[-1]]
@@ -99,6 +101,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=available_cores())
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--round-to", type=int, default=8,
+                        help="keep channel counts multiples of this (8 or 16 suit CPU kernels)")
     parser.add_argument("--exact-only", action="store_true",
                         help="leave widths under a normalisation whole (normalised_widths=False)")
     args = parser.parse_args()

@@ -226,3 +226,17 @@ def test_group_norm_of_one_group_is_cut_only_on_request() -> None:
         assert any("groups=4" in r for r in locked)
         with torch.no_grad():
             assert model(*x).shape == (2, 2)
+
+
+def test_rounding_counts_the_width_of_all_groups() -> None:
+    """round_to applies to the width a kernel sees: 4 groups x 6 channels is 24, a multiple of
+    8, so the per-group count need not be one."""
+    import slimkit
+    from slimkit.tasks.inputs import InputsTask
+
+    model, x = _build("grouped")
+    slimkit.compress_(model, slimkit.Plan([slimkit.Structured(ratio=0.3, round_to=8)]),
+                      slimkit.Context(task=InputsTask([x])))
+    conv = model.grouped
+    assert (conv.groups, conv.in_channels, conv.out_channels) == (4, 24, 32)
+    assert model.stem.out_channels % 8 == 0

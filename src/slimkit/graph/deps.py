@@ -49,6 +49,7 @@ class Group:
     head_of: int | None = None  # the query-head class this is a factor of (GQA: kv x group)
     # Locked only because a normalisation reads the width: cutting it runs but is not exact.
     inexact: bool = False
+    repeat: int = 1  # times each channel recurs in the widths it cuts (G for per-group parts)
 
     def describe(self) -> str:
         params = sorted({m.name.rpartition(".")[0] or m.name for m in self.members})
@@ -160,6 +161,7 @@ class Analyser:
         self.head_slots: list[int] = []
         self.unknown: dict[str, list[str]] = defaultdict(list)
         self.current = ""
+        self.live: set[torch.fx.Node] = set()
 
     # Helpers for rules.
 
@@ -297,11 +299,12 @@ class Analyser:
 
     def run(self) -> None:
         graph = self.traced.graph
+        self.live = _live(graph)
         for node in graph.nodes:
             self.current = issuing_module(node)
             if node.op == "placeholder":
                 self._placeholder(node)
-            elif node.op == "call_function":
+            elif node.op == "call_function" and node in self.live:
                 self._call(node)
             elif node.op == "output":
                 for arg in args(node)[0]:
@@ -315,7 +318,7 @@ class Analyser:
         dims = self.value(node)
         if name is not None:
             self.param_slots.extend((name, k, d) for k, d in enumerate(dims))
-            if not node.users:
+            if not any(u in self.live for u in node.users):
                 for d in dims:
                     self.lock(d, "not used in the forward pass")
             if name in self.traced.transient:
@@ -398,12 +401,36 @@ class Analyser:
             locked = next((d.locks[c] for c in classes if c in d.locks), None)
             inexact = next((d.inexact[c] for c in classes if c in d.inexact), None)
             modules = {self.slot_module[s] for c in classes for s in by_root[c]}
+            # A part of a product (channels within each of G conv groups) is repeated G times
+            # in the tensors it cuts.
+            repeats = [d.size[c] // d.size[leaf] for c in classes
+                       if c != leaf and c in d.struct and d.struct[c].kind == "prod"]
             groups.append(Group(leaf, d.size[leaf], "head" if leaf in heads else "channel",
                                 sorted(members, key=lambda m: (m.name, m.dim)),
                                 locked or inexact, modules, classes, heads.get(leaf),
-                                inexact=locked is None and inexact is not None))
+                                inexact=locked is None and inexact is not None,
+                                repeat=min(repeats, default=1)))
         groups.sort(key=lambda g: (g.members[0].name, g.id))
         return Analysis(d, groups, dict(self.unknown))
+
+
+def _live(graph: torch.fx.Graph) -> set[torch.fx.Node]:
+    """The nodes the outputs depend on, and in-place operations with what they read: a
+    result nobody uses (attention weights a caller drops) must not lock what it reads."""
+    todo = [n for n in graph.nodes
+            if n.op == "output" or (n.op == "call_function" and _in_place(n))]
+    live: set[torch.fx.Node] = set()
+    while todo:
+        node = todo.pop()
+        if node not in live:
+            live.add(node)
+            todo.extend(node.all_input_nodes)
+    return live
+
+
+def _in_place(node: torch.fx.Node) -> bool:
+    name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+    return name.endswith("_") and not name.startswith("_")
 
 
 def _expand(d: Dims, x: int, path: list[int]) -> list[tuple[int, list[int]]]:

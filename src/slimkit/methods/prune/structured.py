@@ -22,8 +22,10 @@ from ...core import Context, Targets, check_range, register
 from ...core.config import DATA, DATA_AND_TEACHER
 from ...core.errors import SlimkitError
 from ...graph.deps import Analysis, Group, analyse_units
+from ...graph.edits import swap_module
 from ...graph.shrink import AttrFix, Keep, probe_all, shrink
 from ...graph.trace import eval_outputs
+from ...nn.sliced_attention import SlicedMultiheadAttention
 from ..recovery import Recovery, recover
 from . import importance
 
@@ -81,7 +83,9 @@ def _signature(group: Group) -> tuple[tuple[str, int], ...]:
 def _n_keep(config: Structured, group: Group, target: int) -> int:
     n = max(1, min(group.size, target))
     if config.round_to > 1 and group.kind == "channel":
-        n = min(group.size, math.ceil(n / config.round_to) * config.round_to)
+        # The width a kernel sees is n x repeat (channels within each of G conv groups).
+        step = config.round_to // math.gcd(config.round_to, group.repeat)
+        n = min(group.size, math.ceil(n / step) * step)
     return n
 
 
@@ -208,6 +212,7 @@ def apply_structured(model: nn.Module, config: Structured, ctx: Context) -> nn.M
         raise SlimkitError(f"prune.structured: the model does not run on the task's example "
                            f"inputs ({type(exc).__name__}: {exc})") from None
     # A tied head and embedding share one tensor, cut once along the width they share.
+    _swap_attention(model, config)
     selected = {name for name, _ in config.targets.select(model, LAYER_TYPES, subclasses=True,
                                                           tied_ok=True)}
     layers = {name for name, _ in _all_layers(model)}
@@ -254,6 +259,16 @@ def apply_structured(model: nn.Module, config: Structured, ctx: Context) -> nn.M
                      "groups_cut": len(original), "criterion_fallbacks": fallbacks,
                      "analysis": report})
     return model
+
+
+def _swap_attention(model: nn.Module, config: Structured) -> None:
+    """torch's nn.MultiheadAttention derives head_dim from its input width, so it cannot lose
+    heads: each one targeted becomes a SlicedMultiheadAttention (same function, same parameter
+    names; a logged swap that load replays) before the analysis."""
+    for path, module in config.targets.select(model, ("MultiheadAttention",)):
+        if type(module) is nn.MultiheadAttention and SlicedMultiheadAttention.replaces(module):
+            new = SlicedMultiheadAttention.from_torch(module)
+            swap_module(model, path, new, new.args())
 
 
 def _cut(model: nn.Module, cuts: list[tuple[Analysis, Keep, list[AttrFix]]],
