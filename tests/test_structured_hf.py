@@ -149,3 +149,28 @@ def test_a_tied_head_and_embedding_lose_the_same_width() -> None:
                       slimkit.Context(task=_task(model)))
     assert model.lm_head.weight is model.get_input_embeddings().weight
     assert model.lm_head.weight.shape == (120, 36) and model.lm_head.in_features == 36
+
+
+@pytest.mark.parametrize("config,cls,fused", [
+    # q, k, v sliced out of one output; its slice bounds come from the shared config, so the
+    # probe refuses its heads, and the fused gate/up projection is what loses rows.
+    ("Phi3Config", "Phi3ForCausalLM", "mlp.gate_up_proj"),
+    ("GPTNeoXConfig", "GPTNeoXForCausalLM", "attention.query_key_value"),  # and partial rotary
+])
+def test_fused_projections_split_by_slicing_lose_rows(config, cls, fused,
+                                                       check_exact_removal) -> None:
+    import transformers
+
+    cfg = getattr(transformers, config)(**SMALL, use_cache=False, pad_token_id=0)
+    torch.manual_seed(0)
+    model = getattr(transformers, cls)._from_config(cfg, attn_implementation="sdpa").eval()
+    from slimkit.graph.deps import analyse
+
+    x = example_inputs(model, batch=2, seq=12)
+    locked = [g.locked for g in analyse(model, x).groups if g.locked]
+    assert not any("sliced" in r for r in locked), locked
+    pruned = check_exact_removal(model, x)
+    layer = pruned.model.layers[0] if hasattr(pruned, "model") else pruned.gpt_neox.layers[0]
+    before = model.get_submodule(f"{'model' if hasattr(model, 'model') else 'gpt_neox'}"
+                                 f".layers.0.{fused}").out_features
+    assert layer.get_submodule(fused).out_features < before

@@ -162,6 +162,8 @@ class Analyser:
         self.unknown: dict[str, list[str]] = defaultdict(list)
         self.current = ""
         self.live: set[torch.fx.Node] = set()
+        # (sliced value, dim) -> the pieces every slice of it cuts that dim into.
+        self.slice_pieces: dict[tuple[torch.fx.Node, int], list[tuple[int, int, int]] | None] = {}
 
     # Helpers for rules.
 

@@ -109,13 +109,69 @@ def split(an: Analyser, node: torch.fx.Node) -> None:
 @rule("slice", "narrow")
 def slice_(an: Analyser, node: torch.fx.Node) -> None:
     x, out = an.dims(args(node)[0]), an.value(node)
-    dim = (args(node)[1] if len(args(node)) > 1 else kwargs(node).get("dim", 0)) % len(x)
+    dim = _slice_dim(node, len(x))
     for k, (i, j) in enumerate(zip(x, out, strict=True)):
         if k != dim or an.size(i) == an.size(j):
             an.tie(i, j)
-        else:
-            an.lock(i, "sliced")
-            an.lock(j, "sliced")
+    if an.size(x[dim]) == an.size(out[dim]):
+        return
+    pieces = _pieces(an, args(node)[0], dim, an.size(x[dim]))
+    bounds = _bounds(node, an.size(x[dim]), an.op_name(node))
+    if pieces is None or bounds is None:
+        an.lock(x[dim], "sliced")
+        an.lock(out[dim], "sliced")
+        return
+    start, end = bounds
+    an.compose(out[dim], "cat", [c for s, e, c in pieces if start <= s and e <= end])
+
+
+def _slice_dim(node: torch.fx.Node, rank: int) -> int:
+    return int(args(node)[1] if len(args(node)) > 1 else kwargs(node).get("dim", 0)) % rank
+
+
+def _bounds(node: torch.fx.Node, size: int, name: str) -> tuple[int, int] | None:
+    """[start, end) of a unit-step slice or narrow with constant bounds, else None."""
+    a = args(node)
+    if name == "narrow":
+        start, length = (a[2], a[3]) if len(a) > 3 else (None, None)
+        if not isinstance(start, int) or not isinstance(length, int):
+            return None
+        start = start % size
+        return start, start + length
+    start = a[2] if len(a) > 2 else kwargs(node).get("start")
+    end = a[3] if len(a) > 3 else kwargs(node).get("end")
+    step = a[4] if len(a) > 4 else kwargs(node).get("step", 1)
+    if step != 1 or not isinstance(start or 0, int) or not isinstance(
+            size if end is None else end, int):
+        return None
+    lo, hi = int(start or 0), size if end is None else int(end)
+    lo, hi = (lo + size if lo < 0 else lo), (hi + size if hi < 0 else hi)
+    return max(0, min(lo, size)), max(0, min(hi, size))
+
+
+def _pieces(an: Analyser, source: torch.fx.Node, dim: int,
+            size: int) -> list[tuple[int, int, int]] | None:
+    """The dimension cut at every bound of every slice taken from it (a fused QKV output
+    sliced into q, k and v): [(start, end, class)], declared once as their concatenation, so
+    each slice is a run of pieces and a head cut in q removes its rows of the fused weight."""
+    key = (source, dim)
+    if key not in an.slice_pieces:
+        cuts = {0, size}
+        for user in source.users:
+            name = an.op_name(user)
+            if name in ("slice", "narrow") and args(user)[0] is source \
+                    and _slice_dim(user, len(an.dims(source))) == dim:
+                bounds = _bounds(user, size, name)
+                if bounds is None:
+                    an.slice_pieces[key] = None
+                    return None
+                cuts.update(bounds)
+        edges = sorted(cuts)
+        pieces = [(s, e, an.new_class(e - s)) for s, e in zip(edges, edges[1:], strict=False)
+                  if e > s]
+        an.compose(an.dims(source)[dim], "cat", [c for _, _, c in pieces])
+        an.slice_pieces[key] = pieces
+    return an.slice_pieces[key]
 
 
 @rule("select")
