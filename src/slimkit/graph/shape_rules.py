@@ -155,6 +155,10 @@ def _pieces(an: Analyser, source: torch.fx.Node, dim: int,
     sliced into q, k and v): [(start, end, class)], declared once as their concatenation, so
     each slice is a run of pieces and a head cut in q removes its rows of the fused weight."""
     key = (source, dim)
+    if source.op == "placeholder":
+        # A table sliced to an input's length (positions[:T]): the bounds are the example's,
+        # not the model's, so its rows stay whole.
+        return None
     if key not in an.slice_pieces:
         cuts = {0, size}
         for user in source.users:
@@ -170,6 +174,11 @@ def _pieces(an: Analyser, source: torch.fx.Node, dim: int,
         pieces = [(s, e, an.new_class(e - s)) for s, e in zip(edges, edges[1:], strict=False)
                   if e > s]
         an.compose(an.dims(source)[dim], "cat", [c for _, _, c in pieces])
+        covered = [b for u in source.users if an.op_name(u) in ("slice", "narrow")
+                   and (b := _bounds(u, size, an.op_name(u))) is not None]
+        for s, e, c in pieces:  # a part no slice reads is never checked by the probe
+            if not any(lo <= s and e <= hi for lo, hi in covered):
+                an.lock(c, "sliced off")
         an.slice_pieces[key] = pieces
     return an.slice_pieces[key]
 

@@ -21,6 +21,9 @@ class SlicedMultiheadAttention(nn.Module):
     """nn.MultiheadAttention's forward (self- or cross-attention, masks, need_weights) with
     q/k/v/o widths of num_heads * head_dim, independent of embed_dim."""
 
+    # nn.TransformerEncoderLayer reads this to choose torch's fused fast path: never take it.
+    _qkv_same_embed_dim = False
+
     def __init__(self, embed_dim: int, num_heads: int, head_dim: int, bias: bool = True,
                  dropout: float = 0.0, batch_first: bool = False) -> None:
         super().__init__()
@@ -42,6 +45,9 @@ class SlicedMultiheadAttention(nn.Module):
         new = cls(mha.embed_dim, mha.num_heads, mha.head_dim, mha.in_proj_bias is not None,
                   float(mha.dropout), bool(mha.batch_first))
         new.load_state_dict(mha.state_dict())
+        new.to(mha.in_proj_weight.device, mha.in_proj_weight.dtype)
+        for (_, a), (_, b) in zip(new.named_parameters(), mha.named_parameters(), strict=True):
+            a.requires_grad_(b.requires_grad)
         return new.train(mha.training)
 
     def args(self) -> dict[str, object]:
