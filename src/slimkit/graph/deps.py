@@ -20,6 +20,7 @@ from torch import nn
 
 from . import shape_rules  # noqa: F401  (registers its rules)
 from .dims import Dims
+from .liveness import live_nodes
 from .op_rules import RULES, args, kwargs
 from .trace import Traced, TraceError, captured_inputs, issuing_module, trace
 
@@ -301,7 +302,7 @@ class Analyser:
 
     def run(self) -> None:
         graph = self.traced.graph
-        self.live = _live(graph)
+        self.live = live_nodes(graph)
         for node in graph.nodes:
             self.current = issuing_module(node)
             if node.op == "placeholder":
@@ -414,25 +415,6 @@ class Analyser:
                                 repeat=min(repeats, default=1)))
         groups.sort(key=lambda g: (g.members[0].name, g.id))
         return Analysis(d, groups, dict(self.unknown))
-
-
-def _live(graph: torch.fx.Graph) -> set[torch.fx.Node]:
-    """The nodes the outputs depend on, and in-place operations with what they read: a
-    result nobody uses (attention weights a caller drops) must not lock what it reads."""
-    todo = [n for n in graph.nodes
-            if n.op == "output" or (n.op == "call_function" and _in_place(n))]
-    live: set[torch.fx.Node] = set()
-    while todo:
-        node = todo.pop()
-        if node not in live:
-            live.add(node)
-            todo.extend(node.all_input_nodes)
-    return live
-
-
-def _in_place(node: torch.fx.Node) -> bool:
-    name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
-    return name.endswith("_") and not name.startswith("_")
 
 
 def _expand(d: Dims, x: int, path: list[int]) -> list[tuple[int, list[int]]]:
