@@ -22,6 +22,7 @@ from . import shape_rules  # noqa: F401  (registers its rules)
 from .dims import Dims
 from .liveness import live_nodes
 from .op_rules import RULES, args, kwargs
+from .reshape_factors import refine
 from .trace import Traced, TraceError, captured_inputs, issuing_module, trace
 
 log = logging.getLogger(__name__)
@@ -259,44 +260,9 @@ class Analyser:
                 self.compose(x[gi[0]], "prod", [out[k] for k in gj])
             elif len(gj) == 1:
                 self.compose(out[gj[0]], "prod", [x[k] for k in gi])
-            elif not self._refine([x[k] for k in gi], [out[k] for k in gj]):
+            elif not refine(self, [x[k] for k in gi], [out[k] for k in gj]):
                 for k in [*[x[k] for k in gi], *[out[k] for k in gj]]:
                     self.lock(k, "reshaped across several dimensions")
-
-    def _refine(self, a: list[int], b: list[int]) -> bool:
-        """Tie two row-major runs of the same total size ([B, E] -> [B*H, hd]) by splitting
-        the larger head of either run into the smaller one times a new remainder class, until
-        the runs match part for part; False (nothing tied) if a size does not divide."""
-        plan: list[tuple[str, int, list[int]]] = []
-        a, b = list(a), list(b)
-        sizes = {s: self.size(s) for s in [*a, *b]}
-        while a and b:
-            x, y = a[0], b[0]
-            if sizes[x] == sizes[y]:
-                plan.append(("tie", x, [y]))
-                a.pop(0)
-                b.pop(0)
-                continue
-            small, large, rest = (x, y, b) if sizes[x] < sizes[y] else (y, x, a)
-            if sizes[large] % sizes[small]:
-                return False
-            remainder = -len(plan) - 1  # a class made only if the whole run factorises
-            sizes[remainder] = sizes[large] // sizes[small]
-            plan.append(("prod", large, [small, remainder]))
-            (a if rest is b else b).pop(0)
-            rest[0] = remainder
-        made: dict[int, int] = {}
-        for kind, target, parts in plan:
-            target = made.get(target, target)
-            for p in parts:
-                if p < 0 and p not in made:
-                    made[p] = self.new_class(sizes[p])
-            parts = [made.get(p, p) for p in parts]
-            if kind == "tie":
-                self.tie(target, parts[0])
-            else:
-                self.compose(target, "prod", parts)
-        return True
 
     # The walk.
 
